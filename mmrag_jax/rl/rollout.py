@@ -129,14 +129,18 @@ def collect_rollout(model: Qwen25VL, batch: Mapping[str, Any], key: jax.Array, *
 
 def rollout_metrics(rollouts: Sequence[Rollout]) -> dict[str, float]:
   """Means over valid completions: reward/<component>, completion_length (tokens), truncation_rate;
-  plus completion_length_max, completion_tokens and valid_completions."""
+  plus completion_length_max, completion_tokens, prompt_tokens (real prompt tokens of the valid rows, as the
+  update reads them) and valid_completions."""
   valid = np.concatenate([r.valid for r in rollouts])
   count = max(int(valid.sum()), 1)
   lengths = np.concatenate([r.lengths for r in rollouts])
   truncated = np.concatenate([r.truncated for r in rollouts])
   metrics = {f"reward/{name}": float(np.concatenate([r.rewards[name] for r in rollouts])[valid].sum() / count)
              for name in rollouts[0].rewards}
+  prompt_tokens = sum(
+      float(np.asarray(r.batch.inputs.attention_mask)[r.valid, :-r.batch.completion_length].sum()) for r in rollouts)
   metrics.update({
+      "prompt_tokens": prompt_tokens,
       "completion_length": float(lengths[valid].sum() / count),
       "completion_length_max": float(lengths[valid].max(initial=0)),
       "truncation_rate": float(truncated[valid].sum() / count),

@@ -18,7 +18,14 @@ from mmrag_jax.sampling.keys import row_keys, step_keys
 from mmrag_jax.sampling.methods import Categorical, Greedy, SamplingMethod, TopK, TopP, top_k_logits, top_p_logits
 from mmrag_jax.sampling.inputs import place_inputs, prepare_bucketed
 from mmrag_jax.sampling.sampler import SampleOutput, Sampler, SamplerConfig
-from mmrag_jax.sampling.scorer import Scorer, ScorerConfig, judgment_token_ids, yes_probability
+from mmrag_jax.sampling.scorer import (
+    Scorer,
+    ScorerConfig,
+    judgment_continuation,
+    judgment_token_ids,
+    with_continuation,
+    yes_probability,
+)
 from mmrag_jax.sampling.steps import decode_one, float32_logits, prefill_group
 
 __all__ = [
@@ -41,6 +48,7 @@ __all__ = [
     "fit_length",
     "float32_logits",
     "images_per_row",
+    "judgment_continuation",
     "judgment_token_ids",
     "place_inputs",
     "prefill_group",
@@ -51,5 +59,6 @@ __all__ = [
     "step_keys",
     "top_k_logits",
     "top_p_logits",
+    "with_continuation",
     "yes_probability",
 ]

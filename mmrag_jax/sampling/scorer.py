@@ -62,6 +62,40 @@ def judgment_token_ids(tokenizer: Any, yes: str = "yes", no: str = "no") -> tupl
   return ids[0], ids[1]
 
 
+def judgment_continuation(tokenizer: Any, yes_completion: str, no_completion: str) -> tuple[list[int], int, int]:
+  """Where two judgment completions part ways, in tokens: (shared prefix ids, yes token id, no token id).
+
+  BPE may merge the judgment word with the markup before it (the tiny test tokenizer encodes
+  `<answer>yes</answer>` as `<answer` `>yes` ...), so the scoring prompt is the chat prompt followed by the
+  tokens both completions share, and the two scored ids are the first ones that differ: exactly the
+  tokens a policy emitting either completion produces at that step.
+
+    yes_completion "<answer>yes</answer>" -> [420, 338, ...]   prefix [420], yes id 338
+    no_completion  "<answer>no</answer>"  -> [420, 412, ...]   no id 412
+  """
+  yes_ids = list(tokenizer.encode(yes_completion, add_special_tokens=False))
+  no_ids = list(tokenizer.encode(no_completion, add_special_tokens=False))
+  shared = 0
+  while shared < min(len(yes_ids), len(no_ids)) and yes_ids[shared] == no_ids[shared]:
+    shared += 1
+  if shared == len(yes_ids) or shared == len(no_ids):
+    raise ValueError(f"judgment completions {yes_completion!r} and {no_completion!r} do not differ in a token "
+                     f"({yes_ids} vs {no_ids})")
+  return yes_ids[:shared], int(yes_ids[shared]), int(no_ids[shared])
+
+
+def with_continuation(batch: Mapping[str, Any], token_ids: list[int]) -> dict[str, Any]:
+  """A left-padded processor batch with `token_ids` appended to every row (the rows stay left-padded)."""
+  out = dict(batch)
+  rows = len(np.asarray(batch["input_ids"]))
+  extra = np.tile(np.asarray(token_ids, np.int32)[None], (rows, 1))
+  out["input_ids"] = np.concatenate([np.asarray(batch["input_ids"], np.int32), extra], axis=1)
+  mask = np.asarray(batch.get("attention_mask", np.ones_like(batch["input_ids"])), np.int32)
+  out["attention_mask"] = np.concatenate([mask, np.ones_like(extra)], axis=1)
+  out.pop("mm_token_type_ids", None)
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class ScorerConfig:
   """batch_size: candidates per forward pass; buckets as in `SamplerConfig`."""

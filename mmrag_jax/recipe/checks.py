@@ -1,0 +1,115 @@
+"""Early validation of a run's config: every error names the bad field and says how to fix it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+MODES = ("train", "eval", "predict")
+DATASETS = ("webqa", "mmqa")
+SPLITS = {"webqa": ("train", "val", "test"), "mmqa": ("train", "dev", "test")}
+SAMPLER_METHODS = ("greedy", "categorical", "top_k", "top_p")
+
+
+class ConfigError(ValueError):
+  """A bad or missing config field; the message starts with the field's name."""
+
+  def __init__(self, field: str, message: str):
+    super().__init__(f"config.{field}: {message}")
+    self.field = field
+
+
+def _get(config: ml_collections.ConfigDict, field: str) -> Any:
+  value: Any = config
+  for part in field.split("."):
+    value = value[part]
+  return value
+
+
+def _positive_int(config: ml_collections.ConfigDict, field: str, allow_zero: bool = False) -> int:
+  value = _get(config, field)
+  low = 0 if allow_zero else 1
+  if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    raise ConfigError(field, f"must be an integer >= {low}, got {value!r}")
+  return value
+
+
+def _choice(config: ml_collections.ConfigDict, field: str, choices: Sequence[str]) -> str:
+  value = _get(config, field)
+  if value not in choices:
+    raise ConfigError(field, f"must be one of {tuple(choices)}, got {value!r}")
+  return value
+
+
+def _increasing(config: ml_collections.ConfigDict, field: str) -> tuple[int, ...]:
+  value = tuple(_get(config, field))
+  if not value or any(not isinstance(v, int) or v < 1 for v in value) or list(value) != sorted(set(value)):
+    raise ConfigError(field, f"must be a non-empty, strictly increasing tuple of positive ints, got {value!r}")
+  return value
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the fields that do not depend on the devices or the file system."""
+  if config.stage not in (1, 2):
+    raise ConfigError("stage", f"must be 1 or 2, got {config.stage!r}")
+  _choice(config, "mode", MODES)
+  dataset = _choice(config, "data.dataset", DATASETS)
+  for field in ("data.train_split", "data.eval_split"):
+    _choice(config, field, SPLITS[dataset])
+  if config.mode == "train" and config.data.train_split == "test":
+    raise ConfigError("data.train_split", "the test split has no gold labels to train on")
+  for field in ("data.max_train_questions", "data.max_eval_questions", "pipeline.worker_count",
+                "warmup.steps", "train.checkpoint_every", "train.eval_every", "pipeline.patch_budget"):
+    _positive_int(config, field, allow_zero=True)
+  for field in ("train.batch_size", "train.micro_batches", "train.num_steps", "train.max_to_keep",
+                "rl.group_size", "rl.max_new_tokens", "scorer.batch_size", "predict.batch_size",
+                "predict.max_new_tokens", "warmup.batch_size", "pipeline.min_pixels", "pipeline.max_pixels"):
+    _positive_int(config, field)
+  if config.pipeline.patch_budget % 4:
+    raise ConfigError("pipeline.patch_budget", f"must be a multiple of 4 (2x2 patch merging), got "
+                      f"{config.pipeline.patch_budget}")
+  if config.pipeline.min_pixels > config.pipeline.max_pixels:
+    raise ConfigError("pipeline.min_pixels", f"{config.pipeline.min_pixels} exceeds pipeline.max_pixels="
+                      f"{config.pipeline.max_pixels}")
+  if config.rl.group_size < 2:
+    raise ConfigError("rl.group_size", f"GRPO compares samples of one prompt: needs >= 2, got {config.rl.group_size}")
+  if config.train.batch_size % config.rl.group_size:
+    raise ConfigError("train.batch_size", f"{config.train.batch_size} completions is not a whole number of groups "
+                      f"of rl.group_size={config.rl.group_size}; use a multiple of it")
+  _choice(config, "sampler.method", SAMPLER_METHODS)
+  pipeline_buckets = _increasing(config, "pipeline.length_buckets")
+  sampler_buckets = _increasing(config, "sampler.length_buckets")
+  _increasing(config, "sampler.patch_buckets")
+  if sampler_buckets[-1] < pipeline_buckets[-1]:
+    raise ConfigError("sampler.length_buckets", f"the largest bucket {sampler_buckets[-1]} is shorter than the "
+                      f"longest prompt the pipeline lets through (pipeline.length_buckets[-1]={pipeline_buckets[-1]})")
+  if any(k < 1 for k in config.scorer.recall_ks):
+    raise ConfigError("scorer.recall_ks", f"must be positive, got {tuple(config.scorer.recall_ks)}")
+  if config.stage == 2:
+    _positive_int(config, "stage2.k")
+
+
+def validate_batch_division(config: ml_collections.ConfigDict, data_parallel: int) -> None:
+  """Rows are sharded over the mesh's data-parallel size ('data' x 'fsdp'): every row count must divide."""
+  rows = {"train.batch_size": config.train.batch_size, "scorer.batch_size": config.scorer.batch_size,
+          "predict.batch_size": config.predict.batch_size,
+          "warmup.batch_size": config.warmup.batch_size}
+  for field, value in rows.items():
+    if value % data_parallel:
+      raise ConfigError(field, f"{value} rows do not split evenly over the {data_parallel} data-parallel devices "
+                        f"of config.mesh.shape={tuple(config.mesh.shape)}; use a multiple of {data_parallel}")
+
+
+def require_path(config: ml_collections.ConfigDict, field: str, what: str, *, kind: str = "dir") -> str:
+  """The path in `field`, which must exist; the error names the flag and the demo preset."""
+  path = _get(config, field)
+  if not path:
+    raise ConfigError(field, f"is empty: set --config.{field}=PATH ({what}). To try the method without any "
+                      "download, run the demo preset: --config=configs/stage2.py:demo")
+  exists = os.path.isdir(path) if kind == "dir" else os.path.isfile(path)
+  if not exists:
+    raise ConfigError(field, f"{kind} {path!r} does not exist ({what})")
+  return path

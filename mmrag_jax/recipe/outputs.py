@@ -1,0 +1,154 @@
+"""Run outputs: the rich predictions.jsonl, the official submission file, metrics.json, report.html, the
+training curves and summary.json (what `python -m mmrag_jax.sweep` collects)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mmrag_jax.data.records import Question
+from mmrag_jax.data.scores import Stage1Scores
+from mmrag_jax.evaluation.gold import load_mmqa_gold, load_webqa_gold
+from mmrag_jax.evaluation.mmqa_eval import evaluate_mmqa, score_mmqa
+from mmrag_jax.evaluation.predictions import Prediction, write_mmqa_predictions, write_webqa_submission
+from mmrag_jax.evaluation.webqa_eval import evaluate_webqa, score_webqa
+from mmrag_jax.recipe.context import RunContext, Split
+
+_log = logging.getLogger(__name__)
+
+PREDICTIONS_FILE = "predictions.jsonl"
+SUBMISSION_FILES = {"webqa": "webqa_submission.json", "mmqa": "mmqa_predictions.json"}
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.html"
+CURVES_FILE = "training_curves.png"
+SUMMARY_FILE = "summary.json"
+WEBQA_KEYS = ("retrieval_f1", "qa_fl", "qa_acc", "qa")
+MMQA_KEYS = ("em", "f1", "retrieval_f1")
+CORRECT_THRESHOLD = 0.5  # a question counts as correct in the report when its answer score reaches this
+
+
+def as_predictions(parsed: Mapping[str, Mapping[str, Any]]) -> dict[str, Prediction]:
+  return {qid: Prediction(qid=qid, answer=p["answer"] if isinstance(p["answer"], str) else tuple(p["answer"]),
+                          sources=tuple(p["sources"])) for qid, p in parsed.items()}
+
+
+def _fluency(bart_dir: str):
+  if not bart_dir:
+    return None, {"available": False, "reason": "no BART checkpoint given (config.predict.bart)"}
+  from mmrag_jax.evaluation.bartscore import BartScorer  # needs torch: the optional `fluency` extra
+
+  return BartScorer(bart_dir, progress=True).fluency, {"available": True, "checkpoint": bart_dir}
+
+
+def evaluate_split(ctx: RunContext, split: Split, predictions: Mapping[str, Prediction]
+                   ) -> tuple[dict[str, Any] | None, dict[str, float]]:
+  """Official metrics of a labeled split and each question's answer score (WebQA QA-Acc / MMQA F1, in
+  [0, 1]); (None, {}) on an unlabeled split."""
+  c = ctx.config.data
+  if not any(q.is_labeled for q in split.questions):
+    return None, {}
+  asked = {q.qid for q in split.questions}
+  if c.dataset == "webqa":
+    golds, _ = load_webqa_gold(c.data_dir, split.name)
+    golds = [g for g in golds if g.qid in asked]
+    fluency_fn, fluency_info = _fluency(ctx.config.predict.bart)
+    report = evaluate_webqa(golds, predictions, fluency_fn, fluency_info)
+    per_question = {s.qid: s.qa_acc for s in score_webqa(golds, predictions)}
+  else:
+    golds, _ = load_mmqa_gold(c.data_dir, split.name)
+    golds = [g for g in golds if g.qid in asked]
+    report = evaluate_mmqa(golds, predictions)
+    per_question = {s.qid: s.f1 for s in score_mmqa(golds, predictions)}
+  return {"split": split.name, **report}, per_question
+
+
+def question_record(question: Question, scores: Mapping[str, float], parsed: Mapping[str, Any],
+                    answer_score: float | None) -> dict[str, Any]:
+  """One question's explanation record (the schema `mmrag_jax.evaluation.report` renders)."""
+  kept = list(parsed.get("kept_ids", ()))
+  number = {cid: i + 1 for i, cid in enumerate(kept)}
+  gold = set(question.gold_ids or ())
+  order = sorted(range(len(question.candidates)),
+                 key=lambda i: (-scores.get(question.candidates[i].id, -math.inf), i))
+  candidates = [{
+      "id": cand.id, "kind": cand.kind, "title": cand.title, "text": cand.text, "image_ref": cand.image_ref,
+      "stage1_score": float(scores.get(cand.id, 0.0)), "kept": cand.id in number, "number": number.get(cand.id),
+      "gold": (cand.id in gold) if question.is_labeled else None,
+  } for cand in (question.candidates[i] for i in order)]
+  return {
+      "qid": question.qid, "dataset": question.dataset, "category": question.category,
+      "question": question.question, "answer": parsed["answer"], "sources": list(parsed["sources"]),
+      "gold_answers": list(question.answers), "gold_ids": list(question.gold_ids) if question.is_labeled else None,
+      "candidates": candidates, "kept_ids": kept, "reasoning": parsed["reasoning"],
+      "evidence_numbers": list(parsed["evidence_numbers"]), "completion": parsed["completion"],
+      "format_ok": bool(parsed["format_ok"]), "answer_score": answer_score,
+      "correct": None if answer_score is None else bool(answer_score >= CORRECT_THRESHOLD),
+  }
+
+
+def write_jsonl(path: str, records: Sequence[Mapping[str, Any]]) -> None:
+  with open(path, "w", encoding="utf-8") as f:
+    for record in records:
+      f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def write_split_outputs(ctx: RunContext, split: Split, scores: Stage1Scores,
+                        parsed: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
+  """Scores the split (when labeled) and writes predictions, submission, metrics and the report.
+
+  Returns the metrics report (None for an unlabeled split).
+  """
+  predictions = as_predictions(parsed)
+  report, per_question = evaluate_split(ctx, split, predictions)
+  records = [question_record(q, scores.get(q.qid, {}), parsed[q.qid], per_question.get(q.qid))
+             for q in split.questions if q.qid in parsed]
+  if not ctx.is_main_process:
+    return report
+  write_jsonl(ctx.path(PREDICTIONS_FILE), records)
+  writer = write_webqa_submission if ctx.config.data.dataset == "webqa" else write_mmqa_predictions
+  writer(predictions.values(), ctx.path(SUBMISSION_FILES[ctx.config.data.dataset]))
+  if report is not None:
+    ctx.write_json(METRICS_FILE, report)
+  if ctx.config.predict.report:
+    from mmrag_jax.evaluation.report import write_report
+
+    write_report(ctx.path(REPORT_FILE), records, report or {"split": split.name, "labeled": False},
+                 images=split.images, title=f"MMRAG-RFT {ctx.config.data.dataset} {split.name}")
+  return report
+
+
+def write_curves(ctx: RunContext) -> str | None:
+  """training_curves.png from metrics.jsonl, when the run trained."""
+  import os
+
+  metrics = ctx.path("metrics.jsonl")
+  if not ctx.is_main_process or not os.path.isfile(metrics):
+    return None
+  from mmrag_jax.evaluation.curves import plot_training_curves
+
+  return plot_training_curves(metrics, ctx.path(CURVES_FILE))
+
+
+def cost_summary(history: Sequence[Mapping[str, float]], *, total_time_s: float, num_devices: int,
+                 num_params: int) -> dict[str, Any]:
+  """The cost block of summary.json from the training loop's metric rows."""
+  step_times = [row["time/step"] for row in history if row.get("time/step") is not None]
+  return {
+      "train_steps": len(history),
+      "completion_tokens": float(sum(row.get("completion_tokens", 0.0) or 0.0 for row in history)),
+      "prompt_tokens": float(sum(row.get("prompt_tokens", 0.0) or 0.0 for row in history)),
+      "mean_step_time_s": (sum(step_times) / len(step_times)) if step_times else None,
+      "train_time_s": float(sum(step_times)),
+      "total_time_s": float(total_time_s),
+      "num_devices": int(num_devices),
+      "num_params": int(num_params),
+  }
+
+
+def flat_metrics(report: Mapping[str, Any] | None, keys: Sequence[str]) -> dict[str, float | None]:
+  if report is None:
+    return {}
+  return {key: report.get(key) for key in keys if key in report}

@@ -1,0 +1,152 @@
+"""The fields both stage configs share, and the presets `demo`, `3b`, `7b`.
+
+`configs/stage1.py` and `configs/stage2.py` start from `base_config(stage)`, set their own stage fields and
+end with `apply_preset(config, arg)`. Every field is overridable on the command line
+(`--config.rl.group_size=16`); `mmrag_jax.recipe.checks.validate` names any bad field before work starts.
+
+Batch geometry (one micro-batch):
+  train.batch_size completions = (train.batch_size / rl.group_size) prompts x rl.group_size samples,
+  rows sharded over the mesh's ('data', 'fsdp') axes: both divisions must be exact.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+PRESETS = ("demo", "3b", "7b")
+DEFAULT_PRESET = "7b"  # the real recipe: needs --config.model.path and --config.data.data_dir
+
+
+def base_config(stage: int) -> ml_collections.ConfigDict:
+  """Fields shared by both stages, with the real-recipe values (see the preset functions)."""
+  c = ml_collections.ConfigDict()
+  c.stage = stage
+  c.mode = "train"                # train | eval | predict
+  c.preset = DEFAULT_PRESET
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.path = ""               # Hugging Face Qwen2.5-VL checkpoint directory (stage 1 training)
+  c.model.dtype = "bfloat16"      # compute dtype
+  c.model.param_dtype = "float32"  # master weights
+  c.model.build_tiny = False      # demo: write a tiny random model + tokenizer into WORKDIR/tiny_model
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = "webqa"        # webqa | mmqa
+  c.data.data_dir = ""            # the benchmark's annotation files (and WebQA's imgs.tsv / imgs.lineidx)
+  c.data.image_dir = ""           # MultimodalQA images (default DATA_DIR/final_dataset_images)
+  c.data.train_split = "train"
+  c.data.eval_split = "val"       # webqa: val | test; mmqa: dev | test
+  c.data.max_train_questions = 0  # 0 = all
+  c.data.max_eval_questions = 0
+  c.data.synthetic = False        # demo: generate a synthetic WebQA into WORKDIR/data first
+  c.data.synthetic_sizes = (48, 16, 8)  # train, val, test questions of the synthetic set
+
+  c.pipeline = ml_collections.ConfigDict()
+  c.pipeline.min_pixels = 56 * 56
+  c.pipeline.max_pixels = 448 * 448
+  c.pipeline.length_buckets = (512, 1024, 2048, 4096)
+  c.pipeline.patch_budget = 0     # pixel rows per batch; 0 = the worst case for the batch
+  c.pipeline.worker_count = 0
+  c.pipeline.read_threads = 4
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (1, -1, 1)       # (data, fsdp, tensor); -1 = all remaining devices
+
+  c.rl = ml_collections.ConfigDict()  # GRPOConfig fields (mmrag_jax/rl/config.py)
+  c.rl.group_size = 8
+  c.rl.num_iterations = 1
+  c.rl.advantage_scaling = "group"
+  c.rl.eps_low = 0.2
+  c.rl.eps_high = 0.28
+  c.rl.beta = 0.0
+  c.rl.kl_estimator = "k3"
+  c.rl.aggregation = "token-mean"
+  c.rl.max_new_tokens = 512
+  c.rl.learning_rate = 1e-6
+  c.rl.warmup_steps = 10
+  c.rl.max_grad_norm = 1.0
+  c.rl.weight_decay = 0.0
+  c.rl.logprob_chunk_size = 256
+
+  c.sampler = ml_collections.ConfigDict()
+  c.sampler.method = "top_p"      # greedy | categorical | top_k | top_p
+  c.sampler.temperature = 1.0
+  c.sampler.top_p = 1.0
+  c.sampler.top_k = 50
+  c.sampler.length_buckets = (512, 1024, 2048, 4096)
+  c.sampler.patch_buckets = (4096, 16384, 65536)
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 64         # completions per micro-batch (prompts = batch_size / rl.group_size)
+  c.train.micro_batches = 1
+  c.train.num_steps = 500
+  c.train.checkpoint_every = 50
+  c.train.max_to_keep = 3
+  c.train.eval_every = 0
+  c.train.progress_bar = True
+  c.train.export = True           # write the trained policy as a Hugging Face directory WORKDIR/export
+
+  c.warmup = ml_collections.ConfigDict()  # supervised format warm-up before GRPO (off for real checkpoints)
+  c.warmup.steps = 0
+  c.warmup.learning_rate = 1e-5
+  c.warmup.batch_size = 16        # prompts per warm-up step
+
+  c.scorer = ml_collections.ConfigDict()  # stage-1 inference
+  c.scorer.batch_size = 64
+  c.scorer.recall_ks = (1, 2, 3, 5, 10)
+
+  c.predict = ml_collections.ConfigDict()  # stage-2 inference
+  c.predict.batch_size = 16       # prompts per generation batch
+  c.predict.max_new_tokens = 512
+  c.predict.report = True
+  c.predict.bart = ""             # local BART checkpoint for WebQA QA-FL (needs the `fluency` extra)
+  return c
+
+
+def _demo(c: ml_collections.ConfigDict) -> None:
+  c.model.build_tiny = True
+  c.model.dtype = "float32"
+  c.data.synthetic = True
+  c.data.synthetic_sizes = (24, 12, 4)
+  c.pipeline.min_pixels = 28 * 28
+  c.pipeline.max_pixels = 56 * 56
+  c.pipeline.length_buckets = (1024,)
+  c.pipeline.read_threads = 2
+  c.mesh.shape = (1, 1, 1)
+  c.sampler.length_buckets = (1024,)
+  c.sampler.patch_buckets = (256,)
+  c.rl.group_size = 4
+  c.rl.learning_rate = 2e-4
+  c.rl.warmup_steps = 0
+  c.train.batch_size = 16
+  c.train.num_steps = 3
+  c.train.checkpoint_every = 0
+  c.warmup.learning_rate = 3e-3
+  c.warmup.batch_size = 16  # = train.batch_size rows: the warm-up reuses the GRPO update's compilation
+  c.scorer.batch_size = 16
+  c.predict.batch_size = 16
+
+
+def _3b(c: ml_collections.ConfigDict) -> None:
+  c.mesh.shape = (1, -1, 1)  # FSDP over every device: 3.75B params + AdamW in float32 is ~60 GB
+  c.train.batch_size = 64
+
+
+def _7b(c: ml_collections.ConfigDict) -> None:
+  c.mesh.shape = (1, -1, 1)  # 8.3B params + AdamW in float32 is ~133 GB: FSDP over a slice
+  c.train.batch_size = 64
+
+
+_APPLY = {"demo": _demo, "3b": _3b, "7b": _7b}
+
+
+def apply_preset(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  """Applies preset `arg` (None or '' = the default recipe); unknown names are an error that lists them."""
+  name = arg or DEFAULT_PRESET
+  if name not in _APPLY:
+    raise ValueError(f"unknown preset {name!r} after ':' in --config; choose one of {PRESETS} "
+                     f"(no preset = {DEFAULT_PRESET})")
+  c.preset = name
+  _APPLY[name](c)
+  return c

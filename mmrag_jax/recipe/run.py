@@ -1,0 +1,170 @@
+"""One run of the recipe: `run(config, workdir)` dispatches on (config.stage, config.mode).
+
+  stage 1  train            warm-up? -> GRPO -> export -> score `stage1.score_splits` (ranking + recall@k)
+           eval | predict   score `data.eval_split` with WORKDIR/export (or model.path)
+  stage 2  train            [stage 1 first, if stage2.run_stage1] -> warm-up? -> GRPO from the stage-1
+                            policy on its ranking -> export -> the full pipeline on `data.eval_split`
+           eval | predict   the full pipeline on `data.eval_split` with WORKDIR/export (or the stage-1
+                            policy): stage-1 ranking -> top-k -> stage-2 answers -> files + metrics
+Every run ends by writing summary.json (final metrics and cost).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+
+from mmrag_jax.data.scores import read_stage1_scores
+from mmrag_jax.recipe import outputs
+from mmrag_jax.recipe.checks import ConfigError, require_path, validate
+from mmrag_jax.recipe.context import EXPORT_DIR, RunContext
+from mmrag_jax.recipe.demo import prepare_demo_inputs
+from mmrag_jax.recipe.stage1 import ranking_file, run_stage1_inference, train_stage1
+from mmrag_jax.recipe.stage2 import predict_split, train_stage2
+
+_log = logging.getLogger(__name__)
+
+STAGE1_SUBDIR = "stage1"
+
+
+
+
+def _num_params(model: Any) -> int:
+  from flax import nnx
+
+  return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
+
+
+def _policy_dir(ctx: RunContext, fallback_field: str, fallback: str) -> str:
+  """WORKDIR/export when this run has trained, else the fallback checkpoint."""
+  export = ctx.path(EXPORT_DIR)
+  if os.path.isfile(os.path.join(export, "config.json")):
+    return export
+  if not fallback:
+    raise ConfigError(fallback_field, f"no trained policy in {export} and {fallback_field} is empty: train first "
+                      f"(config.mode=train) or set --config.{fallback_field}=PATH")
+  return fallback
+
+
+def run_stage1(ctx: RunContext) -> dict[str, Any]:
+  c = ctx.config
+  history: list[dict[str, float]] = []
+  if c.mode == "train":
+    model_dir = require_path(c, "model.path", "a Hugging Face Qwen2.5-VL checkpoint directory")
+    train = ctx.read_split(c.data.train_split, c.data.max_train_questions)
+    result = train_stage1(ctx, ctx.load_model(model_dir), model_dir, train)
+    model, model_dir, history = result.model, result.export_dir or model_dir, result.history
+    splits = tuple(dict.fromkeys(c.stage1.score_splits))
+  else:
+    model_dir = _policy_dir(ctx, "model.path", c.model.path)
+    model = ctx.load_model(model_dir)
+    splits = (c.data.eval_split,)
+  metrics: dict[str, Any] = {}
+  for name in splits:
+    limit = c.data.max_train_questions if name == c.data.train_split else c.data.max_eval_questions
+    report = run_stage1_inference(ctx, model, model_dir, ctx.read_split(name, limit))
+    metrics.update({f"stage1/{name}/{k}": v for k, v in report.items() if k.startswith("recall@")})
+  outputs.write_curves(ctx)
+  return {"metrics": metrics, "history": history, "model": model}
+
+
+def stage1_config_for(c: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+  """The nested stage-1 run of a stage-2 config, sharing its data, base model and splits."""
+  s1 = ml_collections.ConfigDict(c.stage1.to_dict())
+  if not s1.data.data_dir:
+    s1.data.update(c.data.to_dict())
+    s1.data.synthetic = False
+  if not s1.model.path:
+    s1.model.path = c.model.path
+  s1.mode = "train"
+  s1.stage1.score_splits = tuple(dict.fromkeys((*s1.stage1.score_splits, c.data.train_split, c.data.eval_split)))
+  return s1
+
+
+def _stage1_workdir(ctx: RunContext) -> str:
+  c = ctx.config
+  if c.stage2.stage1_workdir:
+    return os.path.abspath(c.stage2.stage1_workdir)
+  if c.stage2.run_stage1:
+    return ctx.path(STAGE1_SUBDIR)
+  raise ConfigError("stage2.stage1_workdir", "is empty: set --config.stage2.stage1_workdir=DIR to a finished "
+                    "stage-1 run (its export/ and ranking_<split>.jsonl files), or --config.stage2.run_stage1=True "
+                    "to run stage 1 first; the demo preset does the latter: --config=configs/stage2.py:demo")
+
+
+def _ensure_stage1(ctx: RunContext, stage1_dir: str) -> None:
+  c = ctx.config
+  needed = [os.path.join(EXPORT_DIR, "config.json"), ranking_file(c.data.eval_split)]
+  if c.mode == "train":
+    needed.append(ranking_file(c.data.train_split))
+  if all(os.path.exists(os.path.join(stage1_dir, n)) for n in needed):
+    return
+  if not c.stage2.run_stage1:
+    missing = [n for n in needed if not os.path.exists(os.path.join(stage1_dir, n))]
+    raise ConfigError("stage2.stage1_workdir", f"{stage1_dir} lacks {missing}: run stage 1 there (with "
+                      "stage1.score_splits covering the train and eval splits) or set --config.stage2.run_stage1=True")
+  print(f"running stage 1 in {stage1_dir}")
+  run(stage1_config_for(c, stage1_dir), stage1_dir)
+
+
+def _scores(stage1_dir: str, split: str) -> dict[str, dict[str, float]]:
+  path = os.path.join(stage1_dir, ranking_file(split))
+  if not os.path.isfile(path):
+    raise ConfigError("stage2.stage1_workdir", f"no stage-1 ranking of split {split!r} at {path}")
+  return read_stage1_scores(path)
+
+
+def run_stage2(ctx: RunContext) -> dict[str, Any]:
+  c = ctx.config
+  stage1_dir = _stage1_workdir(ctx)
+  _ensure_stage1(ctx, stage1_dir)
+  init_dir = c.stage2.init_from or os.path.join(stage1_dir, EXPORT_DIR)
+  history: list[dict[str, float]] = []
+  if c.mode == "train":
+    require_path(ml_collections.ConfigDict({"stage2": {"init_from": init_dir}}), "stage2.init_from",
+                 "the stage-1 policy (Hugging Face directory)")
+    train = ctx.read_split(c.data.train_split, c.data.max_train_questions)
+    result = train_stage2(ctx, ctx.load_model(init_dir), init_dir, train, _scores(stage1_dir, c.data.train_split))
+    model, model_dir, history = result.model, result.export_dir or init_dir, result.history
+  else:
+    model_dir = _policy_dir(ctx, "stage2.init_from", init_dir)
+    model = ctx.load_model(model_dir)
+  split = ctx.read_split(c.data.eval_split, c.data.max_eval_questions)
+  if c.mode == "eval" and not any(q.is_labeled for q in split.questions):
+    raise ConfigError("data.eval_split", f"split {split.name!r} has no gold labels: use config.mode=predict")
+  scores = _scores(stage1_dir, split.name)
+  parsed = predict_split(ctx, model, model_dir, split, scores)
+  report = outputs.write_split_outputs(ctx, split, scores, parsed)
+  outputs.write_curves(ctx)
+  keys = outputs.WEBQA_KEYS if c.data.dataset == "webqa" else outputs.MMQA_KEYS
+  metrics = outputs.flat_metrics(report, keys)
+  recall = os.path.join(stage1_dir, f"recall_{split.name}.json")
+  if os.path.isfile(recall):
+    import json
+
+    with open(recall, encoding="utf-8") as f:
+      metrics.update({f"stage1/{split.name}/{k}": v for k, v in json.load(f).items() if k.startswith("recall@")})
+  return {"metrics": metrics, "history": history, "model": model, "report": report}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs one (stage, mode) of the recipe in `workdir`; returns and writes summary.json's content."""
+  started = time.perf_counter()
+  validate(config)
+  workdir = os.path.abspath(workdir)
+  prepare_demo_inputs(config, workdir)
+  ctx = RunContext(config, workdir)
+  ctx.write_json("config.json", ml_collections.ConfigDict(config.to_dict()).to_dict())
+  result = run_stage1(ctx) if config.stage == 1 else run_stage2(ctx)
+  summary = {
+      "stage": config.stage, "mode": config.mode, "preset": config.preset, "metrics": result["metrics"],
+      "cost": outputs.cost_summary(result["history"], total_time_s=time.perf_counter() - started,
+                                   num_devices=ctx.mesh.size, num_params=_num_params(result["model"])),
+  }
+  ctx.write_json(outputs.SUMMARY_FILE, summary)
+  return summary

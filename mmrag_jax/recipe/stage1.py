@@ -1,0 +1,121 @@
+"""Stage 1: train the point-wise relevance judge, then score every candidate of a split with it.
+
+Outputs in the workdir: `ranking_<split>.jsonl` ({"qid", "scores": {candidate id: P(yes)}}, the stage-2
+input) and `recall_<split>.json` (recall@k of the gold sources among the top-k, labeled splits only).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import tqdm
+
+from mmrag_jax.data.pipeline import stage1_pipeline
+from mmrag_jax.data.records import Question
+from mmrag_jax.data.scores import write_stage1_scores
+from mmrag_jax.model import Qwen25VL
+from mmrag_jax.processing.targets import stage1_target
+from mmrag_jax.recipe.context import RunContext, Split
+from mmrag_jax.recipe.training import TrainResult, train_policy
+from mmrag_jax.rl.reward_fns import stage1_reward_fn
+from mmrag_jax.rl.rewards import Stage1RewardConfig
+from mmrag_jax.rl.rollout import processor_batch
+from mmrag_jax.sampling import Scorer, judgment_continuation, with_continuation
+
+_log = logging.getLogger(__name__)
+
+
+def ranking_file(split: str) -> str:
+  return f"ranking_{split}.jsonl"
+
+
+def stage1_targets(think: bool):
+  """Warm-up targets of a stage-1 pipeline batch: the gold judgment of each row."""
+  def targets(batch: Mapping[str, Any]) -> list[str]:
+    return [stage1_target(1 if int(label) == 1 else 0, think=think) for label in batch["label"]]
+
+  return targets
+
+
+def train_stage1(ctx: RunContext, model: Qwen25VL, model_dir: str, train: Split) -> TrainResult:
+  """GRPO on point-wise (question, candidate) prompts with the stage-1 rule rewards."""
+  c = ctx.config
+  processor = ctx.processor(model_dir)
+  reward_config = Stage1RewardConfig.from_mapping(c.reward.to_dict())
+  negatives = c.stage1.negatives_per_positive
+
+  def pipeline(batch_size: int):
+    return iter(stage1_pipeline(train.questions, train.images, ctx.pipeline_config(model_dir, batch_size, train=True),
+                                negatives_per_positive=negatives))
+
+  return train_policy(ctx, model, model_dir, processor, data=pipeline(ctx.prompts_per_batch),
+                      reward_fn=stage1_reward_fn(reward_config),
+                      warmup_data=pipeline(c.warmup.batch_size) if c.warmup.steps else None,
+                      target_fn=stage1_targets(c.prompt.stage1_think))
+
+
+def score_candidates(ctx: RunContext, model: Qwen25VL, model_dir: str, split: Split
+                     ) -> tuple[dict[str, dict[str, float]], int]:
+  """P(yes) of every candidate of every question: ({qid: {candidate id: score}}, candidates not scored).
+
+  A candidate whose prompt could not be built (unreadable image, prompt over the largest length bucket)
+  gets score 0 and is counted; the pipeline logs why.
+  """
+  processor = ctx.processor(model_dir)
+  prefix, yes_id, no_id = judgment_continuation(processor.tokenizer, stage1_target(1), stage1_target(0))
+  scorer = Scorer(model, yes_token_id=yes_id, no_token_id=no_id, config=ctx.scorer_config(), mesh=ctx.mesh)
+  batch_size = ctx.config.scorer.batch_size
+  pipeline = stage1_pipeline(split.questions, split.images, ctx.pipeline_config(model_dir, batch_size, train=False),
+                             negatives_per_positive=None)
+  total = sum(len(q.candidates) for q in split.questions)
+  scores: dict[str, dict[str, float]] = {q.qid: {} for q in split.questions}
+  unscored = 0
+  progress = tqdm.tqdm(total=total, desc=f"stage-1 scoring {split.name}", unit="cand",
+                       disable=not ctx.is_main_process or not ctx.config.train.progress_bar)
+  for batch in pipeline:
+    probs = scorer(with_continuation(processor_batch(batch), prefix))
+    for row, qid in enumerate(batch["qid"]):
+      if not qid:  # rows padding the last batch
+        continue
+      valid = bool(batch["valid"][row])
+      unscored += not valid
+      scores[str(qid)][str(batch["candidate_id"][row])] = float(probs[row]) if valid else 0.0
+      progress.update(1)
+  progress.close()
+  return scores, unscored
+
+
+def recall_at_k(questions: Sequence[Question], scores: Mapping[str, Mapping[str, float]],
+                ks: Sequence[int]) -> dict[str, float]:
+  """Mean over labeled questions of |gold in top-k| / |gold| (ties broken by pool order, as stage 2 does)."""
+  labeled = [q for q in questions if q.is_labeled and q.gold_ids]
+  if not labeled:
+    return {}
+  hits = {k: 0.0 for k in ks}
+  for q in labeled:
+    row = scores[q.qid]
+    order = sorted(range(len(q.candidates)), key=lambda i: (-row.get(q.candidates[i].id, -math.inf), i))
+    ranked = [q.candidates[i].id for i in order]
+    gold = set(q.gold_ids)
+    for k in ks:
+      hits[k] += len(gold & set(ranked[:k])) / len(gold)
+  return {f"recall@{k}": hits[k] / len(labeled) for k in ks}
+
+
+def run_stage1_inference(ctx: RunContext, model: Qwen25VL, model_dir: str, split: Split) -> dict[str, Any]:
+  """Scores a split, writes its ranking and recall files; returns {'recall@k': ..., 'unscored': n}."""
+  scores, unscored = score_candidates(ctx, model, model_dir, split)
+  if ctx.is_main_process:
+    write_stage1_scores(ctx.path(ranking_file(split.name)), scores)
+  recall = recall_at_k(split.questions, scores, tuple(ctx.config.scorer.recall_ks))
+  report = {"split": split.name, "num_questions": len(split.questions),
+            "num_candidates": int(sum(len(q.candidates) for q in split.questions)), "unscored": unscored, **recall}
+  ctx.write_json(f"recall_{split.name}.json", report)
+  shown = ", ".join(f"{k} {v:.3f}" for k, v in recall.items()) or "unlabeled split"
+  _log.info("stage-1 %s: %s (%d candidates unscored)", split.name, shown, unscored)
+  print(f"stage-1 ranking of {split.name}: {ctx.path(ranking_file(split.name))}  [{shown}]")
+  return report

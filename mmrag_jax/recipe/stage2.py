@@ -1,0 +1,111 @@
+"""Stage 2: train list-wise evidence ranking + answering, and run the full pipeline on a split.
+
+Prediction (`predict_split`): the stage-1 ranking of the split -> its top-k candidates, best first, as
+[1]..[k] -> one greedy stage-2 completion per question -> parsed reasoning, cited evidence and answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import tqdm
+
+from mmrag_jax.data.pipeline import stage2_pipeline
+from mmrag_jax.data.scores import Stage1Scores
+from mmrag_jax.model import Qwen25VL
+from mmrag_jax.processing.targets import MMQA_ANSWER_SEPARATOR, stage2_target
+from mmrag_jax.recipe.context import RunContext, Split
+from mmrag_jax.recipe.training import TrainResult, train_policy
+from mmrag_jax.rl.reward_fns import stage2_reward_fn
+from mmrag_jax.rl.rewards import Stage2RewardConfig
+from mmrag_jax.rl.rewards.parse import parse_stage2
+from mmrag_jax.rl.rewards.tags import scan_blocks
+from mmrag_jax.rl.rollout import completion_texts, processor_batch
+from mmrag_jax.sampling import Sampler
+
+_log = logging.getLogger(__name__)
+
+
+def gold_numbers(is_gold: Sequence[bool], num_candidates: int) -> list[int]:
+  """Prompt numbers (1-based) of the gold candidates among the first `num_candidates` slots."""
+  return [j + 1 for j, gold in enumerate(is_gold) if gold and j < num_candidates]
+
+
+def stage2_targets(batch: Mapping[str, Any]) -> list[str]:
+  """Warm-up targets of a stage-2 pipeline batch: fixed reasoning, the gold evidence, the reference answer."""
+  return [stage2_target(gold_numbers(batch["candidate_is_gold"][row], int(batch["num_candidates"][row])),
+                        tuple(batch["answers"][row]), str(batch["dataset"][row]))
+          for row in range(len(batch["qid"]))]
+
+
+def train_stage2(ctx: RunContext, model: Qwen25VL, model_dir: str, train: Split, scores: Stage1Scores) -> TrainResult:
+  """GRPO on list-wise prompts: all gold candidates + the hardest negatives of the stage-1 ranking."""
+  c = ctx.config
+  processor = ctx.processor(model_dir)
+  reward_config = Stage2RewardConfig.from_mapping(c.reward.to_dict())
+
+  def pipeline(batch_size: int):
+    return iter(stage2_pipeline(train.questions, train.images, ctx.pipeline_config(model_dir, batch_size, train=True),
+                                k=c.stage2.k, mode="train", scores=scores))
+
+  return train_policy(ctx, model, model_dir, processor, data=pipeline(ctx.prompts_per_batch),
+                      reward_fn=stage2_reward_fn(reward_config),
+                      warmup_data=pipeline(c.warmup.batch_size) if c.warmup.steps else None,
+                      target_fn=stage2_targets)
+
+
+def _answer(text: str | None, dataset: str, separator: str | None) -> str | list[str]:
+  text = (text or "").strip()
+  if dataset != "mmqa":
+    return text
+  parts = [p.strip() for p in text.split(separator or MMQA_ANSWER_SEPARATOR.strip())]
+  return [p for p in parts if p] or [text]
+
+
+def parse_prediction(completion: str, candidate_ids: Sequence[str], dataset: str, think: str,
+                     separator: str | None) -> dict[str, Any]:
+  """The parts of one stage-2 completion: reasoning, cited numbers and ids, answer, format flag."""
+  parsed = parse_stage2(completion, len(candidate_ids), think)
+  cited = [n for n in (parsed.cited or ()) if 1 <= n <= len(candidate_ids)]
+  blocks, _ = scan_blocks(completion, ("think",))
+  reasoning = blocks["think"].content if "think" in blocks and blocks["think"].content is not None else ""
+  return {"answer": _answer(parsed.answer, dataset, separator), "sources": [candidate_ids[n - 1] for n in cited],
+          "reasoning": reasoning.strip(), "evidence_numbers": list(parsed.cited or ()), "completion": completion,
+          "format_ok": not parsed.malformed}
+
+
+def predict_split(ctx: RunContext, model: Qwen25VL, model_dir: str, split: Split,
+                  scores: Stage1Scores) -> dict[str, dict[str, Any]]:
+  """Greedy stage-2 answers for every question of the split: {qid: parsed prediction + prompt ids}.
+
+  A question whose prompt could not be built (the pipeline logs why) gets an empty answer and
+  `format_ok` False, so every question has a prediction.
+  """
+  c = ctx.config
+  processor = ctx.processor(model_dir)
+  config = ctx.pipeline_config(model_dir, c.predict.batch_size, train=False)
+  pipeline = stage2_pipeline(split.questions, split.images, config, k=c.stage2.k, mode="inference", scores=scores)
+  sampler = Sampler(model, ctx.sampler_config(max_new_tokens=c.predict.max_new_tokens, greedy=True), mesh=ctx.mesh)
+  key = jax.random.key(c.seed)
+  out: dict[str, dict[str, Any]] = {}
+  progress = tqdm.tqdm(total=len(split.questions), desc=f"stage-2 answers {split.name}", unit="q",
+                       disable=not ctx.is_main_process or not c.train.progress_bar)
+  for batch in pipeline:
+    samples = sampler.generate(processor_batch(batch), key, group_size=1)
+    texts = completion_texts(samples, processor.decode, sampler.stop_ids)
+    for row, qid in enumerate(batch["qid"]):
+      if not qid:
+        continue
+      ids = [str(i) for i in batch["candidate_ids"][row][:int(batch["num_candidates"][row])]]
+      dataset = str(batch["dataset"][row])
+      completion = texts[row] if batch["valid"][row] else ""
+      record = parse_prediction(completion, ids, dataset, c.reward.think, c.reward.mmqa_span_separator)
+      record.update(kept_ids=ids, truncated=bool(np.asarray(samples.truncated)[row]))
+      out[str(qid)] = record
+      progress.update(1)
+  progress.close()
+  return out
