@@ -47,6 +47,8 @@ def get_config(arg: str | None = None):
   presets.apply_preset(c, arg)
   if c.preset == "demo":
     c.stage2.k = 3
+    c.pipeline.length_buckets = (512,)  # demo prompts with 3 candidates are 310-390 tokens
+    c.sampler.length_buckets = (512,)
     c.stage2.run_stage1 = True
     c.rl.max_new_tokens = 64   # targets are 52-63 tokens with the tiny tokenizer
     c.predict.max_new_tokens = 64

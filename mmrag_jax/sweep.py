@@ -228,18 +228,22 @@ def _write_json(path: str, record: Mapping[str, Any]) -> None:
 def launch(command: Sequence[str], log_path: str, *, echo: bool = True) -> int:
   """Runs `command`, streaming its merged stdout / stderr to `log_path` (and to stdout when `echo`).
 
-  Returns the exit code. On KeyboardInterrupt the child is terminated before the interrupt propagates.
+  Bytes pass through unchanged, so progress bars redraw in place. Returns the exit code; on
+  KeyboardInterrupt the child is terminated before the interrupt propagates.
   """
-  env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # line-by-line logs while the run is going
-  with open(log_path, "w", encoding="utf-8") as log:
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
-                            errors="replace", bufsize=1)
+  env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the log follows the run as it goes
+  terminal = getattr(sys.stdout, "buffer", None)
+  with open(log_path, "wb") as log:
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     try:
-      for line in proc.stdout:
-        log.write(line)
+      while chunk := proc.stdout.read1(1 << 16):
+        log.write(chunk)
         log.flush()
         if echo:
-          sys.stdout.write(line)
+          if terminal is None:
+            sys.stdout.write(chunk.decode(errors="replace"))
+          else:
+            terminal.write(chunk)
           sys.stdout.flush()
       return proc.wait()
     except BaseException:
@@ -362,7 +366,7 @@ def collect(root: str) -> list[dict[str, Any]]:
   return [row for _, _, row in sorted(rows, key=lambda r: (r[0], r[1]))]
 
 
-# Column groups: run, grid fields, status..., metrics (alphabetical), cost fields, log / error.
+# Column groups: run, grid fields, status..., metrics (in summary order), cost fields, log / error.
 _FIXED_COLUMNS = {"run": (0, 0), "status": (2, 0), "stage": (2, 1), "mode": (2, 2), "preset": (2, 3),
                   "log": (5, 0), "error": (5, 1)}
 
@@ -378,7 +382,7 @@ def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     if key.startswith("cost/"):
       name = key[len("cost/"):]
       return 4, (COST_FIELDS.index(name) if name in COST_FIELDS else len(COST_FIELDS), name)
-    return 3, key
+    return 3, first_seen[key]
 
   return sorted(set(first_seen) | {"run", "status"}, key=order)
 

@@ -82,7 +82,7 @@ def finished_sweep(tmp_path):
                                           "returncode": 2 if k == 7 else 0})
     _write(tmp_path / name / "log.txt", "...")
   _write(tmp_path / "k-3" / "summary.json", {"stage": 2, "mode": "train", "preset": "demo",
-                                             "metrics": {"qa_acc": 0.5, "retrieval_f1": 0.25}, "cost": COST})
+                                             "metrics": {"retrieval_f1": 0.25, "qa_acc": 0.5}, "cost": COST})
   _write(tmp_path / "k-5" / "summary.json", {"stage": 2, "mode": "train", "preset": "demo",
                                              "metrics": {"qa_acc": None}, "cost": {**COST, "mean_step_time_s": None}})
   _write(tmp_path / "notes" / "readme.txt", "not a run")
@@ -96,7 +96,7 @@ def test_collect_reads_every_run_with_its_grid_status_metrics_and_cost(finished_
   grid = {"config.mesh.shape": (1, -1, 1)}
   assert rows == [
       {"run": "k-3", "config.stage2.k": 3, **grid, "status": "ok", "stage": 2, "mode": "train", "preset": "demo",
-       "qa_acc": 0.5, "retrieval_f1": 0.25, **cost, "log": "k-3/log.txt"},
+       "retrieval_f1": 0.25, "qa_acc": 0.5, **cost, "log": "k-3/log.txt"},
       {"run": "k-5", "config.stage2.k": 5, **grid, "status": "ok", "stage": 2, "mode": "train", "preset": "demo",
        "qa_acc": None, **cost, "cost/mean_step_time_s": None, "log": "k-5/log.txt"},
       {"run": "k-7", "config.stage2.k": 7, **grid, "status": "failed", "log": "k-7/log.txt", "error": "exit code 2"},
@@ -105,8 +105,8 @@ def test_collect_reads_every_run_with_its_grid_status_metrics_and_cost(finished_
 
 def test_tables_hold_one_row_per_run_with_blank_missing_cells(finished_sweep):
   markdown = write_tables(collect(str(finished_sweep)), str(finished_sweep))
-  columns = (["run", "config.stage2.k", "config.mesh.shape", "status", "stage", "mode", "preset", "qa_acc",
-              "retrieval_f1"] + [f"cost/{k}" for k in COST] + ["log", "error"])
+  columns = (["run", "config.stage2.k", "config.mesh.shape", "status", "stage", "mode", "preset",
+              "retrieval_f1", "qa_acc"] + [f"cost/{k}" for k in COST] + ["log", "error"])  # metrics in summary order
   with open(finished_sweep / "sweep.csv", newline="") as f:
     reader = csv.DictReader(f)
     assert reader.fieldnames == columns
@@ -118,7 +118,7 @@ def test_tables_hold_one_row_per_run_with_blank_missing_cells(finished_sweep):
   assert table[2]["status"] == "failed" and table[2]["log"] == "k-7/log.txt" and table[2]["qa_acc"] == ""
   lines = markdown.splitlines()
   assert lines[0] == "| " + " | ".join(columns) + " |" and lines[1] == "|" + "---|" * len(columns)
-  assert lines[2] == ("| k-3 | 3 | (1, -1, 1) | ok | 2 | train | demo | 0.5 | 0.25 | 10 | 12800 | 40960 | 1.25 | "
+  assert lines[2] == ("| k-3 | 3 | (1, -1, 1) | ok | 2 | train | demo | 0.25 | 0.5 | 10 | 12800 | 40960 | 1.25 | "
                       "12.5 | 20 | 8 | 3754622976 | k-3/log.txt |  |")
   assert lines[4] == "| k-7 | 7 | (1, -1, 1) | failed |" + "  |" * 13 + " k-7/log.txt | exit code 2 |"
   assert (finished_sweep / "sweep.md").read_text() == markdown
@@ -264,11 +264,13 @@ def test_command_line_dry_run_and_collect_only(fake_project):
   assert _calls(fake_project) == ["stage2.k-3", "stage2.k-5"]
 
 
-def test_other_hosts_of_a_multi_host_sweep_keep_their_own_logs_and_no_records(fake_project):
+def test_other_hosts_of_a_multi_host_sweep_keep_their_own_logs_and_no_records(fake_project, capsys):
   root = fake_project / "sweep"
   runs = plan_sweep(f"{fake_project / 'config.py'}", str(root), ["stage2.k=3,5"], ["fail_k=5"],
                     main_module="fake_main")
-  assert run_sweep(runs, echo=False, process_index=1) == {"stage2.k-3": "ok", "stage2.k-5": "failed"}
+  assert run_sweep(runs, echo=True, process_index=1) == {"stage2.k-3": "ok", "stage2.k-5": "failed"}
+  echoed = capsys.readouterr().out
+  assert "fake main: k=3 group_size=4" in echoed and "fake main: k is refused" in echoed
   for run in runs:
     written = ["log.1.txt", "received.json", "summary.json"] if run.grid["stage2.k"] == 3 else ["log.1.txt"]
     assert sorted(os.listdir(run.workdir)) == written

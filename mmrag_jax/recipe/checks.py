@@ -8,6 +8,9 @@ from typing import Any
 
 import ml_collections
 
+from mmrag_jax.rl.config import GRPOConfig
+from mmrag_jax.rl.rewards import Stage1RewardConfig, Stage2RewardConfig
+
 MODES = ("train", "eval", "predict")
 DATASETS = ("webqa", "mmqa")
 SPLITS = {"webqa": ("train", "val", "test"), "mmqa": ("train", "dev", "test")}
@@ -90,6 +93,29 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError("scorer.recall_ks", f"must be positive, got {tuple(config.scorer.recall_ks)}")
   if config.stage == 2:
     _positive_int(config, "stage2.k")
+  if config.mode == "eval" and config.data.eval_split == "test":
+    raise ConfigError("data.eval_split", "the test split has no gold labels to evaluate: use config.mode=predict")
+  grpo_config(config)
+  reward_config(config)
+
+
+def grpo_config(config: ml_collections.ConfigDict) -> GRPOConfig:
+  """config.rl as a GRPOConfig; the schedule's total_steps defaults to the run's optimizer steps."""
+  fields = config.rl.to_dict()
+  fields.setdefault("total_steps", config.train.num_steps * fields.get("num_iterations", 1))
+  try:
+    return GRPOConfig.from_mapping(fields)
+  except (TypeError, ValueError) as e:
+    raise ConfigError("rl", str(e)) from e
+
+
+def reward_config(config: ml_collections.ConfigDict) -> Stage1RewardConfig | Stage2RewardConfig:
+  """config.reward as the stage's reward config."""
+  cls = Stage1RewardConfig if config.stage == 1 else Stage2RewardConfig
+  try:
+    return cls.from_mapping(config.reward.to_dict())
+  except (TypeError, ValueError) as e:
+    raise ConfigError("reward", str(e)) from e
 
 
 def validate_batch_division(config: ml_collections.ConfigDict, data_parallel: int) -> None:

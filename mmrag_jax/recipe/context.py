@@ -23,7 +23,7 @@ from mmrag_jax.model.checkpoint import CONFIG_FILE
 from mmrag_jax.parallel import make_mesh
 from mmrag_jax.processing import load_processor
 from mmrag_jax.processing.prompts import PromptConfig
-from mmrag_jax.recipe.checks import ConfigError, require_path, validate_batch_division
+from mmrag_jax.recipe.checks import ConfigError, grpo_config, require_path, validate_batch_division
 from mmrag_jax.rl.config import GRPOConfig
 from mmrag_jax.rl.trainer import TrainerConfig
 from mmrag_jax.sampling import Categorical, Greedy, SamplerConfig, SamplingMethod, ScorerConfig, TopK, TopP
@@ -60,10 +60,10 @@ class RunContext:
 
   # -- model -----------------------------------------------------------------------------------------
 
-  def load_model(self, path: str) -> Qwen25VL:
-    """A Hugging Face checkpoint directory -> the sharded model (config's dtypes)."""
+  def load_model(self, path: str, field: str = "model.path") -> Qwen25VL:
+    """A Hugging Face checkpoint directory -> the sharded model (config's dtypes); errors name `field`."""
     if not os.path.isfile(os.path.join(path, CONFIG_FILE)):
-      raise ConfigError("model.path", f"{path!r} is not a Hugging Face checkpoint directory (no {CONFIG_FILE})")
+      raise ConfigError(field, f"{path!r} is not a Hugging Face checkpoint directory (no {CONFIG_FILE})")
     _log.info("loading the policy from %s", path)
     return load_pretrained(path, dtype=self.config.model.dtype, param_dtype=self.config.model.param_dtype,
                            mesh=self.mesh)
@@ -109,12 +109,7 @@ class RunContext:
         prompt=PromptConfig(**c.prompt.to_dict()))
 
   def grpo_config(self) -> GRPOConfig:
-    fields = self.config.rl.to_dict()
-    fields.setdefault("total_steps", self.config.train.num_steps * fields.get("num_iterations", 1))
-    try:
-      return GRPOConfig.from_mapping(fields)
-    except ValueError as e:
-      raise ConfigError("rl", str(e)) from e
+    return grpo_config(self.config)
 
   def sampling_method(self) -> SamplingMethod:
     s = self.config.sampler

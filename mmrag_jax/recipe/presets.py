@@ -111,10 +111,8 @@ def _demo(c: ml_collections.ConfigDict) -> None:
   c.data.synthetic_sizes = (24, 12, 4)
   c.pipeline.min_pixels = 28 * 28
   c.pipeline.max_pixels = 56 * 56
-  c.pipeline.length_buckets = (1024,)
   c.pipeline.read_threads = 2
   c.mesh.shape = (1, 1, 1)
-  c.sampler.length_buckets = (1024,)
   c.sampler.patch_buckets = (256,)
   c.rl.group_size = 4
   c.rl.learning_rate = 2e-4

@@ -11,7 +11,6 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import tqdm
 
 from mmrag_jax.data.pipeline import stage1_pipeline
@@ -19,10 +18,10 @@ from mmrag_jax.data.records import Question
 from mmrag_jax.data.scores import write_stage1_scores
 from mmrag_jax.model import Qwen25VL
 from mmrag_jax.processing.targets import stage1_target
+from mmrag_jax.recipe.checks import reward_config
 from mmrag_jax.recipe.context import RunContext, Split
 from mmrag_jax.recipe.training import TrainResult, train_policy
 from mmrag_jax.rl.reward_fns import stage1_reward_fn
-from mmrag_jax.rl.rewards import Stage1RewardConfig
 from mmrag_jax.rl.rollout import processor_batch
 from mmrag_jax.sampling import Scorer, judgment_continuation, with_continuation
 
@@ -45,7 +44,7 @@ def train_stage1(ctx: RunContext, model: Qwen25VL, model_dir: str, train: Split)
   """GRPO on point-wise (question, candidate) prompts with the stage-1 rule rewards."""
   c = ctx.config
   processor = ctx.processor(model_dir)
-  reward_config = Stage1RewardConfig.from_mapping(c.reward.to_dict())
+  reward = reward_config(c)
   negatives = c.stage1.negatives_per_positive
 
   def pipeline(batch_size: int):
@@ -53,7 +52,7 @@ def train_stage1(ctx: RunContext, model: Qwen25VL, model_dir: str, train: Split)
                                 negatives_per_positive=negatives))
 
   return train_policy(ctx, model, model_dir, processor, data=pipeline(ctx.prompts_per_batch),
-                      reward_fn=stage1_reward_fn(reward_config),
+                      reward_fn=stage1_reward_fn(reward),
                       warmup_data=pipeline(c.warmup.batch_size) if c.warmup.steps else None,
                       target_fn=stage1_targets(c.prompt.stage1_think))
 

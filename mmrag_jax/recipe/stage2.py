@@ -18,10 +18,10 @@ from mmrag_jax.data.pipeline import stage2_pipeline
 from mmrag_jax.data.scores import Stage1Scores
 from mmrag_jax.model import Qwen25VL
 from mmrag_jax.processing.targets import MMQA_ANSWER_SEPARATOR, stage2_target
+from mmrag_jax.recipe.checks import reward_config
 from mmrag_jax.recipe.context import RunContext, Split
 from mmrag_jax.recipe.training import TrainResult, train_policy
 from mmrag_jax.rl.reward_fns import stage2_reward_fn
-from mmrag_jax.rl.rewards import Stage2RewardConfig
 from mmrag_jax.rl.rewards.parse import parse_stage2
 from mmrag_jax.rl.rewards.tags import scan_blocks
 from mmrag_jax.rl.rollout import completion_texts, processor_batch
@@ -46,14 +46,14 @@ def train_stage2(ctx: RunContext, model: Qwen25VL, model_dir: str, train: Split,
   """GRPO on list-wise prompts: all gold candidates + the hardest negatives of the stage-1 ranking."""
   c = ctx.config
   processor = ctx.processor(model_dir)
-  reward_config = Stage2RewardConfig.from_mapping(c.reward.to_dict())
+  reward = reward_config(c)
 
   def pipeline(batch_size: int):
     return iter(stage2_pipeline(train.questions, train.images, ctx.pipeline_config(model_dir, batch_size, train=True),
                                 k=c.stage2.k, mode="train", scores=scores))
 
   return train_policy(ctx, model, model_dir, processor, data=pipeline(ctx.prompts_per_batch),
-                      reward_fn=stage2_reward_fn(reward_config),
+                      reward_fn=stage2_reward_fn(reward),
                       warmup_data=pipeline(c.warmup.batch_size) if c.warmup.steps else None,
                       target_fn=stage2_targets)
 

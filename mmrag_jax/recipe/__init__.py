@@ -1,0 +1,12 @@
+"""The MMRAG-RFT recipe behind `python -m mmrag_jax.main`: configs in, trained policies and predictions out.
+
+  run.run(config, workdir)     one (stage, mode) of the recipe; writes summary.json
+  stage1                       stage-1 training, candidate scoring, ranking files, recall@k
+  stage2                       stage-2 training, the full pipeline on a split
+  training                     format warm-up -> GRPO -> Hugging Face export (both stages)
+  outputs                      predictions.jsonl, submission, metrics.json, report.html, curves, summary
+  checks / presets / context   config validation, shared fields and presets, the resolved run
+  demo                         synthetic data and a tiny random checkpoint for the demo preset
+
+This package sits above model / sampling / rl / data / evaluation and is imported by nothing below it.
+"""

@@ -1,0 +1,177 @@
+"""The supervised format warm-up: its target batches, its update (the token-mean NLL gradient, checked against
+an independent full forward) and a short run after which the policy greedily writes its targets."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from mmrag_jax.model import prepare_inputs
+from mmrag_jax.model.qwen25vl import forward
+from mmrag_jax.parallel import make_mesh
+from mmrag_jax.processing import build_tiny_tokenizer
+from mmrag_jax.processing.targets import stage1_target
+from mmrag_jax.rl.update import PolicyUpdater
+from mmrag_jax.rl.warmup import WarmupConfig, supervised_warmup, target_batch
+from mmrag_jax.sampling import Greedy, Sampler, SamplerConfig
+
+# Left-padded prompts of different lengths, two with images (see `random_processor_batch`).
+PROMPT_ROWS = ([2, (1, 4, 4), 2], [5], [3, (1, 2, 4), 1])
+LENGTH_BUCKETS, PATCH_BUCKETS = (32,), (32,)
+
+
+@pytest.fixture(scope="module")
+def tokenize():
+  tokenizer = build_tiny_tokenizer()
+  return lambda text: tokenizer.encode(text, add_special_tokens=False)
+
+
+@pytest.fixture(scope="module")
+def single_device_mesh():
+  return make_mesh((1, 1, 1), jax.devices()[:1])
+
+
+def warmup_config(max_new_tokens: int, **fields) -> WarmupConfig:
+  return WarmupConfig(**{"steps": 1, "learning_rate": 1.0, "max_new_tokens": max_new_tokens,
+                         "length_buckets": LENGTH_BUCKETS, "patch_buckets": PATCH_BUCKETS, **fields})
+
+
+def reference_completions(targets, tokenize, stop_id, width):
+  """Per row: the target's tokens and the stop id, cut to `width` (what the policy should write)."""
+  return [(list(tokenize(text)) + [stop_id])[:width] for text in targets]
+
+
+def full_sequence_batch(prompts, completions, pad_token_id):
+  """Processor form of prompt + completion per row: each row's real prompt tokens followed by its completion,
+  left-padded again to the longest row; the images are the prompts' own."""
+  sequences = [np.concatenate([ids[mask == 1], completion]) for ids, mask, completion in
+               zip(prompts["input_ids"], prompts["attention_mask"], completions)]
+  length = max(map(len, sequences))
+  input_ids = np.full((len(sequences), length), pad_token_id, np.int64)
+  attention_mask = np.zeros((len(sequences), length), np.int64)
+  for row, sequence in enumerate(sequences):
+    input_ids[row, length - len(sequence):] = sequence
+    attention_mask[row, length - len(sequence):] = 1
+  return dict(input_ids=input_ids, attention_mask=attention_mask, pixel_values=prompts["pixel_values"],
+              image_grid_thw=prompts["image_grid_thw"])
+
+
+def nll_and_gradient(model, prompts, completions):
+  """Token-mean NLL of the completions under `model` and its gradient, from one full forward and a float32
+  log-softmax over the whole vocabulary. Each completion ends its (left-padded) row, so token j of a
+  completion of n tokens sits at column L - n + j and is predicted by column L - n + j - 1."""
+  config = model.config
+  full = full_sequence_batch(prompts, completions, config.pad_token_id)
+  inputs = prepare_inputs(full, config)
+  rows, length = full["input_ids"].shape
+  width = max(map(len, completions))
+  columns = np.zeros((rows, width), np.int32)
+  tokens = np.zeros((rows, width), np.int32)
+  mask = np.zeros((rows, width), np.float32)
+  for row, completion in enumerate(completions):
+    n = len(completion)
+    columns[row, :n] = length - n + np.arange(n) - 1
+    tokens[row, :n] = completion
+    mask[row, :n] = 1.0
+  graphdef, params = nnx.split(model)
+
+  @jax.jit
+  def nll(p):
+    logprobs = jax.nn.log_softmax(forward(nnx.merge(graphdef, p), inputs).astype(jnp.float32), axis=-1)
+    picked = logprobs[jnp.arange(rows)[:, None], columns, tokens]  # [B, T]
+    return -jnp.sum(picked * mask) / jnp.sum(mask)
+
+  value, grad = jax.value_and_grad(nll)(params)
+  return float(value), grad
+
+
+def test_target_batch_appends_the_stop_id_cuts_to_width_and_masks_invalid_rows(make_tiny_policy, rl_cases,
+                                                                                 tokenize):
+  model, width = make_tiny_policy(), 6
+  stop_id, pad_id = model.config.eos_token_id, model.config.pad_token_id
+  batch = rl_cases.prompt_batch(PROMPT_ROWS, seed=0)
+  batch["valid"] = np.array([True, False, True])
+  # stage1_target(1) is 5 tokens + stop: exactly the width, not cut; the think target is cut.
+  targets = [stage1_target(1), stage1_target(0), stage1_target(0, think=True)]
+  lengths = [len(tokenize(text)) + 1 for text in targets]
+  assert lengths[0] == width and lengths[2] > width
+
+  train, cut = target_batch(model, batch, targets, tokenize, stop_id, warmup_config(width))
+  assert cut == 1
+  expected = reference_completions(targets, tokenize, stop_id, width)
+  ids, mask = np.asarray(train.completion_ids), np.asarray(train.completion_mask)
+  assert ids.shape == mask.shape == (3, width)
+  for row in (0, 2):
+    assert ids[row].tolist() == expected[row] + [pad_id] * (width - len(expected[row]))
+    assert mask[row].tolist() == [True] * len(expected[row]) + [False] * (width - len(expected[row]))
+  assert ids[0, -1] == stop_id  # the stop token fits and is a loss token
+  assert stop_id not in ids[2].tolist()  # a cut target loses its stop token
+  assert not mask[1].any() and (ids[1] == pad_id).all()
+  np.testing.assert_array_equal(train.advantages, np.ones(3, np.float32))
+  # The completions follow their prompts in the model inputs.
+  np.testing.assert_array_equal(np.asarray(train.inputs.input_ids)[[0, 2], -width:], ids[[0, 2]])
+
+
+def test_warmup_update_moves_the_parameters_by_minus_the_nll_gradient(make_tiny_policy, rl_cases, tokenize,
+                                                                        single_device_mesh):
+  width = 8
+  stop_id = rl_cases.config.eos_token_id
+  batch = rl_cases.prompt_batch(PROMPT_ROWS, seed=1)
+  # 6 tokens (two pads), 22 tokens (cut to 8), 6 tokens.
+  targets = [stage1_target(1), stage1_target(0, think=True), stage1_target(0)]
+  config = warmup_config(width)
+  grpo = dataclasses.replace(config.grpo_config(), max_grad_norm=0.0)
+
+  expected_nll, expected_grad = nll_and_gradient(make_tiny_policy(), batch,
+                                                 reference_completions(targets, tokenize, stop_id, width))
+
+  model = make_tiny_policy()
+  train, _ = target_batch(model, batch, targets, tokenize, stop_id, config)
+  updater = PolicyUpdater(model, grpo, single_device_mesh, tx=optax.sgd(1.0))
+  before = jax.tree.map(np.array, updater.params)
+  metrics, (logprobs,) = updater.optimizer_update([updater.place_batch(train)])
+
+  mask = np.asarray(train.completion_mask)
+  assert -float((np.asarray(logprobs) * mask).sum() / mask.sum()) == pytest.approx(expected_nll, rel=1e-5)
+  assert float(metrics["loss"]) == pytest.approx(-1.0, rel=1e-6)  # -(1/|M|) sum ratio * A, ratio = A = 1
+  step = jax.tree.map(lambda old, new: old - np.asarray(new), before, updater.params)  # lr 1: the gradient
+  got, want = jax.tree.leaves(step), [np.asarray(g) for g in jax.tree.leaves(expected_grad)]
+  assert len(got) == len(want)
+  flat_got, flat_want = np.concatenate([g.ravel() for g in got]), np.concatenate([w.ravel() for w in want])
+  assert np.linalg.norm(flat_got - flat_want) <= 1e-5 * np.linalg.norm(flat_want)
+  for leaf_got, leaf_want in zip(got, want):
+    np.testing.assert_allclose(leaf_got, leaf_want, rtol=1e-4, atol=1e-6)
+  assert float(metrics["grad_norm"]) == pytest.approx(float(np.linalg.norm(flat_want)), rel=1e-5)
+  vision_step = jax.tree.leaves(nnx.state(nnx.merge(updater.graphdef, step)).visual)
+  assert max(float(np.abs(leaf).max()) for leaf in vision_step) > 0  # the images are trained through
+
+
+def test_supervised_warmup_lowers_the_nll_and_teaches_greedy_decoding_the_targets(make_tiny_policy, rl_cases,
+                                                                                   tokenize, single_device_mesh):
+  width = 6
+  stop_id = rl_cases.config.eos_token_id
+  batch = rl_cases.prompt_batch(PROMPT_ROWS[:2], seed=2)
+  targets = [stage1_target(1), stage1_target(0)]
+  config = warmup_config(width, steps=30, learning_rate=2e-2)
+  history = []
+  model = supervised_warmup(make_tiny_policy(), itertools.repeat(batch), lambda _: targets, tokenize, config,
+                            mesh=single_device_mesh, stop_id=stop_id,
+                            on_step=lambda step, metrics: history.append((step, metrics)))
+
+  assert [step for step, _ in history] == list(range(1, config.steps + 1))
+  nll = [metrics["nll"] for _, metrics in history]
+  assert nll[-1] < 0.1 * nll[0]
+  assert all(metrics["cut_targets"] == 0 for _, metrics in history)
+
+  sampler = Sampler(model, SamplerConfig(max_new_tokens=width, method=Greedy(), stop_ids=(stop_id,),
+                                         length_buckets=LENGTH_BUCKETS, patch_buckets=PATCH_BUCKETS))
+  out = sampler.generate(batch, jax.random.key(0))
+  expected = reference_completions(targets, tokenize, stop_id, width)
+  assert [out.tokens[row, :out.lengths[row]].tolist() for row in range(2)] == expected
