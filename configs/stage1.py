@@ -28,6 +28,7 @@ def get_config(arg: str | None = None):
   if c.preset == "demo":
     c.pipeline.length_buckets = (256,)  # demo prompts are 120-165 tokens
     c.sampler.length_buckets = (256,)
+    c.sampler.patch_buckets = (256,)    # 16 one-image prompts x 16 patches
     c.train.num_steps = 4
     c.warmup.steps = 30
   return c

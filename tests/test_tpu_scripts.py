@@ -144,7 +144,7 @@ class _Metadata(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def metadata_server():
   server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Metadata)
-  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
   thread.start()
   yield server
   server.shutdown()

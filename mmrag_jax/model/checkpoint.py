@@ -188,12 +188,14 @@ def _checkpoint_dtype(hf: Mapping[str, Any]) -> str:
 
 
 def load_pretrained(path: str, *, dtype: str | None = None, param_dtype: str | None = None,
-                    mesh: jax.sharding.Mesh | None = None, rules: LogicalRules | None = None) -> Qwen25VL:
+                    mesh: jax.sharding.Mesh | None = None, rules: LogicalRules | None = None,
+                    remat: bool = False) -> Qwen25VL:
   """Loads a Hugging Face Qwen2.5-VL checkpoint directory (config.json + safetensors) as `Qwen25VL`.
 
   param_dtype: storage dtype (default: the checkpoint's `dtype` / `torch_dtype`); dtype: compute dtype
   (default: param_dtype). With `mesh`, each parameter goes straight onto the NamedSharding that its
-  logical axes get under `rules` (default `mmrag_jax.parallel.DEFAULT_RULES`).
+  logical axes get under `rules` (default `mmrag_jax.parallel.DEFAULT_RULES`). remat: recompute each
+  layer's activations in the backward pass (`Qwen25VLConfig.remat`).
   """
   config_path = os.path.join(path, CONFIG_FILE)
   if not os.path.exists(config_path):
@@ -201,7 +203,7 @@ def load_pretrained(path: str, *, dtype: str | None = None, param_dtype: str | N
   with open(config_path) as f:
     hf = json.load(f)
   param_dtype = param_dtype or _checkpoint_dtype(hf)
-  config = Qwen25VLConfig.from_hf_dict(hf, param_dtype=param_dtype, dtype=dtype or param_dtype)
+  config = Qwen25VLConfig.from_hf_dict(hf, param_dtype=param_dtype, dtype=dtype or param_dtype, remat=remat)
   abstract = abstract_model(config)
   graphdef, abstract_state = nnx.split(abstract)
   shardings = None

@@ -69,7 +69,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _positive_int(config, field, allow_zero=True)
   for field in ("train.batch_size", "train.micro_batches", "train.num_steps", "train.max_to_keep",
                 "rl.group_size", "rl.max_new_tokens", "scorer.batch_size", "predict.batch_size",
-                "predict.max_new_tokens", "warmup.batch_size", "pipeline.min_pixels", "pipeline.max_pixels"):
+                "predict.max_new_tokens", "pipeline.min_pixels", "pipeline.max_pixels"):
     _positive_int(config, field)
   if config.pipeline.patch_budget % 4:
     raise ConfigError("pipeline.patch_budget", f"must be a multiple of 4 (2x2 patch merging), got "
@@ -89,6 +89,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if sampler_buckets[-1] < pipeline_buckets[-1]:
     raise ConfigError("sampler.length_buckets", f"the largest bucket {sampler_buckets[-1]} is shorter than the "
                       f"longest prompt the pipeline lets through (pipeline.length_buckets[-1]={pipeline_buckets[-1]})")
+  _check_patch_buckets(config)
   if any(k < 1 for k in config.scorer.recall_ks):
     raise ConfigError("scorer.recall_ks", f"must be positive, got {tuple(config.scorer.recall_ks)}")
   if config.stage == 2:
@@ -97,6 +98,26 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError("data.eval_split", "the test split has no gold labels to evaluate: use config.mode=predict")
   grpo_config(config)
   reward_config(config)
+  if config.stage == 2 and config.stage2.run_stage1:
+    try:
+      validate(config.stage1)
+    except ConfigError as e:  # the nested stage-1 run's fields are config.stage1.*
+      raise ConfigError(f"stage1.{e.field}", str(e).split(": ", 1)[1]) from e
+
+
+def _check_patch_buckets(config: ml_collections.ConfigDict) -> None:
+  """The largest sampler patch bucket must hold the pixel rows of any batch the pipeline can build."""
+  p = config.pipeline
+  images_per_prompt = 1 if config.stage == 1 else config.stage2.k
+  per_image = (p.max_pixels // (4 * 14 * 14)) * 4  # sides are multiples of 28 within max_pixels
+  prompts = max(config.train.batch_size // config.rl.group_size, config.predict.batch_size, config.scorer.batch_size
+                if config.stage == 1 else 0)
+  worst = p.patch_budget or prompts * images_per_prompt * per_image
+  largest = max(config.sampler.patch_buckets)
+  if worst > largest:
+    raise ConfigError("sampler.patch_buckets", f"the largest bucket {largest} is below the {worst} pixel rows a "
+                      f"batch can hold ({prompts} prompts x {images_per_prompt} images x {per_image} patches at "
+                      f"pipeline.max_pixels={p.max_pixels}, or pipeline.patch_budget); add a bucket >= {worst}")
 
 
 def grpo_config(config: ml_collections.ConfigDict) -> GRPOConfig:
@@ -121,8 +142,7 @@ def reward_config(config: ml_collections.ConfigDict) -> Stage1RewardConfig | Sta
 def validate_batch_division(config: ml_collections.ConfigDict, data_parallel: int) -> None:
   """Rows are sharded over the mesh's data-parallel size ('data' x 'fsdp'): every row count must divide."""
   rows = {"train.batch_size": config.train.batch_size, "scorer.batch_size": config.scorer.batch_size,
-          "predict.batch_size": config.predict.batch_size,
-          "warmup.batch_size": config.warmup.batch_size}
+          "predict.batch_size": config.predict.batch_size}
   for field, value in rows.items():
     if value % data_parallel:
       raise ConfigError(field, f"{value} rows do not split evenly over the {data_parallel} data-parallel devices "

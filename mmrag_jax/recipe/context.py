@@ -66,7 +66,7 @@ class RunContext:
       raise ConfigError(field, f"{path!r} is not a Hugging Face checkpoint directory (no {CONFIG_FILE})")
     _log.info("loading the policy from %s", path)
     return load_pretrained(path, dtype=self.config.model.dtype, param_dtype=self.config.model.param_dtype,
-                           mesh=self.mesh)
+                           mesh=self.mesh, remat=self.config.model.remat)
 
   def export(self, model: nnx.Module, source_dir: str, out_dir: str | None = None) -> str:
     """Writes the policy as a Hugging Face directory, with the source checkpoint's tokenizer and processor."""

@@ -29,6 +29,7 @@ def base_config(stage: int) -> ml_collections.ConfigDict:
   c.model.path = ""               # Hugging Face Qwen2.5-VL checkpoint directory (stage 1 training)
   c.model.dtype = "bfloat16"      # compute dtype
   c.model.param_dtype = "float32"  # master weights
+  c.model.remat = False           # recompute activations in the backward pass (long stage-2 prompts)
   c.model.build_tiny = False      # demo: write a tiny random model + tokenizer into WORKDIR/tiny_model
 
   c.data = ml_collections.ConfigDict()
@@ -87,17 +88,18 @@ def base_config(stage: int) -> ml_collections.ConfigDict:
   c.train.progress_bar = True
   c.train.export = True           # write the trained policy as a Hugging Face directory WORKDIR/export
 
-  c.warmup = ml_collections.ConfigDict()  # supervised format warm-up before GRPO (off for real checkpoints)
+  # Supervised format warm-up before GRPO (off for real checkpoints). Its batches have the GRPO batch's
+  # geometry (train.batch_size rows, each prompt's target repeated rl.group_size times).
+  c.warmup = ml_collections.ConfigDict()
   c.warmup.steps = 0
   c.warmup.learning_rate = 1e-5
-  c.warmup.batch_size = 16        # prompts per warm-up step
 
   c.scorer = ml_collections.ConfigDict()  # stage-1 inference
   c.scorer.batch_size = 64
   c.scorer.recall_ks = (1, 2, 3, 5, 10)
 
   c.predict = ml_collections.ConfigDict()  # stage-2 inference
-  c.predict.batch_size = 16       # prompts per generation batch
+  c.predict.batch_size = 8        # prompts per generation batch
   c.predict.max_new_tokens = 512
   c.predict.report = True
   c.predict.bart = ""             # local BART checkpoint for WebQA QA-FL (needs the `fluency` extra)
@@ -113,7 +115,6 @@ def _demo(c: ml_collections.ConfigDict) -> None:
   c.pipeline.max_pixels = 56 * 56
   c.pipeline.read_threads = 2
   c.mesh.shape = (1, 1, 1)
-  c.sampler.patch_buckets = (256,)
   c.rl.group_size = 4
   c.rl.learning_rate = 2e-4
   c.rl.warmup_steps = 0
@@ -121,7 +122,6 @@ def _demo(c: ml_collections.ConfigDict) -> None:
   c.train.num_steps = 3
   c.train.checkpoint_every = 0
   c.warmup.learning_rate = 3e-3
-  c.warmup.batch_size = 16  # = train.batch_size rows: the warm-up reuses the GRPO update's compilation
   c.scorer.batch_size = 16
   c.predict.batch_size = 16
 

@@ -54,7 +54,7 @@ def train_stage2(ctx: RunContext, model: Qwen25VL, model_dir: str, train: Split,
 
   return train_policy(ctx, model, model_dir, processor, data=pipeline(ctx.prompts_per_batch),
                       reward_fn=stage2_reward_fn(reward),
-                      warmup_data=pipeline(c.warmup.batch_size) if c.warmup.steps else None,
+                      warmup_data=pipeline(ctx.prompts_per_batch) if c.warmup.steps else None,
                       target_fn=stage2_targets)
 
 

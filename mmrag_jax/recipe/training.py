@@ -39,7 +39,7 @@ def _warmup(ctx: RunContext, model: Qwen25VL, processor: Any, data: Iterator[Map
   config = WarmupConfig(steps=c.warmup.steps, learning_rate=c.warmup.learning_rate,
                         max_new_tokens=c.rl.max_new_tokens, length_buckets=tuple(c.sampler.length_buckets),
                         patch_buckets=tuple(c.sampler.patch_buckets),
-                        logprob_chunk_size=c.rl.logprob_chunk_size)
+                        logprob_chunk_size=c.rl.logprob_chunk_size, group_size=c.rl.group_size)
   writer = MetricsWriter(ctx.path(WARMUP_DIR), tensorboard=False)
   bar = ProgressBar(config.steps, enabled=None if c.train.progress_bar else False)
   rows: list[dict[str, float]] = []
@@ -53,7 +53,7 @@ def _warmup(ctx: RunContext, model: Qwen25VL, processor: Any, data: Iterator[Map
   _log.info("format warm-up: %d supervised steps", config.steps)
   try:
     model = supervised_warmup(model, data, target_fn, tokenize, config, mesh=ctx.mesh,
-                              stop_id=model.config.eos_token_id, on_step=on_step)
+                              stop_id=model.config.eos_token_id, base=ctx.grpo_config(), on_step=on_step)
   finally:
     bar.close()
     writer.close()

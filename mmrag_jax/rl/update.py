@@ -101,9 +101,11 @@ class _Steps(NamedTuple):
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted_steps(graphdef: nnx.GraphDef, opt_graphdef: nnx.GraphDef, loss_config: PolicyLossConfig,
-                  logprob_fn: LogprobFn, param_sh: _FrozenTree, opt_sh: _FrozenTree) -> _Steps:
-  """The jitted accumulate / apply / log-prob functions of one (model, optimizer, loss) setting."""
+def _jitted_model_steps(graphdef: nnx.GraphDef, loss_config: PolicyLossConfig, logprob_fn: LogprobFn,
+                        param_sh: _FrozenTree) -> tuple[Any, Any, Any]:
+  """The jitted zeros / accumulate / log-prob functions: they depend on the model and the loss, not on the
+  optimizer, so updaters that differ only in their optimizer (e.g. a warm-up and the GRPO run after it)
+  share these compilations, the most expensive ones."""
 
   def accumulate(params: nnx.State, grad_sums: nnx.State, batch: TrainBatch, old_logprobs: jax.Array,
                  ref_logprobs: jax.Array | None, old_is_current: jax.Array
@@ -119,6 +121,18 @@ def _jitted_steps(graphdef: nnx.GraphDef, opt_graphdef: nnx.GraphDef, loss_confi
     grads, (metrics, logprobs) = jax.grad(loss_sum, has_aux=True)(params)
     return jax.tree.map(jnp.add, grad_sums, grads), metrics, logprobs
 
+  def logprobs(params: nnx.State, batch: TrainBatch) -> jax.Array:
+    return logprob_fn(nnx.merge(graphdef, params), batch)[0]
+
+  zeros = jax.jit(lambda params: jax.tree.map(jnp.zeros_like, params), out_shardings=param_sh.tree())
+  return zeros, jax.jit(accumulate, donate_argnums=(1,)), jax.jit(logprobs)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_apply(graphdef: nnx.GraphDef, opt_graphdef: nnx.GraphDef, param_sh: _FrozenTree,
+                  opt_sh: _FrozenTree) -> Any:
+  """The jitted optimizer step of one (model, optimizer) setting."""
+
   def apply(params: nnx.State, opt_state: nnx.State, grad_sums: nnx.State, denominator: jax.Array
             ) -> tuple[nnx.State, nnx.State, jax.Array]:
     model = nnx.merge(graphdef, params)
@@ -127,14 +141,15 @@ def _jitted_steps(graphdef: nnx.GraphDef, opt_graphdef: nnx.GraphDef, loss_confi
     optimizer.update(model, grads)
     return nnx.state(model), nnx.state(optimizer), optax.tree.norm(grads)
 
-  def logprobs(params: nnx.State, batch: TrainBatch) -> jax.Array:
-    return logprob_fn(nnx.merge(graphdef, params), batch)[0]
+  return jax.jit(apply, donate_argnums=(0, 1), out_shardings=(param_sh.tree(), opt_sh.tree(), None))
 
-  return _Steps(
-      zeros=jax.jit(lambda params: jax.tree.map(jnp.zeros_like, params), out_shardings=param_sh.tree()),
-      accumulate=jax.jit(accumulate, donate_argnums=(1,)),
-      apply=jax.jit(apply, donate_argnums=(0, 1), out_shardings=(param_sh.tree(), opt_sh.tree(), None)),
-      logprobs=jax.jit(logprobs))
+
+def _jitted_steps(graphdef: nnx.GraphDef, opt_graphdef: nnx.GraphDef, loss_config: PolicyLossConfig,
+                  logprob_fn: LogprobFn, param_sh: _FrozenTree, opt_sh: _FrozenTree) -> _Steps:
+  """The jitted accumulate / apply / log-prob functions of one (model, optimizer, loss) setting."""
+  zeros, accumulate, logprobs = _jitted_model_steps(graphdef, loss_config, logprob_fn, param_sh)
+  return _Steps(zeros=zeros, accumulate=accumulate, apply=_jitted_apply(graphdef, opt_graphdef, param_sh, opt_sh),
+                logprobs=logprobs)
 
 
 # Metric bookkeeping as one dispatch each instead of one per scalar op.

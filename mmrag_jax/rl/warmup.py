@@ -41,7 +41,10 @@ Tokenize = Callable[[str], Sequence[int]]
 @dataclasses.dataclass(frozen=True)
 class WarmupConfig:
   """steps: optimizer steps (one pipeline batch each); learning_rate: constant AdamW rate;
-  max_new_tokens: completion width T (longer targets are cut, and counted); buckets as the sampler's."""
+  max_new_tokens: completion width T (longer targets are cut, and counted); buckets as the sampler's;
+  group_size: rows per prompt, each a copy of the prompt's target. Copies do not change the token-mean
+  loss; with the GRPO run's group size the warm-up batch has the GRPO batch's exact shapes, so the two
+  share one compiled gradient step."""
 
   steps: int
   learning_rate: float
@@ -50,24 +53,32 @@ class WarmupConfig:
   patch_buckets: tuple[int, ...]
   max_grad_norm: float = 1.0
   logprob_chunk_size: int = 256
+  group_size: int = 1
 
-  def grpo_config(self) -> GRPOConfig:
-    # group_size only matters for advantages, which the warm-up sets itself.
-    return GRPOConfig(group_size=2, learning_rate=self.learning_rate, warmup_steps=0, total_steps=max(self.steps, 1),
-                      final_lr_fraction=1.0, max_grad_norm=self.max_grad_norm, beta=0.0, aggregation="token-mean",
-                      max_new_tokens=self.max_new_tokens, logprob_chunk_size=self.logprob_chunk_size)
+  def grpo_config(self, base: GRPOConfig | None = None) -> GRPOConfig:
+    """The update settings: `base` (the GRPO run that follows, whose loss settings the warm-up keeps so
+    that both share the compiled gradient step) with a constant learning rate, token-mean aggregation,
+    no KL and one update per batch."""
+    base = base or GRPOConfig(group_size=2)  # group_size only matters for advantages, set here directly
+    return dataclasses.replace(
+        base, learning_rate=self.learning_rate, warmup_steps=0, total_steps=max(self.steps, 1),
+        final_lr_fraction=1.0, max_grad_norm=self.max_grad_norm, beta=0.0, aggregation="token-mean",
+        num_iterations=1, old_logprobs="trainer", temperature=1.0, max_new_tokens=self.max_new_tokens,
+        norm_length=None, logprob_chunk_size=self.logprob_chunk_size)
 
 
 def target_batch(model: Qwen25VL, batch: Mapping[str, Any], targets: Sequence[str], tokenize: Tokenize,
                  stop_id: int, config: WarmupConfig) -> tuple[TrainBatch, int]:
-  """Pipeline batch + B target texts -> a host TrainBatch (advantages 1) and the number of cut targets.
+  """Pipeline batch of B prompts + B target texts -> a host TrainBatch of B * G rows (advantages 1) and the
+  number of targets that were cut.
 
-  Each completion is the target's tokens followed by `stop_id`, cut to T = config.max_new_tokens.
+  Each completion is the target's tokens followed by `stop_id`, cut to T = config.max_new_tokens; the G
+  rows of a prompt (G = config.group_size) hold the same completion.
   """
-  width = config.max_new_tokens
-  rows = len(targets)
-  ids = np.full((rows, width), model.config.pad_token_id, np.int32)
-  lengths = np.zeros((rows,), np.int32)
+  width, group = config.max_new_tokens, config.group_size
+  prompts_count = len(targets)
+  ids = np.full((prompts_count, width), model.config.pad_token_id, np.int32)
+  lengths = np.zeros((prompts_count,), np.int32)
   cut = 0
   for row, text in enumerate(targets):
     tokens = list(tokenize(text)) + [stop_id]
@@ -77,21 +88,24 @@ def target_batch(model: Qwen25VL, batch: Mapping[str, Any], targets: Sequence[st
     lengths[row] = len(tokens)
   prompts = processor_batch(batch)
   inputs = prepare_bucketed(prompts, model.config, config.length_buckets, config.patch_buckets)
-  valid = np.asarray(batch.get("valid", np.ones((rows,), bool)), bool)
-  train = build_train_batch(inputs, ids, lengths, np.zeros((rows, width), np.float32), group_size=1,
+  valid = np.asarray(batch.get("valid", np.ones((prompts_count,), bool)), bool)
+  rows = prompts_count * group
+  train = build_train_batch(inputs, np.repeat(ids, group, axis=0), np.repeat(lengths, group),
+                            np.zeros((rows, width), np.float32), group_size=group,
                             pad_token_id=model.config.pad_token_id, prompt_valid=valid)
   return dataclasses.replace(train, advantages=np.ones((rows,), np.float32)), cut
 
 
 def supervised_warmup(model: Qwen25VL, data: Iterator[Mapping[str, Any]], target_fn: TargetFn, tokenize: Tokenize,
-                      config: WarmupConfig, *, mesh: Mesh, stop_id: int,
+                      config: WarmupConfig, *, mesh: Mesh, stop_id: int, base: GRPOConfig | None = None,
                       on_step: Callable[[int, dict[str, float]], None] | None = None) -> nnx.Module:
   """Runs `config.steps` supervised steps and returns the updated model.
 
   The model's arrays are taken over (as by `PolicyUpdater`): use the returned model afterwards.
+  base: the GRPO settings of the run that follows (see `WarmupConfig.grpo_config`).
   on_step(step, metrics) receives {'nll': token-mean NLL before the step, 'grad_norm', 'cut_targets'}.
   """
-  updater = PolicyUpdater(model, config.grpo_config(), mesh)
+  updater = PolicyUpdater(model, config.grpo_config(base), mesh)
   for step in range(1, config.steps + 1):
     batch = next(data)
     train, cut = target_batch(model, batch, target_fn(batch), tokenize, stop_id, config)

@@ -27,7 +27,6 @@ def small_demo_config():
     run.train.num_steps = 2
     run.train.progress_bar = False
     run.train.batch_size = 8
-    run.warmup.batch_size = 8
     run.scorer.batch_size = 8
     run.predict.batch_size = 4
   c.stage1.warmup.steps = 4

@@ -1,5 +1,6 @@
-"""The supervised format warm-up: its target batches, its update (the token-mean NLL gradient, checked against
-an independent full forward) and a short run after which the policy greedily writes its targets."""
+"""The supervised format warm-up: its target batches, its update (the gradient of the token-mean NLL of the
+targets, checked against the transformers model on prompt + completion) and a short run after which the
+policy greedily writes its targets."""
 
 from __future__ import annotations
 
@@ -7,14 +8,15 @@ import dataclasses
 import itertools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import torch
+import transformers
 from flax import nnx
 
-from mmrag_jax.model import prepare_inputs
-from mmrag_jax.model.qwen25vl import forward
+from mmrag_jax.model import save_pretrained
+from mmrag_jax.model.hf_keys import canonical_key, model_params, to_torch, torch_shape
 from mmrag_jax.parallel import make_mesh
 from mmrag_jax.processing import build_tiny_tokenizer
 from mmrag_jax.processing.targets import stage1_target
@@ -63,33 +65,35 @@ def full_sequence_batch(prompts, completions, pad_token_id):
               image_grid_thw=prompts["image_grid_thw"])
 
 
-def nll_and_gradient(model, prompts, completions):
-  """Token-mean NLL of the completions under `model` and its gradient, from one full forward and a float32
-  log-softmax over the whole vocabulary. Each completion ends its (left-padded) row, so token j of a
-  completion of n tokens sits at column L - n + j and is predicted by column L - n + j - 1."""
-  config = model.config
-  full = full_sequence_batch(prompts, completions, config.pad_token_id)
-  inputs = prepare_inputs(full, config)
-  rows, length = full["input_ids"].shape
-  width = max(map(len, completions))
-  columns = np.zeros((rows, width), np.int32)
-  tokens = np.zeros((rows, width), np.int32)
-  mask = np.zeros((rows, width), np.float32)
-  for row, completion in enumerate(completions):
-    n = len(completion)
-    columns[row, :n] = length - n + np.arange(n) - 1
-    tokens[row, :n] = completion
-    mask[row, :n] = 1.0
-  graphdef, params = nnx.split(model)
+def reference_nll_and_gradient(model, prompts, completions, directory):
+  """(token-mean NLL of the completions, its gradient by checkpoint key in the checkpoint layout) under the
+  transformers model loaded from `model`'s export: one full forward of prompt + completion, a float32
+  log-softmax over the vocabulary. Each completion ends its left-padded row, so token j of a completion of n
+  tokens sits at column L - n + j and is predicted by column L - n + j - 1."""
+  save_pretrained(model, directory)
+  reference = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
+      directory, attn_implementation="eager", dtype=torch.float32)
+  full = full_sequence_batch(prompts, completions, model.config.pad_token_id)
+  input_ids = full["input_ids"]
+  logits = reference(input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(full["attention_mask"]),
+                     mm_token_type_ids=torch.from_numpy((input_ids == model.config.image_token_id).astype(np.int64)),
+                     pixel_values=torch.from_numpy(full["pixel_values"]),
+                     image_grid_thw=torch.from_numpy(full["image_grid_thw"])).logits
+  logprobs = torch.log_softmax(logits.float(), dim=-1)
+  length = input_ids.shape[1]
+  picked = [logprobs[row, torch.arange(length - len(c) - 1, length - 1), torch.tensor(c)]
+            for row, c in enumerate(completions)]
+  nll = -torch.cat(picked).mean()
+  nll.backward()
+  return nll.item(), {canonical_key(name): p.grad.numpy() for name, p in reference.named_parameters()}
 
-  @jax.jit
-  def nll(p):
-    logprobs = jax.nn.log_softmax(forward(nnx.merge(graphdef, p), inputs).astype(jnp.float32), axis=-1)
-    picked = logprobs[jnp.arange(rows)[:, None], columns, tokens]  # [B, T]
-    return -jnp.sum(picked * mask) / jnp.sum(mask)
 
-  value, grad = jax.value_and_grad(nll)(params)
-  return float(value), grad
+def checkpoint_layout(state, config):
+  """An NNX state shaped like the parameters (e.g. a parameter step) by checkpoint key, in the checkpoint
+  layout: the export's own linear map, so gradients map the same way as parameters."""
+  flat = {path: np.asarray(variable.get_value()) for path, variable in nnx.to_flat_state(state)}
+  return {p.key: to_torch(flat[p.path], p.kind, torch_shape(p, flat[p.path].shape, config.vision))
+          for p in model_params(config)}
 
 
 def test_target_batch_appends_the_stop_id_cuts_to_width_and_masks_invalid_rows(make_tiny_policy, rl_cases,
@@ -120,44 +124,45 @@ def test_target_batch_appends_the_stop_id_cuts_to_width_and_masks_invalid_rows(m
 
 
 def test_warmup_update_moves_the_parameters_by_minus_the_nll_gradient(make_tiny_policy, rl_cases, tokenize,
-                                                                        single_device_mesh):
-  width = 8
-  stop_id = rl_cases.config.eos_token_id
+                                                                        single_device_mesh, tmp_path):
+  width, config = 8, rl_cases.config
+  stop_id = config.eos_token_id
   batch = rl_cases.prompt_batch(PROMPT_ROWS, seed=1)
   # 6 tokens (two pads), 22 tokens (cut to 8), 6 tokens.
   targets = [stage1_target(1), stage1_target(0, think=True), stage1_target(0)]
-  config = warmup_config(width)
-  grpo = dataclasses.replace(config.grpo_config(), max_grad_norm=0.0)
-
-  expected_nll, expected_grad = nll_and_gradient(make_tiny_policy(), batch,
-                                                 reference_completions(targets, tokenize, stop_id, width))
+  warmup = warmup_config(width)
+  grpo = dataclasses.replace(warmup.grpo_config(), max_grad_norm=0.0)
+  expected_nll, expected_grad = reference_nll_and_gradient(
+      make_tiny_policy(), batch, reference_completions(targets, tokenize, stop_id, width), str(tmp_path))
 
   model = make_tiny_policy()
-  train, _ = target_batch(model, batch, targets, tokenize, stop_id, config)
+  train, _ = target_batch(model, batch, targets, tokenize, stop_id, warmup)
   updater = PolicyUpdater(model, grpo, single_device_mesh, tx=optax.sgd(1.0))
   before = jax.tree.map(np.array, updater.params)
   metrics, (logprobs,) = updater.optimizer_update([updater.place_batch(train)])
 
   mask = np.asarray(train.completion_mask)
   assert -float((np.asarray(logprobs) * mask).sum() / mask.sum()) == pytest.approx(expected_nll, rel=1e-5)
-  assert float(metrics["loss"]) == pytest.approx(-1.0, rel=1e-6)  # -(1/|M|) sum ratio * A, ratio = A = 1
-  step = jax.tree.map(lambda old, new: old - np.asarray(new), before, updater.params)  # lr 1: the gradient
-  got, want = jax.tree.leaves(step), [np.asarray(g) for g in jax.tree.leaves(expected_grad)]
-  assert len(got) == len(want)
-  flat_got, flat_want = np.concatenate([g.ravel() for g in got]), np.concatenate([w.ravel() for w in want])
-  assert np.linalg.norm(flat_got - flat_want) <= 1e-5 * np.linalg.norm(flat_want)
-  for leaf_got, leaf_want in zip(got, want):
-    np.testing.assert_allclose(leaf_got, leaf_want, rtol=1e-4, atol=1e-6)
-  assert float(metrics["grad_norm"]) == pytest.approx(float(np.linalg.norm(flat_want)), rel=1e-5)
-  vision_step = jax.tree.leaves(nnx.state(nnx.merge(updater.graphdef, step)).visual)
-  assert max(float(np.abs(leaf).max()) for leaf in vision_step) > 0  # the images are trained through
+  assert float(metrics["loss"]) == pytest.approx(-1.0, rel=1e-6)  # -(1/|M|) sum ratio * A with ratio = A = 1
+  # With plain SGD at rate 1, before - after is the gradient the update used.
+  step = checkpoint_layout(jax.tree.map(lambda old, new: old - np.asarray(new), before, updater.params), config)
+  assert step.keys() == expected_grad.keys()
+  keys = sorted(step)
+  flat_step = np.concatenate([step[k].ravel() for k in keys])
+  flat_expected = np.concatenate([expected_grad[k].ravel() for k in keys])
+  assert np.linalg.norm(flat_step - flat_expected) <= 1e-5 * np.linalg.norm(flat_expected)
+  for key in keys:
+    np.testing.assert_allclose(step[key], expected_grad[key], rtol=1e-4, atol=1e-6, err_msg=key)
+  assert float(metrics["grad_norm"]) == pytest.approx(float(np.linalg.norm(flat_expected)), rel=1e-5)
+  assert np.abs(step["visual.patch_embed.proj.weight"]).max() > 0  # the images are trained through
 
 
 def test_supervised_warmup_lowers_the_nll_and_teaches_greedy_decoding_the_targets(make_tiny_policy, rl_cases,
                                                                                    tokenize, single_device_mesh):
   width = 6
   stop_id = rl_cases.config.eos_token_id
-  batch = rl_cases.prompt_batch(PROMPT_ROWS[:2], seed=2)
+  # Text-only prompts: the update through images is checked above, and each compiled path costs seconds here.
+  batch = rl_cases.prompt_batch([[6], [4]], seed=2)
   targets = [stage1_target(1), stage1_target(0)]
   config = warmup_config(width, steps=30, learning_rate=2e-2)
   history = []
