@@ -95,9 +95,10 @@ def write_jsonl(path: str, records: Sequence[Mapping[str, Any]]) -> None:
       f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def write_split_outputs(ctx: RunContext, split: Split, scores: Stage1Scores,
-                        parsed: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
-  """Scores the split (when labeled) and writes predictions, submission, metrics and the report.
+def write_split_outputs(ctx: RunContext, split: Split, scores: Stage1Scores, parsed: Mapping[str, Mapping[str, Any]],
+                        extra_metrics: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+  """Scores the split (when labeled) and writes predictions, submission, metrics and the report
+  (whose metrics table also shows `extra_metrics`, e.g. the stage-1 recall@k).
 
   Returns the metrics report (None for an unlabeled split).
   """
@@ -115,7 +116,8 @@ def write_split_outputs(ctx: RunContext, split: Split, scores: Stage1Scores,
   if ctx.config.predict.report:
     from mmrag_jax.evaluation.report import write_report
 
-    write_report(ctx.path(REPORT_FILE), records, report or {"split": split.name, "labeled": False},
+    shown = {**(report or {"split": split.name, "labeled": False}), **(extra_metrics or {})}
+    write_report(ctx.path(REPORT_FILE), records, shown,
                  images=split.images, title=f"MMRAG-RFT {ctx.config.data.dataset} {split.name}")
   return report
 

@@ -11,6 +11,7 @@ Every run ends by writing summary.json (final metrics and cost).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -99,9 +100,9 @@ def _stage1_workdir(ctx: RunContext) -> str:
 
 def _ensure_stage1(ctx: RunContext, stage1_dir: str) -> None:
   c = ctx.config
-  needed = [os.path.join(EXPORT_DIR, "config.json"), ranking_file(c.data.eval_split)]
+  needed = [os.path.join(EXPORT_DIR, "config.json")]
   if c.mode == "train":
-    needed.append(ranking_file(c.data.train_split))
+    needed += [ranking_file(c.data.eval_split), ranking_file(c.data.train_split)]
   if all(os.path.exists(os.path.join(stage1_dir, n)) for n in needed):
     return
   if not c.stage2.run_stage1:
@@ -119,6 +120,27 @@ def _scores(stage1_dir: str, split: str) -> dict[str, dict[str, float]]:
   return read_stage1_scores(path)
 
 
+def _split_scores(ctx: RunContext, stage1_dir: str, split) -> dict[str, dict[str, float]]:
+  """The stage-1 ranking of `split`: the stage-1 run's file, else this run's, else scored now with the
+  stage-1 policy (STAGE1_WORKDIR/export) into WORKDIR/ranking_<split>.jsonl."""
+  for directory in (stage1_dir, ctx.workdir):
+    if os.path.isfile(os.path.join(directory, ranking_file(split.name))):
+      return _scores(directory, split.name)
+  stage1_policy = os.path.join(stage1_dir, EXPORT_DIR)
+  print(f"scoring the candidates of {split.name} with the stage-1 policy {stage1_policy}")
+  run_stage1_inference(ctx, ctx.load_model(stage1_policy, field="stage2.stage1_workdir"), stage1_policy, split)
+  return _scores(ctx.workdir, split.name)
+
+
+def _stage1_recall(stage1_dir: str, split: str) -> dict[str, float]:
+  """The stage-1 run's recall@k on `split` ({'stage1/<split>/recall@k': value}), when it computed one."""
+  path = os.path.join(stage1_dir, f"recall_{split}.json")
+  if not os.path.isfile(path):
+    return {}
+  with open(path, encoding="utf-8") as f:
+    return {f"stage1/{split}/{k}": v for k, v in json.load(f).items() if k.startswith("recall@")}
+
+
 def run_stage2(ctx: RunContext) -> dict[str, Any]:
   c = ctx.config
   stage1_dir = _stage1_workdir(ctx)
@@ -134,18 +156,13 @@ def run_stage2(ctx: RunContext) -> dict[str, Any]:
     model_dir = _policy_dir(ctx, "stage2.init_from", init_dir)
     model = ctx.load_model(model_dir, field="stage2.init_from")
   split = ctx.read_split(c.data.eval_split, c.data.max_eval_questions)
-  scores = _scores(stage1_dir, split.name)
+  scores = _split_scores(ctx, stage1_dir, split)
   parsed = predict_split(ctx, model, model_dir, split, scores)
-  report = outputs.write_split_outputs(ctx, split, scores, parsed)
+  recall = _stage1_recall(stage1_dir, split.name) or _stage1_recall(ctx.workdir, split.name)
+  report = outputs.write_split_outputs(ctx, split, scores, parsed, extra_metrics=recall)
   outputs.write_curves(ctx)
   keys = outputs.WEBQA_KEYS if c.data.dataset == "webqa" else outputs.MMQA_KEYS
-  metrics = outputs.flat_metrics(report, keys)
-  recall = os.path.join(stage1_dir, f"recall_{split.name}.json")
-  if os.path.isfile(recall):
-    import json
-
-    with open(recall, encoding="utf-8") as f:
-      metrics.update({f"stage1/{split.name}/{k}": v for k, v in json.load(f).items() if k.startswith("recall@")})
+  metrics = {**outputs.flat_metrics(report, keys), **recall}
   return {"metrics": metrics, "history": history, "model": model, "report": report}
 
 

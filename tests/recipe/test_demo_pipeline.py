@@ -103,3 +103,27 @@ def test_predict_reproduces_the_predictions_and_follows_a_changed_ranking(demo_r
   for record in _records(str(tmp_path / "predict" / "predictions.jsonl")):
     pool = [c.id for c in questions[record["qid"]].candidates]
     assert record["kept_ids"] == _top_k(reversed_scores[record["qid"]], pool, config.stage2.k)
+
+
+def test_predict_on_the_unlabeled_test_split_ranks_it_with_the_stage1_policy(demo_run, tmp_path):
+  workdir, _ = demo_run
+  config = small_demo_config()
+  config.mode = "predict"
+  config.data.data_dir = os.path.join(workdir, "data")
+  config.data.eval_split = "test"
+  config.model.path = os.path.join(workdir, "tiny_model")
+  config.stage2.stage1_workdir = os.path.join(workdir, "stage1")
+  config.stage2.run_stage1 = False
+  config.stage2.init_from = os.path.join(workdir, "export")
+  out = tmp_path / "test_split"
+  summary = run(config, str(out))
+  questions = read_webqa(config.data.data_dir, "test", verbose=False).questions
+  ranking = read_stage1_scores(str(out / "ranking_test.jsonl"))
+  assert sorted(ranking) == sorted(q.qid for q in questions)
+  with open(out / "webqa_submission.json", encoding="utf-8") as f:
+    submission = json.load(f)
+  assert sorted(submission) == sorted(q.qid for q in questions)
+  assert all(set(v) == {"sources", "answer"} for v in submission.values())
+  assert not (out / "metrics.json").exists() and summary["metrics"] == {}
+  records = _records(str(out / "predictions.jsonl"))
+  assert all(r["correct"] is None and r["gold_ids"] is None for r in records)

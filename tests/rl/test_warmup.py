@@ -20,6 +20,7 @@ from mmrag_jax.model.hf_keys import canonical_key, model_params, to_torch, torch
 from mmrag_jax.parallel import make_mesh
 from mmrag_jax.processing import build_tiny_tokenizer
 from mmrag_jax.processing.targets import stage1_target
+from mmrag_jax.rl.config import GRPOConfig
 from mmrag_jax.rl.update import PolicyUpdater
 from mmrag_jax.rl.warmup import WarmupConfig, supervised_warmup, target_batch
 from mmrag_jax.sampling import Greedy, Sampler, SamplerConfig
@@ -27,6 +28,7 @@ from mmrag_jax.sampling import Greedy, Sampler, SamplerConfig
 # Left-padded prompts of different lengths, two with images (see `random_processor_batch`).
 PROMPT_ROWS = ([2, (1, 4, 4), 2], [5], [3, (1, 2, 4), 1])
 LENGTH_BUCKETS, PATCH_BUCKETS = (32,), (32,)
+WIDTH, GROUP_SIZE = 8, 2  # completion tokens T; rows per prompt, each a copy of its target
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +63,8 @@ def full_sequence_batch(prompts, completions, pad_token_id):
   for row, sequence in enumerate(sequences):
     input_ids[row, length - len(sequence):] = sequence
     attention_mask[row, length - len(sequence):] = 1
-  return dict(input_ids=input_ids, attention_mask=attention_mask, pixel_values=prompts["pixel_values"],
-              image_grid_thw=prompts["image_grid_thw"])
+  return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": prompts["pixel_values"],
+          "image_grid_thw": prompts["image_grid_thw"]}
 
 
 def reference_nll_and_gradient(model, prompts, completions, directory):
@@ -96,8 +98,9 @@ def checkpoint_layout(state, config):
           for p in model_params(config)}
 
 
+@pytest.mark.parametrize("group_size", [1, 2])
 def test_target_batch_appends_the_stop_id_cuts_to_width_and_masks_invalid_rows(make_tiny_policy, rl_cases,
-                                                                                 tokenize):
+                                                                                 tokenize, group_size):
   model, width = make_tiny_policy(), 6
   stop_id, pad_id = model.config.eos_token_id, model.config.pad_token_id
   batch = rl_cases.prompt_batch(PROMPT_ROWS, seed=0)
@@ -107,33 +110,53 @@ def test_target_batch_appends_the_stop_id_cuts_to_width_and_masks_invalid_rows(m
   lengths = [len(tokenize(text)) + 1 for text in targets]
   assert lengths[0] == width and lengths[2] > width
 
-  train, cut = target_batch(model, batch, targets, tokenize, stop_id, warmup_config(width))
-  assert cut == 1
+  train, cut = target_batch(model, batch, targets, tokenize, stop_id, warmup_config(width, group_size=group_size))
+  assert cut == 1  # targets are counted, not their copies
   expected = reference_completions(targets, tokenize, stop_id, width)
   ids, mask = np.asarray(train.completion_ids), np.asarray(train.completion_mask)
-  assert ids.shape == mask.shape == (3, width)
-  for row in (0, 2):
-    assert ids[row].tolist() == expected[row] + [pad_id] * (width - len(expected[row]))
-    assert mask[row].tolist() == [True] * len(expected[row]) + [False] * (width - len(expected[row]))
+  assert ids.shape == mask.shape == (3 * group_size, width)
+  for prompt in (0, 2):
+    for row in range(prompt * group_size, (prompt + 1) * group_size):  # group-major copies
+      assert ids[row].tolist() == expected[prompt] + [pad_id] * (width - len(expected[prompt]))
+      assert mask[row].tolist() == [True] * len(expected[prompt]) + [False] * (width - len(expected[prompt]))
   assert ids[0, -1] == stop_id  # the stop token fits and is a loss token
-  assert stop_id not in ids[2].tolist()  # a cut target loses its stop token
-  assert not mask[1].any() and (ids[1] == pad_id).all()
-  np.testing.assert_array_equal(train.advantages, np.ones(3, np.float32))
+  assert stop_id not in ids[2 * group_size].tolist()  # a cut target loses its stop token
+  invalid = slice(group_size, 2 * group_size)
+  assert not mask[invalid].any() and (ids[invalid] == pad_id).all()
+  np.testing.assert_array_equal(train.advantages, np.ones(3 * group_size, np.float32))
   # The completions follow their prompts in the model inputs.
-  np.testing.assert_array_equal(np.asarray(train.inputs.input_ids)[[0, 2], -width:], ids[[0, 2]])
+  np.testing.assert_array_equal(np.asarray(train.inputs.input_ids)[:, -width:], ids)
+
+
+def test_grpo_config_keeps_the_runs_loss_settings_with_a_constant_rate_and_no_kl():
+  warmup = warmup_config(64, steps=40, learning_rate=3e-3, max_grad_norm=0.5)
+  base = GRPOConfig(group_size=4, eps_high=0.28, beta=0.04, num_iterations=2, old_logprobs="sampler",
+                    learning_rate=1e-6, warmup_steps=10, total_steps=500, final_lr_fraction=0.1,
+                    temperature=0.7, max_new_tokens=64, logprob_chunk_size=128)
+  config = warmup.grpo_config(base)
+  assert (config.group_size, config.eps_low, config.eps_high, config.kl_estimator) == (4, 0.2, 0.28, "k3")
+  assert (config.beta, config.num_iterations, config.old_logprobs, config.temperature) == (0.0, 1, "trainer", 1.0)
+  assert (config.aggregation, config.max_new_tokens, config.max_grad_norm) == ("token-mean", 64, 0.5)
+  schedule = config.learning_rate_schedule()
+  assert [float(schedule(step)) for step in (0, 20, 40)] == pytest.approx([3e-3] * 3)
+  # A KL-free token-mean run keeps its loss settings: the two updaters share the compiled gradient step.
+  plain = dataclasses.replace(base, beta=0.0)
+  assert warmup.grpo_config(plain).loss_config() == plain.loss_config()
 
 
 def test_warmup_update_moves_the_parameters_by_minus_the_nll_gradient(make_tiny_policy, rl_cases, tokenize,
                                                                         single_device_mesh, tmp_path):
-  width, config = 8, rl_cases.config
+  """Every prompt's target is copied into G = 2 rows: copies leave the token-mean NLL (and its gradient)
+  of the distinct targets unchanged."""
+  config = rl_cases.config
   stop_id = config.eos_token_id
   batch = rl_cases.prompt_batch(PROMPT_ROWS, seed=1)
   # 6 tokens (two pads), 22 tokens (cut to 8), 6 tokens.
   targets = [stage1_target(1), stage1_target(0, think=True), stage1_target(0)]
-  warmup = warmup_config(width)
+  warmup = warmup_config(WIDTH, group_size=GROUP_SIZE)
   grpo = dataclasses.replace(warmup.grpo_config(), max_grad_norm=0.0)
   expected_nll, expected_grad = reference_nll_and_gradient(
-      make_tiny_policy(), batch, reference_completions(targets, tokenize, stop_id, width), str(tmp_path))
+      make_tiny_policy(), batch, reference_completions(targets, tokenize, stop_id, WIDTH), str(tmp_path))
 
   model = make_tiny_policy()
   train, _ = target_batch(model, batch, targets, tokenize, stop_id, warmup)
@@ -152,19 +175,18 @@ def test_warmup_update_moves_the_parameters_by_minus_the_nll_gradient(make_tiny_
   flat_expected = np.concatenate([expected_grad[k].ravel() for k in keys])
   assert np.linalg.norm(flat_step - flat_expected) <= 1e-5 * np.linalg.norm(flat_expected)
   for key in keys:
-    np.testing.assert_allclose(step[key], expected_grad[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    np.testing.assert_allclose(step[key], expected_grad[key], rtol=1e-4, atol=2e-6, err_msg=key)
   assert float(metrics["grad_norm"]) == pytest.approx(float(np.linalg.norm(flat_expected)), rel=1e-5)
   assert np.abs(step["visual.patch_embed.proj.weight"]).max() > 0  # the images are trained through
 
 
 def test_supervised_warmup_lowers_the_nll_and_teaches_greedy_decoding_the_targets(make_tiny_policy, rl_cases,
                                                                                    tokenize, single_device_mesh):
-  width = 6
+  # The batch geometry of the test above, so this run reuses its compiled gradient step.
   stop_id = rl_cases.config.eos_token_id
-  # Text-only prompts: the update through images is checked above, and each compiled path costs seconds here.
-  batch = rl_cases.prompt_batch([[6], [4]], seed=2)
-  targets = [stage1_target(1), stage1_target(0)]
-  config = warmup_config(width, steps=30, learning_rate=2e-2)
+  batch = rl_cases.prompt_batch(PROMPT_ROWS, seed=2)
+  targets = [stage1_target(1), stage1_target(0), stage1_target(1)]
+  config = warmup_config(WIDTH, steps=30, learning_rate=2e-2, group_size=GROUP_SIZE)
   history = []
   model = supervised_warmup(make_tiny_policy(), itertools.repeat(batch), lambda _: targets, tokenize, config,
                             mesh=single_device_mesh, stop_id=stop_id,
@@ -175,8 +197,8 @@ def test_supervised_warmup_lowers_the_nll_and_teaches_greedy_decoding_the_target
   assert nll[-1] < 0.1 * nll[0]
   assert all(metrics["cut_targets"] == 0 for _, metrics in history)
 
-  sampler = Sampler(model, SamplerConfig(max_new_tokens=width, method=Greedy(), stop_ids=(stop_id,),
+  sampler = Sampler(model, SamplerConfig(max_new_tokens=WIDTH, method=Greedy(), stop_ids=(stop_id,),
                                          length_buckets=LENGTH_BUCKETS, patch_buckets=PATCH_BUCKETS))
   out = sampler.generate(batch, jax.random.key(0))
-  expected = reference_completions(targets, tokenize, stop_id, width)
-  assert [out.tokens[row, :out.lengths[row]].tolist() for row in range(2)] == expected
+  expected = reference_completions(targets, tokenize, stop_id, WIDTH)
+  assert [out.tokens[row, :out.lengths[row]].tolist() for row in range(len(targets))] == expected
