@@ -62,7 +62,7 @@ def _answer(text: str | None, dataset: str, separator: str | None) -> str | list
   text = (text or "").strip()
   if dataset != "mmqa":
     return text
-  parts = [p.strip() for p in text.split(separator or MMQA_ANSWER_SEPARATOR.strip())]
+  parts = [p.strip() for p in text.split(separator or MMQA_ANSWER_SEPARATOR.strip())]  # as the reward splits
   return [p for p in parts if p] or [text]
 
 

@@ -19,6 +19,11 @@ The loop ends after T tokens or as soon as every row is done. Sampling is traced
 body; the price is one model step after the T-th token whose logits go unused (the cache holds T slots
 after the prompt). The KV cache is the loop carry: the jitted loop takes it donated and returns it, so
 XLA updates the prompt's cache buffers in place.
+
+Model step: the model's own cached decoder (`decode_one`), or, given a `PackedDecoder`, the CPU step of
+`packed_decoder.py` (same math, layouts that stream the weights faster; the cache is carried as one
+buffer pair per layer and handed back as a `KVCache`). Per step, both log-probs cost one reduction over
+V each (no [N, V] log-softmax is materialised) and greedy decoding skips the sampling one (it is 0).
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
 from mmrag_jax.model.kv_cache import KVCache
 from mmrag_jax.model.qwen25vl import Qwen25VL
 from mmrag_jax.sampling.keys import step_keys
-from mmrag_jax.sampling.methods import SamplingMethod
+from mmrag_jax.sampling.methods import SamplingMethod, token_log_softmax
+from mmrag_jax.sampling.packed_decoder import LayerCache, PackedDecoder, packed_decode_step
 from mmrag_jax.sampling.steps import decode_one
 
 
@@ -57,7 +64,7 @@ class DecodeState:
   sampling_logprobs:  [N, T] float32.
   done:               [N] bool, True once the row emitted a stop id.
   lengths:            [N] int32, tokens generated per row, its stop token included.
-  cache:              `KVCache` with N rows.
+  cache:              `KVCache` with N rows (a `LayerCache` inside the packed loop).
   """
 
   step: jax.Array
@@ -67,27 +74,25 @@ class DecodeState:
   sampling_logprobs: jax.Array
   done: jax.Array
   lengths: jax.Array
-  cache: KVCache
+  cache: KVCache | LayerCache
 
 
 def _suppress(logits: jax.Array, suppressed_ids: tuple[int, ...]) -> jax.Array:
   if not suppressed_ids:
     return logits
-  return logits.at[..., jnp.asarray(suppressed_ids)].set(-jnp.inf)
-
-
-def _gather(logprobs: jax.Array, tokens: jax.Array) -> jax.Array:
-  return jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
+  # A constant mask (not a scatter into a copy of the logits): XLA fuses it into the sampling reductions.
+  suppressed = np.zeros(logits.shape[-1], bool)
+  suppressed[list(suppressed_ids)] = True
+  return jnp.where(suppressed, -jnp.inf, logits)
 
 
 def _emit(state: DecodeState, keys: jax.Array, stop_ids: jax.Array, method: SamplingMethod,
           settings: DecodeSettings) -> DecodeState:
   """Samples, records and stops one step from `state.logits`; returns the state before the model step."""
   logits = state.logits
-  processed = method.processed_logits(_suppress(logits, settings.suppressed_ids))
-  sampled = method.draw(step_keys(keys, state.step), processed)
-  policy = _gather(jax.nn.log_softmax(logits, axis=-1), sampled)
-  sampling = _gather(jax.nn.log_softmax(processed, axis=-1), sampled)
+  sampled, sampling = method.sample_with_logprob(step_keys(keys, state.step),
+                                                 _suppress(logits, settings.suppressed_ids))
+  policy = token_log_softmax(logits, sampled)
   tokens = jnp.where(state.done, settings.pad_token_id, sampled)
   zero = jnp.zeros_like(policy)
   column = lambda buffer, value: jax.lax.dynamic_update_slice(buffer, value[:, None], (0, state.step))
@@ -103,18 +108,28 @@ def _emit(state: DecodeState, keys: jax.Array, stop_ids: jax.Array, method: Samp
 
 
 def decode_loop(model: Qwen25VL, logits: jax.Array, cache: KVCache, keys: jax.Array, stop_ids: jax.Array, *,
-                method: SamplingMethod, settings: DecodeSettings, mesh: Mesh | None = None) -> DecodeState:
+                method: SamplingMethod, settings: DecodeSettings, mesh: Mesh | None = None,
+                packed: PackedDecoder | None = None) -> DecodeState:
   """Generates up to T tokens per row from the prompt's next-token logits [N, V] float32 and its cache.
 
   keys: [N] typed per-row keys (`row_keys`); stop_ids: [S] int32 (an argument, not static: changing the
-  stop set does not recompile). The cache needs T free slots after the prompt.
+  stop set does not recompile). The cache needs T free slots after the prompt. packed: `pack_decoder(model)`
+  to run the packed CPU step instead of the model's (no mesh).
   Returns the final `DecodeState` (its cache included, so a donated cache can be updated in place).
   """
   rows, steps = logits.shape[0], settings.max_new_tokens
+  if packed is None:
+    carried = cache
+    model_step = lambda tokens, c: decode_one(model, tokens, c, mesh)
+  else:
+    if mesh is not None:
+      raise ValueError("the packed decode step runs without a mesh")
+    carried = LayerCache.from_cache(cache)
+    model_step = lambda tokens, c: packed_decode_step(packed, model.config.text, tokens, c)
   state = DecodeState(
       step=jnp.zeros((), jnp.int32), logits=logits, tokens=jnp.full((rows, steps), settings.pad_token_id, jnp.int32),
       policy_logprobs=jnp.zeros((rows, steps), jnp.float32), sampling_logprobs=jnp.zeros((rows, steps), jnp.float32),
-      done=jnp.zeros((rows,), bool), lengths=jnp.zeros((rows,), jnp.int32), cache=cache)
+      done=jnp.zeros((rows,), bool), lengths=jnp.zeros((rows,), jnp.int32), cache=carried)
 
   def keep_going(s: DecodeState) -> jax.Array:
     return (s.step < steps) & ~jnp.all(s.done)
@@ -122,7 +137,10 @@ def decode_loop(model: Qwen25VL, logits: jax.Array, cache: KVCache, keys: jax.Ar
   def step(s: DecodeState) -> DecodeState:
     s = _emit(s, keys, stop_ids, method, settings)
     new_tokens = jax.lax.dynamic_index_in_dim(s.tokens, s.step, axis=1, keepdims=False)
-    next_logits, next_cache = decode_one(model, new_tokens, s.cache, mesh)
+    next_logits, next_cache = model_step(new_tokens, s.cache)
     return dataclasses.replace(s, step=s.step + 1, logits=next_logits, cache=next_cache)
 
-  return jax.lax.while_loop(keep_going, step, state)
+  final = jax.lax.while_loop(keep_going, step, state)
+  if packed is not None:
+    final = dataclasses.replace(final, cache=final.cache.to_cache(model.config.text.num_key_value_heads))
+  return final

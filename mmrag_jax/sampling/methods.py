@@ -9,9 +9,10 @@ with -inf outside its support:
     TopP(p, temperature)          the smallest set of most likely tokens whose mass reaches p (nucleus)
 
 `log_softmax(processed_logits)` at the chosen token is the log-prob of the distribution actually sampled
-from (0 for greedy). Methods are hashable, so the decode loop takes them as a static argument: changing
-the method or its temperature compiles a new loop. A new method subclasses `SamplingMethod` and
-defines `processed_logits` (and `draw` when it is not ancestral sampling).
+from (0 for greedy); `sample_with_logprob` returns both, and Greedy skips the [V] work it does not need.
+Methods are hashable, so the decode loop takes them as a static argument: changing the method or its
+temperature compiles a new loop. A new method subclasses `SamplingMethod` and defines
+`processed_logits` (and `draw` when it is not ancestral sampling).
 
 Shapes: logits [..., V] float32; keys are typed PRNG keys (`jax.random.key`), one per leading index.
 """
@@ -44,6 +45,23 @@ class SamplingMethod:
     """Tokens [...] drawn from the processed distribution of logits [..., V]."""
     return self.draw(key, self.processed_logits(logits))
 
+  def sample_with_logprob(self, key: jax.Array, logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Tokens [...] int32 and their log-probs [...] float32 under the processed distribution."""
+    processed = self.processed_logits(logits)
+    tokens = self.draw(key, processed)
+    return tokens, token_log_softmax(processed, tokens)
+
+
+def token_log_softmax(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+  """log_softmax(logits)[token] for logits [..., V] and tokens [...] int: [...], one pass over V.
+
+  The same arithmetic as `jax.nn.log_softmax` at the token (shift by the max, subtract the log-sum-exp),
+  without materialising the [..., V] result.
+  """
+  top = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  chosen = jnp.take_along_axis(logits, tokens[..., None].astype(jnp.int32), axis=-1) - top
+  return (chosen - jnp.log(jnp.sum(jnp.exp(logits - top), axis=-1, keepdims=True)))[..., 0]
+
 
 def _check_temperature(temperature: float) -> None:
   if not temperature > 0:
@@ -61,6 +79,11 @@ class Greedy(SamplingMethod):
   def draw(self, key: jax.Array, processed: jax.Array) -> jax.Array:
     del key
     return jnp.argmax(processed, axis=-1).astype(jnp.int32)
+
+  def sample_with_logprob(self, key: jax.Array, logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+    del key
+    tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # the point mass: log-prob 0
+    return tokens, jnp.zeros(tokens.shape, jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,12 @@ Jit boundaries and donation. Prefill (vision tower + prompt, then the G-fold row
 call; the whole decode loop is another, which takes the cache donated and hands it back, so its
 `while_loop` writes the prompt's cache buffers in place rather than copying [layers, B * G, S, KVH, Dh].
 
+Decode step. A float32 model on CPU without a mesh decodes with the packed step of `packed_decoder.py`
+(the text decoder's weights copied once into matrix-vector layouts, about 2x faster per token there);
+the packed copy is kept while the model's parameter arrays stay the same objects and rebuilt (one more
+jitted call) after they change. Elsewhere (accelerators, meshes, bfloat16) the loop runs the model's own
+decode step.
+
 Log-probs. `policy_logprobs` are those of the temperature-1, untruncated policy (float32 logits,
 float32-accumulated head, as in `token_logprobs`): the trainer's old-policy log-probs, no recomputation
 needed when the sampling and training parameters are the same. `sampling_logprobs` are those of the
@@ -33,10 +39,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
@@ -55,6 +63,7 @@ from mmrag_jax.sampling.inputs import (
 )
 from mmrag_jax.sampling.keys import row_keys
 from mmrag_jax.sampling.methods import Categorical, SamplingMethod
+from mmrag_jax.sampling.packed_decoder import PackedDecoder, pack_decoder
 from mmrag_jax.sampling.steps import prefill_group
 
 
@@ -125,12 +134,25 @@ def _prefill(graphdef: nnx.GraphDef, state: nnx.State, inputs: ModelInputs, *, c
   return prefill_group(nnx.merge(graphdef, state), inputs, cache_size, group_size, mesh)
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _pack(graphdef: nnx.GraphDef, state: nnx.State) -> PackedDecoder:
+  return pack_decoder(nnx.merge(graphdef, state))
+
+
 # The cache is donated and returned inside the final state: the loop then runs in its buffers.
 @functools.partial(jax.jit, static_argnames=("graphdef", "method", "settings", "mesh"), donate_argnames=("cache",))
 def _decode(graphdef: nnx.GraphDef, state: nnx.State, logits: jax.Array, cache: KVCache, keys: jax.Array,
-            stop_ids: jax.Array, *, method: SamplingMethod, settings: DecodeSettings, mesh: Mesh | None) -> DecodeState:
+            stop_ids: jax.Array, packed: PackedDecoder | None, *, method: SamplingMethod, settings: DecodeSettings,
+            mesh: Mesh | None) -> DecodeState:
   return decode_loop(nnx.merge(graphdef, state), logits, cache, keys, stop_ids, method=method, settings=settings,
-                     mesh=mesh)
+                     mesh=mesh, packed=packed)
+
+
+def _decodes_packed(model: Qwen25VL, state: nnx.State, mesh: Mesh | None) -> bool:
+  """Whether decoding takes the packed CPU step: float32 compute, parameters on CPU, no mesh."""
+  first = jax.tree.leaves(state)[0]
+  on_cpu = all(device.platform == "cpu" for device in first.devices())
+  return mesh is None and on_cpu and jnp.dtype(model.config.compute_dtype) == jnp.float32
 
 
 class Sampler:
@@ -142,6 +164,8 @@ class Sampler:
 
   def __init__(self, model: Qwen25VL, config: SamplerConfig = SamplerConfig(), *, mesh: Mesh | None = None):
     self.model, self.config, self.mesh = model, config, mesh
+    # (weak references to the parameter arrays it was packed from, packed decoder)
+    self._packed: tuple[tuple[weakref.ref, ...], PackedDecoder] | None = None
     c = model.config
     self.stop_ids = tuple(config.stop_ids) if config.stop_ids is not None else (c.eos_token_id, c.pad_token_id)
     suppressed = (c.image_token_id, c.video_token_id, c.vision_start_token_id, c.vision_end_token_id)
@@ -174,6 +198,24 @@ class Sampler:
     return _prefill(graphdef, state, inputs, cache_size=cache_size, group_size=group_size if share else 1,
                     mesh=self.mesh)
 
+  def packed_decoder(self) -> PackedDecoder | None:
+    """The model's packed decode weights, or None where decoding runs the model's own step.
+
+    Packed on first use and kept while every parameter array is the one it was packed from (weak
+    references: the sampler never keeps replaced parameters alive).
+    """
+    graphdef, state = nnx.split(self.model)
+    if not _decodes_packed(self.model, state, self.mesh):
+      return None
+    leaves = jax.tree.leaves(state)
+    if self._packed is not None:
+      sources, packed = self._packed
+      if len(sources) == len(leaves) and all(ref() is leaf for ref, leaf in zip(sources, leaves)):
+        return packed
+    packed = _pack(graphdef, state)
+    self._packed = (tuple(weakref.ref(leaf) for leaf in leaves), packed)
+    return packed
+
   def generate(self, batch: Mapping[str, Any], key: jax.Array, *, group_size: int = 1,
                prompt_ids: np.ndarray | None = None) -> SampleOutput:
     """G completions for each of the B prompts of a processor batch.
@@ -191,8 +233,8 @@ class Sampler:
       keys = jax.device_put(keys, logical_sharding(self.mesh, ("batch",), shape=keys.shape))
     graphdef, state = nnx.split(self.model)
     stop_ids = np.asarray(self.stop_ids, np.int32)
-    final = _decode(graphdef, state, logits, cache, keys, stop_ids, method=self.config.method, settings=self.settings,
-                    mesh=self.mesh)
+    final = _decode(graphdef, state, logits, cache, keys, stop_ids, self.packed_decoder(), method=self.config.method,
+                    settings=self.settings, mesh=self.mesh)
     return SampleOutput(tokens=to_host(final.tokens), lengths=to_host(final.lengths),
                         truncated=~to_host(final.done), policy_logprobs=to_host(final.policy_logprobs),
                         sampling_logprobs=to_host(final.sampling_logprobs), group_size=group_size)
