@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from mmrag_jax.data import read_mmqa, read_webqa
 from mmrag_jax.data.images import ImageStore
@@ -142,6 +143,11 @@ class RunContext:
     return self.config.train.batch_size // self.config.rl.group_size
 
   # -- bookkeeping -----------------------------------------------------------------------------------
+
+  def barrier(self, name: str) -> None:
+    """Waits for every process (multi-host runs): files process 0 wrote are complete afterwards."""
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(name)
 
   def write_json(self, name: str, obj: Any) -> str:
     path = self.path(name)

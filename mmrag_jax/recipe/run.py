@@ -68,7 +68,7 @@ def run_stage1(ctx: RunContext) -> dict[str, Any]:
   metrics: dict[str, Any] = {}
   for name in splits:
     limit = c.data.max_train_questions if name == c.data.train_split else c.data.max_eval_questions
-    report = run_stage1_inference(ctx, model, model_dir, ctx.read_split(name, limit))
+    report, _ = run_stage1_inference(ctx, model, model_dir, ctx.read_split(name, limit))
     metrics.update({f"stage1/{name}/{k}": v for k, v in report.items() if k.startswith("recall@")})
   outputs.write_curves(ctx)
   return {"metrics": metrics, "history": history, "model": model}
@@ -128,8 +128,9 @@ def _split_scores(ctx: RunContext, stage1_dir: str, split) -> dict[str, dict[str
       return _scores(directory, split.name)
   stage1_policy = os.path.join(stage1_dir, EXPORT_DIR)
   print(f"scoring the candidates of {split.name} with the stage-1 policy {stage1_policy}")
-  run_stage1_inference(ctx, ctx.load_model(stage1_policy, field="stage2.stage1_workdir"), stage1_policy, split)
-  return _scores(ctx.workdir, split.name)
+  _, scores = run_stage1_inference(ctx, ctx.load_model(stage1_policy, field="stage2.stage1_workdir"),
+                                   stage1_policy, split)
+  return scores
 
 
 def _stage1_recall(stage1_dir: str, split: str) -> dict[str, float]:
@@ -172,7 +173,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   validate(config)
   ctx = RunContext(config, workdir)
   prepare_demo_inputs(config, ctx.workdir)
-  ctx.write_json("config.json", ml_collections.ConfigDict(config.to_dict()).to_dict())
+  ctx.write_json("config.json", config.to_dict())
   result = run_stage1(ctx) if config.stage == 1 else run_stage2(ctx)
   summary = {
       "stage": config.stage, "mode": config.mode, "preset": config.preset, "metrics": result["metrics"],
@@ -180,4 +181,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                    num_devices=ctx.mesh.size, num_params=_num_params(result["model"])),
   }
   ctx.write_json(outputs.SUMMARY_FILE, summary)
+  ctx.barrier("run_finished")  # later readers of this run's files (a stage-2 run after its stage 1) on every host
   return summary

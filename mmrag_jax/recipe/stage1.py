@@ -105,8 +105,12 @@ def recall_at_k(questions: Sequence[Question], scores: Mapping[str, Mapping[str,
   return {f"recall@{k}": hits[k] / len(labeled) for k in ks}
 
 
-def run_stage1_inference(ctx: RunContext, model: Qwen25VL, model_dir: str, split: Split) -> dict[str, Any]:
-  """Scores a split, writes its ranking and recall files; returns {'recall@k': ..., 'unscored': n}."""
+def run_stage1_inference(ctx: RunContext, model: Qwen25VL, model_dir: str, split: Split
+                         ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+  """Scores a split and writes its ranking and recall files.
+
+  Returns ({'recall@k': ..., 'unscored': n, ...}, the scores {qid: {candidate id: P(yes)}}).
+  """
   scores, unscored = score_candidates(ctx, model, model_dir, split)
   if ctx.is_main_process:
     write_stage1_scores(ctx.path(ranking_file(split.name)), scores)
@@ -117,4 +121,4 @@ def run_stage1_inference(ctx: RunContext, model: Qwen25VL, model_dir: str, split
   shown = ", ".join(f"{k} {v:.3f}" for k, v in recall.items()) or "unlabeled split"
   _log.info("stage-1 %s: %s (%d candidates unscored)", split.name, shown, unscored)
   print(f"stage-1 ranking of {split.name}: {ctx.path(ranking_file(split.name))}  [{shown}]")
-  return report
+  return report, scores

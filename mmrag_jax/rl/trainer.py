@@ -21,6 +21,7 @@ as an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -41,6 +42,8 @@ from mmrag_jax.rl.policy import LogprobFn
 from mmrag_jax.rl.rollout import Detokenize, RewardFn, Rollout, collect_rollout, rollout_metrics
 from mmrag_jax.rl.update import PolicyUpdater, put_global
 from mmrag_jax.sampling import SamplerConfig
+
+_log = logging.getLogger(__name__)
 
 EvalFn = Callable[[nnx.Module, int], Mapping[str, float]]
 
@@ -172,21 +175,42 @@ class GRPOTrainer:
 
   # -- the loop ------------------------------------------------------------------------------------
 
-  def save(self) -> None:
-    self.checkpoints.save(self.step, self.updater, self.rng, {"data": iterator_state(self.data)})
+  def save(self, data_state: Any = None, rng: jax.Array | None = None) -> None:
+    """Checkpoints the state after `self.step` loop steps (data_state, rng: the iterator's position and
+    the RNG then; default: as they are now)."""
+    data_state = iterator_state(self.data) if data_state is None else data_state
+    self.checkpoints.save(self.step, self.updater, self.rng if rng is None else rng, {"data": data_state})
+    self._saved_step = self.step
+
+  def _save_on_failure(self, data_state: Any, rng: jax.Array) -> None:
+    """A last checkpoint of the completed steps when the loop dies (error or interrupt), so no finished
+    work is lost; data position and RNG are those the completed steps ended with, so a resume is exact."""
+    if self.step == getattr(self, "_saved_step", None) or self.step == 0:
+      return
+    try:
+      self.save(data_state, rng)
+      self.checkpoints.wait()
+      _log.warning("training stopped by an error: saved loop step %d to %s", self.step, self.checkpoints.directory)
+    except Exception as error:  # e.g. parameters already donated to the failed update step
+      _log.error("training stopped by an error and the step-%d checkpoint failed too: %s", self.step, error)
 
   def run(self) -> list[dict[str, float]]:
     """Trains until `num_steps` loop steps are done (resuming where a checkpoint left off).
 
-    Returns the metrics of the steps run by this call.
+    Returns the metrics of the steps run by this call. If a step fails (or the run is interrupted),
+    the steps completed so far are checkpointed before the error propagates.
     """
     writer = MetricsWriter(self.workdir, tensorboard=self.config.tensorboard)
     bar = ProgressBar(self.config.num_steps, initial=self.step, enabled=None if self.config.progress_bar else False)
     history = []
+    self._saved_step = self.checkpoints.latest_step()
+    # Data position and RNG after the last completed step (a failing step has already advanced both).
+    data_state, step_rng = iterator_state(self.data), self.rng
     try:
       while self.step < self.config.num_steps:
         metrics = self.train_step()
         self.step += 1
+        data_state, step_rng = iterator_state(self.data), self.rng
         if self.eval_fn is not None and self.config.eval_every and self.step % self.config.eval_every == 0:
           metrics.update({f"eval/{k}": float(v) for k, v in self.eval_fn(self.updater.model(), self.step).items()})
         writer.write(self.step, metrics)
@@ -194,7 +218,10 @@ class GRPOTrainer:
         history.append(metrics)
         every = self.config.checkpoint_every
         if (every and self.step % every == 0) or self.step == self.config.num_steps:
-          self.save()
+          self.save(data_state)
+    except BaseException:
+      self._save_on_failure(data_state, step_rng)
+      raise
     finally:
       bar.close()
       writer.close()

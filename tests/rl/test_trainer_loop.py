@@ -139,3 +139,26 @@ def test_metrics_go_to_jsonl_and_tensorboard(straight_run):
       scalars.setdefault(tag, []).extend(points)
   assert [step for step, _ in scalars["reward/total"]] == [1, 2]
   np.testing.assert_allclose([v for _, v in scalars["update/loss"]], [row["update/loss"] for row in rows], rtol=1e-6)
+
+
+def test_a_failing_step_leaves_a_checkpoint_that_resumes_exactly(make_tiny_policy, straight_run, tmp_path):
+  straight_dir, straight_params = straight_run
+  calls = []
+
+  def fails_in_step_2(completions, metadata):
+    calls.append(1)
+    if len(calls) == 2:
+      raise RuntimeError("reward server down")
+    return contains_target(completions, metadata)
+
+  trainer = make_trainer(make_tiny_policy, tmp_path, num_steps=2)  # checkpoint_every=0: only at the end
+  trainer.reward_fn = fails_in_step_2
+  with pytest.raises(RuntimeError, match="reward server down"):
+    trainer.run()
+  assert sorted(os.listdir(os.path.join(tmp_path, "checkpoints"))) == ["1"]
+  resumed = make_trainer(make_tiny_policy, tmp_path, num_steps=2)
+  assert resumed.step == 1
+  resumed.run()
+  assert [without_timings(r) for r in read_metrics(tmp_path)] == [without_timings(r) for r in read_metrics(straight_dir)]
+  for a, b in zip(jax.tree.leaves(jax.tree.map(np.asarray, resumed.updater.params)), jax.tree.leaves(straight_params)):
+    np.testing.assert_array_equal(a, b)
