@@ -30,5 +30,5 @@ def get_config(arg: str | None = None):
     c.sampler.length_buckets = (256,)
     c.sampler.patch_buckets = (256,)    # 16 one-image prompts x 16 patches
     c.train.num_steps = 4
-    c.warmup.steps = 30
+    c.warmup.steps = 60
   return c

@@ -121,7 +121,7 @@ def _demo(c: ml_collections.ConfigDict) -> None:
   c.train.batch_size = 16
   c.train.num_steps = 3
   c.train.checkpoint_every = 0
-  c.warmup.learning_rate = 3e-3
+  c.warmup.learning_rate = 5e-3
   c.scorer.batch_size = 16
   c.predict.batch_size = 16
 
