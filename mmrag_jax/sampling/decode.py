@@ -15,15 +15,17 @@ Per step, for every row n of the N = B * G rows:
     row 0:     a   b   s   .   .          length 3, done        (. = pad, masked)
     row 1:     c   d   e   f   g          length 5, truncated
 
-The loop ends after T tokens or as soon as every row is done. Sampling is traced once, inside the loop
-body; the price is one model step after the T-th token whose logits go unused (the cache holds T slots
-after the prompt). The KV cache is the loop carry: the jitted loop takes it donated and returns it, so
-XLA updates the prompt's cache buffers in place.
+Token 0 comes from the prompt's logits, before the loop; each loop iteration is one model step (4, on
+the previous token) then 1-3, so the loop runs at most T - 1 model steps and ends after T tokens or as
+soon as every row is done. The logits are never carried across iterations. The KV cache is the loop
+carry: the jitted loop takes it donated and returns it, so XLA updates the prompt's cache buffers in
+place.
 
 Model step: the model's own cached decoder (`decode_one`), or, given a `PackedDecoder`, the CPU step of
 `packed_decoder.py` (same math, layouts that stream the weights faster; the cache is carried as one
-buffer pair per layer and handed back as a `KVCache`). Per step, both log-probs cost one reduction over
-V each (no [N, V] log-softmax is materialised) and greedy decoding skips the sampling one (it is 0).
+buffer pair per layer and handed back as a `KVCache`). The log-probs are read off the logits at the
+token (`token_log_softmax`: no [N, V] log-softmax is materialised); greedy decoding skips the sampling
+one (it is 0).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from mmrag_jax.model.kv_cache import KVCache
 from mmrag_jax.model.qwen25vl import Qwen25VL
 from mmrag_jax.sampling.keys import step_keys
 from mmrag_jax.sampling.methods import SamplingMethod, token_log_softmax
-from mmrag_jax.sampling.packed_decoder import LayerCache, PackedDecoder, packed_decode_step
+from mmrag_jax.sampling.packed_decoder import LayerCache, PackedDecoder, packed_decode_step, rotary_columns
 from mmrag_jax.sampling.steps import decode_one
 
 
@@ -58,7 +60,6 @@ class DecodeState:
   """Loop carry. N rows, T = max_new_tokens.
 
   step:               [] int32, tokens generated so far.
-  logits:             [N, V] float32, next-token logits.
   tokens:             [N, T] int32, generated tokens, pad after a row's stop.
   policy_logprobs:    [N, T] float32, see module docstring (0 on padding).
   sampling_logprobs:  [N, T] float32.
@@ -68,7 +69,6 @@ class DecodeState:
   """
 
   step: jax.Array
-  logits: jax.Array
   tokens: jax.Array
   policy_logprobs: jax.Array
   sampling_logprobs: jax.Array
@@ -86,10 +86,9 @@ def _suppress(logits: jax.Array, suppressed_ids: tuple[int, ...]) -> jax.Array:
   return jnp.where(suppressed, -jnp.inf, logits)
 
 
-def _emit(state: DecodeState, keys: jax.Array, stop_ids: jax.Array, method: SamplingMethod,
+def _emit(state: DecodeState, logits: jax.Array, keys: jax.Array, stop_ids: jax.Array, method: SamplingMethod,
           settings: DecodeSettings) -> DecodeState:
-  """Samples, records and stops one step from `state.logits`; returns the state before the model step."""
-  logits = state.logits
+  """Samples, records and stops token number `state.step` from its logits [N, V] float32."""
   sampled, sampling = method.sample_with_logprob(step_keys(keys, state.step),
                                                  _suppress(logits, settings.suppressed_ids))
   policy = token_log_softmax(logits, sampled)
@@ -104,6 +103,7 @@ def _emit(state: DecodeState, keys: jax.Array, stop_ids: jax.Array, method: Samp
       sampling_logprobs=column(state.sampling_logprobs, jnp.where(state.done, zero, sampling)),
       lengths=state.lengths + (~state.done).astype(jnp.int32),
       done=state.done | stopped,
+      step=state.step + 1,
   )
 
 
@@ -113,34 +113,37 @@ def decode_loop(model: Qwen25VL, logits: jax.Array, cache: KVCache, keys: jax.Ar
   """Generates up to T tokens per row from the prompt's next-token logits [N, V] float32 and its cache.
 
   keys: [N] typed per-row keys (`row_keys`); stop_ids: [S] int32 (an argument, not static: changing the
-  stop set does not recompile). The cache needs T free slots after the prompt. packed: `pack_decoder(model)`
-  to run the packed CPU step instead of the model's (no mesh).
+  stop set does not recompile). The cache needs T - 1 free slots after the prompt. packed:
+  `pack_decoder(model)` to run the packed CPU step instead of the model's (no mesh).
   Returns the final `DecodeState` (its cache included, so a donated cache can be updated in place).
   """
   rows, steps = logits.shape[0], settings.max_new_tokens
   if packed is None:
     carried = cache
-    model_step = lambda tokens, c: decode_one(model, tokens, c, mesh)
+    model_step = lambda tokens, c, position: decode_one(model, tokens, c, mesh)
   else:
     if mesh is not None:
       raise ValueError("the packed decode step runs without a mesh")
-    carried = LayerCache.from_cache(cache)
-    model_step = lambda tokens, c: packed_decode_step(packed, model.config.text, tokens, c)
+    carried, text = LayerCache.from_cache(cache), model.config.text
+    cos, sin = rotary_columns(text, cache.next_positions(), steps)  # position t: generated token t
+    model_step = lambda tokens, c, position: packed_decode_step(packed, text, tokens, c, cos[position],
+                                                                sin[position])
   state = DecodeState(
-      step=jnp.zeros((), jnp.int32), logits=logits, tokens=jnp.full((rows, steps), settings.pad_token_id, jnp.int32),
+      step=jnp.zeros((), jnp.int32), tokens=jnp.full((rows, steps), settings.pad_token_id, jnp.int32),
       policy_logprobs=jnp.zeros((rows, steps), jnp.float32), sampling_logprobs=jnp.zeros((rows, steps), jnp.float32),
       done=jnp.zeros((rows,), bool), lengths=jnp.zeros((rows,), jnp.int32), cache=carried)
+  state = _emit(state, logits, keys, stop_ids, method, settings)
 
   def keep_going(s: DecodeState) -> jax.Array:
     return (s.step < steps) & ~jnp.all(s.done)
 
   def step(s: DecodeState) -> DecodeState:
-    s = _emit(s, keys, stop_ids, method, settings)
-    new_tokens = jax.lax.dynamic_index_in_dim(s.tokens, s.step, axis=1, keepdims=False)
-    next_logits, next_cache = model_step(new_tokens, s.cache)
-    return dataclasses.replace(s, step=s.step + 1, logits=next_logits, cache=next_cache)
+    previous = s.step - 1
+    last_tokens = jax.lax.dynamic_index_in_dim(s.tokens, previous, axis=1, keepdims=False)
+    next_logits, next_cache = model_step(last_tokens, s.cache, previous)
+    return _emit(dataclasses.replace(s, cache=next_cache), next_logits, keys, stop_ids, method, settings)
 
   final = jax.lax.while_loop(keep_going, step, state)
   if packed is not None:
-    final = dataclasses.replace(final, cache=final.cache.to_cache(model.config.text.num_key_value_heads))
+    final = dataclasses.replace(final, cache=final.cache.to_cache())
   return final

@@ -53,7 +53,7 @@ class SamplingMethod:
 
 
 def token_log_softmax(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-  """log_softmax(logits)[token] for logits [..., V] and tokens [...] int: [...], one pass over V.
+  """log_softmax(logits)[token] for logits [..., V] and tokens [...] int: [...].
 
   The same arithmetic as `jax.nn.log_softmax` at the token (shift by the max, subtract the log-sum-exp),
   without materialising the [..., V] result.

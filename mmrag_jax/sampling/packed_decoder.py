@@ -3,20 +3,15 @@
 A decode step multiplies a few rows (N = B * G) by every weight matrix once, so on a CPU it is bound by
 how fast the weights stream from memory. XLA:CPU's matmul library streams a matrix fastest when it is
 the left-hand operand in row-major [out, in] layout; with the flax layout [in, out] as the right-hand
-operand it re-packs the whole matrix on every call (2-3x slower at N = 8). So this step:
+operand it re-packs the whole matrix on every call (2-4x slower at N = 8). So this step:
 
   * keeps activations as columns, hidden [D, N], and computes every projection as W^T [out, in] @ h [in, N];
-  * fuses q/k/v into one [(H + 2 KVH) Dh, D] matrix and gate/up into one [2 I, D] (fewer, larger ops);
-  * reads each layer's keys/values from its own [N, S, KVH * Dh] buffer, written in place, in the stored
-    layout (no per-step transpose or copy of the cache): the queries of kv head j are placed in a
-    block-diagonal [N, H, KVH * Dh] matrix, zero outside head j's Dh columns, so one batched matmul
-    against the buffer gives every head's scores:
-
-        scores[n, h, s] = sum_c qblock[n, h, c] * keys[n, s, c],   qblock[n, h, c] = q[n, h, c mod Dh]
-                                                                   if c // Dh == h // G, else 0
-
-    and the values come back the same way (the blocks off the diagonal are discarded). It spends KVH
-    times the attention flops, which are small next to the projections at decode time.
+  * fuses q/k/v into one [(H + 2 KVH) Dh, D] matrix and gate/up into one [2 I, D] (fewer, larger ops),
+    and splits every matrix into `ROW_BLOCKS` blocks of rows that XLA multiplies on separate threads;
+  * carries the cache as one key and one value buffer per layer, [N, KVH, S, Dh] (`LayerCache`: the
+    model's [layers, N, S, KVH, Dh] transposed once per call), written in place: attention is then two
+    batched matmuls over (row, kv head) that read the buffers as stored, with no per-step transpose or
+    slice copy of the cache (which XLA emits for the model's layout).
 
 The math is the model's (`TextModel` with a cache, float32 `float32_logits` head); only the layouts and
 the grouping of the matmuls differ, so logits agree to float32 rounding. Packing copies the decoder's
@@ -30,17 +25,25 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from mmrag_jax.model.config import TextConfig
 from mmrag_jax.model.kv_cache import KVCache
 from mmrag_jax.model.qwen25vl import Qwen25VL
 from mmrag_jax.model.text import mrope_cos_sin
 
+# Each matrix is split into this many blocks of rows, one matmul each: independent matmuls run on
+# separate XLA:CPU threads, so two threads stream weights at once (on 2 cores: 5-10% off the step time
+# with 2 blocks; 3 or 4 were slower than 2).
+ROW_BLOCKS = 2
+
+Blocks = tuple[jax.Array, ...]  # consecutive row blocks of one [out, in] matrix
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class PackedLayer:
-  """One decoder layer, matrices as [out, in]. D hidden, H / KVH heads of Dh, I MLP width.
+  """One decoder layer, matrices as [out, in] row blocks. D hidden, H / KVH heads of Dh, I MLP width.
 
   input_norm, post_norm:  [D] RMSNorm weights.
   qkv:                    [(H + 2 KVH) Dh, D], rows q (H Dh), then k (KVH Dh), then v (KVH Dh).
@@ -51,32 +54,35 @@ class PackedLayer:
   """
 
   input_norm: jax.Array
-  qkv: jax.Array
+  qkv: Blocks
   qkv_bias: jax.Array
-  out: jax.Array
+  out: Blocks
   post_norm: jax.Array
-  gate_up: jax.Array
-  down: jax.Array
+  gate_up: Blocks
+  down: Blocks
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class PackedDecoder:
-  """The text decoder for decoding: embedding [V, D], layers, final norm [D], head [V, D] (float32)."""
+  """The text decoder for decoding: embedding [V, D], layers, final norm [D], head [V, D] row blocks."""
 
   embedding: jax.Array
   layers: tuple[PackedLayer, ...]
   norm: jax.Array
-  head: jax.Array
+  head: Blocks
 
 
-def pack_decoder(model: Qwen25VL) -> PackedDecoder:
+def pack_decoder(model: Qwen25VL, row_blocks: int = ROW_BLOCKS) -> PackedDecoder:
   """Copies the text decoder's weights into the decode layouts (jit it: one fused copy of the weights)."""
   text = model.language_model
   dtype = model.config.compute_dtype
 
-  def rows(*linears) -> jax.Array:  # [in, out] kernels -> one [sum(out), in] matrix
-    return jnp.concatenate([linear.kernel[...] for linear in linears], axis=1).astype(dtype).T
+  def blocks(matrix: jax.Array) -> Blocks:
+    return tuple(jnp.array_split(matrix, row_blocks))
+
+  def rows(*linears: nnx.Linear) -> Blocks:  # [in, out] kernels -> one [sum(out), in] matrix
+    return blocks(jnp.concatenate([linear.kernel[...] for linear in linears], axis=1).astype(dtype).T)
 
   layers = []
   for layer in text.layers:
@@ -91,7 +97,7 @@ def pack_decoder(model: Qwen25VL) -> PackedDecoder:
         gate_up=rows(mlp.gate_proj, mlp.up_proj),
         down=rows(mlp.down_proj)))
   return PackedDecoder(embedding=text.embed_tokens.embedding[...].astype(dtype), layers=tuple(layers),
-                       norm=text.norm.weight[...].astype(dtype), head=model.head_weight().T)
+                       norm=text.norm.weight[...].astype(dtype), head=blocks(model.head_weight().T))
 
 
 @jax.tree_util.register_dataclass
@@ -99,7 +105,7 @@ def pack_decoder(model: Qwen25VL) -> PackedDecoder:
 class LayerCache:
   """The KV cache as one buffer pair per layer (the loop carry of the packed decode).
 
-  keys, values:  per layer [N, S, KVH * Dh] (a free reshape of a `KVCache` layer row).
+  keys, values:  per layer [N, KVH, S, Dh].
   valid, index, rope_deltas: as in `KVCache`.
   """
 
@@ -111,17 +117,14 @@ class LayerCache:
 
   @classmethod
   def from_cache(cls, cache: KVCache) -> LayerCache:
-    layers, rows, slots = cache.k.shape[:3]
-    split = lambda x: tuple(x[i].reshape(rows, slots, -1) for i in range(layers))
+    """From [layers, N, S, KVH, Dh] buffers (one transposed copy)."""
+    split = lambda x: tuple(layer.transpose(0, 2, 1, 3) for layer in x)
     return cls(keys=split(cache.k), values=split(cache.v), valid=cache.valid, index=cache.index,
                rope_deltas=cache.rope_deltas)
 
-  def to_cache(self, kv_heads: int) -> KVCache:
+  def to_cache(self) -> KVCache:
     """Back to [layers, N, S, KVH, Dh] buffers."""
-    def stack(buffers: tuple[jax.Array, ...]) -> jax.Array:
-      rows, slots, _ = buffers[0].shape
-      return jnp.stack(buffers).reshape(len(buffers), rows, slots, kv_heads, -1)
-
+    stack = lambda buffers: jnp.stack(buffers).transpose(0, 1, 3, 2, 4)
     return KVCache(k=stack(self.keys), v=stack(self.values), valid=self.valid, index=self.index,
                    rope_deltas=self.rope_deltas)
 
@@ -131,9 +134,9 @@ def _rms_norm_columns(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=0, keepdims=True) + eps) * weight[:, None]
 
 
-def _matvec(weight: jax.Array, columns: jax.Array) -> jax.Array:
-  """weight [out, in] @ columns [in, N] -> [out, N]."""
-  return jax.lax.dot_general(weight, columns, (((1,), (0,)), ((), ())))
+def _matvec(weight: Blocks, columns: jax.Array) -> jax.Array:
+  """weight [out, in] (row blocks) @ columns [in, N] -> [out, N]."""
+  return jnp.concatenate([jax.lax.dot_general(block, columns, (((1,), (0,)), ((), ()))) for block in weight])
 
 
 def _rotate_columns(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
@@ -143,38 +146,40 @@ def _rotate_columns(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 def _attend(queries: jax.Array, keys: jax.Array, values: jax.Array, valid: jax.Array, scale: float) -> jax.Array:
-  """Grouped-query attention of one token per row over the layer's cache (see the module docstring).
+  """Grouped-query attention of one token per row over the layer's cache.
 
-  queries: [KVH, G, Dh, N]; keys, values: [N, S, KVH * Dh]; valid: [N, S] bool. Returns [H * Dh, N].
+  queries: [N, KVH, G, Dh]; keys, values: [N, KVH, S, Dh]; valid: [N, S] bool. Returns [N, KVH, G, Dh].
   """
-  kv_heads, group, head_dim, rows = queries.shape
-  same_head = jnp.eye(kv_heads, dtype=queries.dtype)
-  per_row = queries.transpose(3, 0, 1, 2)  # [N, KVH, G, Dh]
-  block = (per_row[:, :, :, None, :] * same_head[None, :, None, :, None]).reshape(
-      rows, kv_heads * group, kv_heads * head_dim)
-  scores = jnp.einsum("nhc,nsc->nhs", block, keys) * scale
-  scores = jnp.where(valid[:, None, :], scores, -jnp.inf)  # the slot just written is always valid
-  probs = jax.nn.softmax(scores, axis=-1)
-  mixed = jnp.einsum("nhs,nsc->nhc", probs, values).reshape(rows, kv_heads, group, kv_heads, head_dim)
-  out = jnp.einsum("nkgjd,kj->kgdn", mixed, same_head)  # keep head k's own value columns
-  return out.reshape(kv_heads * group * head_dim, rows)
+  scores = jnp.einsum("nkgd,nksd->nkgs", queries, keys) * scale
+  scores = jnp.where(valid[:, None, None, :], scores, -jnp.inf)  # the slot just written is always valid
+  return jnp.einsum("nkgs,nksd->nkgd", jax.nn.softmax(scores, axis=-1), values)
 
 
-def packed_decode_step(packed: PackedDecoder, config: TextConfig, tokens: jax.Array,
-                       cache: LayerCache) -> tuple[jax.Array, LayerCache]:
+def rotary_columns(config: TextConfig, first_positions: jax.Array, steps: int) -> tuple[jax.Array, jax.Array]:
+  """Rotary cos, sin [T, Dh, N] of the next T tokens of every row.
+
+  first_positions: [N] int, each row's next position (`KVCache.next_positions`); a row's position grows
+  by one per token, on all three M-RoPE axes (as in `decode_hidden`). Computed once before the loop:
+  inside it XLA fuses the cos/sin into every consumer and recomputes them per element.
+  """
+  positions = first_positions[:, None] + jnp.arange(steps, dtype=first_positions.dtype)  # [N, T]
+  cos, sin = mrope_cos_sin(jnp.broadcast_to(positions[None], (3, *positions.shape)), head_dim=config.head_dim,
+                           theta=config.rope_theta, mrope_section=config.mrope_section, dtype=jnp.float32)
+  return cos.transpose(1, 2, 0), sin.transpose(1, 2, 0)
+
+
+def packed_decode_step(packed: PackedDecoder, config: TextConfig, tokens: jax.Array, cache: LayerCache,
+                       cos: jax.Array, sin: jax.Array) -> tuple[jax.Array, LayerCache]:
   """Feeds one token per row: tokens [N] int -> next-token logits [N, V] float32 and the updated cache.
 
-  Same positions, mask and slot as `decode_hidden`: the token goes to slot `cache.index` and attends to
-  every valid slot, itself included.
+  cos, sin: [Dh, N], the rotary of this token's positions (`rotary_columns`). Same positions, mask and
+  slot as `decode_hidden`: the token goes to slot `cache.index` and attends to every valid slot, itself
+  included.
   """
   rows = tokens.shape[0]
   heads, kv_heads, head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
   group, width = heads // kv_heads, config.intermediate_size
-  positions = cache.rope_deltas + jnp.sum(cache.valid, axis=-1, dtype=jnp.int32)  # [N]
   valid = jax.lax.dynamic_update_slice(cache.valid, jnp.ones((rows, 1), bool), (0, cache.index))
-  cos, sin = mrope_cos_sin(jnp.broadcast_to(positions[None, :, None], (3, rows, 1)), head_dim=head_dim,
-                           theta=config.rope_theta, mrope_section=config.mrope_section, dtype=jnp.float32)
-  cos, sin = cos[:, 0].T, sin[:, 0].T  # [Dh, N]
 
   hidden = packed.embedding[tokens].T  # [D, N]
   keys, values = list(cache.keys), list(cache.values)
@@ -184,12 +189,12 @@ def packed_decode_step(packed: PackedDecoder, config: TextConfig, tokens: jax.Ar
     q = _rotate_columns(qkv[:heads * head_dim].reshape(kv_heads, group, head_dim, rows), cos, sin)
     k = _rotate_columns(qkv[heads * head_dim:(heads + kv_heads) * head_dim].reshape(kv_heads, head_dim, rows),
                         cos, sin)
-    v = qkv[(heads + kv_heads) * head_dim:]
-    new_slot = lambda x: x.reshape(kv_heads * head_dim, rows).T[:, None, :]  # [N, 1, KVH * Dh]
-    keys[i] = jax.lax.dynamic_update_slice(keys[i], new_slot(k), (0, cache.index, 0))
-    values[i] = jax.lax.dynamic_update_slice(values[i], new_slot(v), (0, cache.index, 0))
-    attended = _attend(q, keys[i], values[i], valid, head_dim**-0.5)
-    hidden = hidden + _matvec(layer.out, attended)
+    v = qkv[(heads + kv_heads) * head_dim:].reshape(kv_heads, head_dim, rows)
+    slot = (0, 0, cache.index, 0)
+    keys[i] = jax.lax.dynamic_update_slice(keys[i], k.transpose(2, 0, 1)[:, :, None], slot)
+    values[i] = jax.lax.dynamic_update_slice(values[i], v.transpose(2, 0, 1)[:, :, None], slot)
+    attended = _attend(q.transpose(3, 0, 1, 2), keys[i], values[i], valid, head_dim**-0.5)  # [N, KVH, G, Dh]
+    hidden = hidden + _matvec(layer.out, attended.transpose(1, 2, 3, 0).reshape(heads * head_dim, rows))
     gate_up = _matvec(layer.gate_up, _rms_norm_columns(hidden, layer.post_norm, config.rms_norm_eps))
     hidden = hidden + _matvec(layer.down, jax.nn.silu(gate_up[:width]) * gate_up[width:])
 

@@ -14,11 +14,11 @@ Jit boundaries and donation. Prefill (vision tower + prompt, then the G-fold row
 call; the whole decode loop is another, which takes the cache donated and hands it back, so its
 `while_loop` writes the prompt's cache buffers in place rather than copying [layers, B * G, S, KVH, Dh].
 
-Decode step. A float32 model on CPU without a mesh decodes with the packed step of `packed_decoder.py`
-(the text decoder's weights copied once into matrix-vector layouts, about 2x faster per token there);
-the packed copy is kept while the model's parameter arrays stay the same objects and rebuilt (one more
-jitted call) after they change. Elsewhere (accelerators, meshes, bfloat16) the loop runs the model's own
-decode step.
+Decode step. A float32 model on CPU without a mesh decodes with the packed step of `packed_decoder.py`:
+the text decoder's weights copied into matrix-vector layouts (a second copy of them in memory), about
+2x faster per token there. The copy is made on the first `generate`, kept while the model's parameter
+arrays stay the same objects, and remade (one jitted copy of the weights) after they change. Elsewhere
+(accelerators, meshes, bfloat16) the loop runs the model's own decode step.
 
 Log-probs. `policy_logprobs` are those of the temperature-1, untruncated policy (float32 logits,
 float32-accumulated head, as in `token_logprobs`): the trainer's old-policy log-probs, no recomputation
@@ -134,6 +134,9 @@ def _prefill(graphdef: nnx.GraphDef, state: nnx.State, inputs: ModelInputs, *, c
   return prefill_group(nnx.merge(graphdef, state), inputs, cache_size, group_size, mesh)
 
 
+_row_keys = jax.jit(row_keys, static_argnames=("group_size",))
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _pack(graphdef: nnx.GraphDef, state: nnx.State) -> PackedDecoder:
   return pack_decoder(nnx.merge(graphdef, state))
@@ -180,11 +183,13 @@ class Sampler:
     inputs = prepare_bucketed(batch, self.model.config, self.config.length_buckets, self.config.patch_buckets)
     return place_inputs(inputs, self.mesh)
 
-  def prefill(self, batch: Mapping[str, Any], group_size: int) -> tuple[jax.Array, KVCache]:
+  def prefill(self, batch: Mapping[str, Any], group_size: int,
+              model_split: tuple[nnx.GraphDef, nnx.State] | None = None) -> tuple[jax.Array, KVCache]:
     """Next-token logits [B * G, V] float32 and the KV cache of B * G rows, sized for max_new_tokens.
 
     With `share_prefix` each prompt is prefilled once and its cache repeated; otherwise the prompts
-    (and their images) are repeated G times first and all B * G rows are prefilled.
+    (and their images) are repeated G times first and all B * G rows are prefilled. model_split:
+    `nnx.split(model)` if the caller has it.
     """
     if group_size < 1:
       raise ValueError(f"group_size must be >= 1, got {group_size}")
@@ -194,17 +199,18 @@ class Sampler:
       batch = select_rows(batch, rows, self.model.config)
     inputs = self.prepare(batch)
     cache_size = inputs.input_ids.shape[1] + self.config.max_new_tokens
-    graphdef, state = nnx.split(self.model)
+    graphdef, state = model_split if model_split is not None else nnx.split(self.model)
     return _prefill(graphdef, state, inputs, cache_size=cache_size, group_size=group_size if share else 1,
                     mesh=self.mesh)
 
-  def packed_decoder(self) -> PackedDecoder | None:
+  def packed_decoder(self, model_split: tuple[nnx.GraphDef, nnx.State] | None = None) -> PackedDecoder | None:
     """The model's packed decode weights, or None where decoding runs the model's own step.
 
     Packed on first use and kept while every parameter array is the one it was packed from (weak
-    references: the sampler never keeps replaced parameters alive).
+    references: the sampler never keeps replaced parameters alive). model_split: `nnx.split(model)` if
+    the caller has it (splitting costs milliseconds).
     """
-    graphdef, state = nnx.split(self.model)
+    graphdef, state = model_split if model_split is not None else nnx.split(self.model)
     if not _decodes_packed(self.model, state, self.mesh):
       return None
     leaves = jax.tree.leaves(state)
@@ -227,14 +233,14 @@ class Sampler:
     prompt_ids = np.arange(batch_size) if prompt_ids is None else np.asarray(prompt_ids)
     if prompt_ids.shape != (batch_size,):
       raise ValueError(f"prompt_ids must have shape ({batch_size},), got {prompt_ids.shape}")
-    logits, cache = self.prefill(batch, group_size)
-    keys = row_keys(key, prompt_ids, group_size)
+    model_split = nnx.split(self.model)  # once per call: splitting the model costs milliseconds
+    logits, cache = self.prefill(batch, group_size, model_split)
+    keys = _row_keys(key, prompt_ids, group_size)
     if self.mesh is not None:
       keys = jax.device_put(keys, logical_sharding(self.mesh, ("batch",), shape=keys.shape))
-    graphdef, state = nnx.split(self.model)
     stop_ids = np.asarray(self.stop_ids, np.int32)
-    final = _decode(graphdef, state, logits, cache, keys, stop_ids, self.packed_decoder(), method=self.config.method,
-                    settings=self.settings, mesh=self.mesh)
+    final = _decode(*model_split, logits, cache, keys, stop_ids, self.packed_decoder(model_split),
+                    method=self.config.method, settings=self.settings, mesh=self.mesh)
     return SampleOutput(tokens=to_host(final.tokens), lengths=to_host(final.lengths),
                         truncated=~to_host(final.done), policy_logprobs=to_host(final.policy_logprobs),
                         sampling_logprobs=to_host(final.sampling_logprobs), group_size=group_size)

@@ -9,6 +9,7 @@ import pytest
 import scipy.special
 
 from mmrag_jax.sampling import Categorical, Greedy, TopK, TopP, top_p_logits
+from mmrag_jax.sampling.methods import token_log_softmax
 
 PROBS = np.array([0.02, 0.25, 0.05, 0.11, 0.30, 0.01, 0.08, 0.04, 0.09, 0.05])
 LOGITS = np.log(PROBS).astype(np.float32) + 3.0  # a shift changes nothing
@@ -83,6 +84,30 @@ def test_processed_logits_give_the_sampling_distribution():
   greedy = np.asarray(jax.nn.log_softmax(Greedy().processed_logits(logits)))
   assert greedy[4] == 0.0 and np.all(np.isneginf(np.delete(greedy, 4)))
   assert int(Greedy().sample(jax.random.key(0), logits)) == 4
+
+
+def test_token_log_softmax_is_the_log_softmax_at_the_token():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(scale=4.0, size=(3, 5, 50)).astype(np.float32)
+  logits[0, :, 7] = -np.inf  # suppressed ids / outside a nucleus
+  tokens = rng.integers(0, 7, (3, 5))
+  expected = np.take_along_axis(scipy.special.log_softmax(logits.astype(np.float64), axis=-1), tokens[..., None],
+                                axis=-1)[..., 0]
+  got = np.asarray(jax.jit(token_log_softmax)(jnp.asarray(logits), jnp.asarray(tokens)))
+  np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6)
+
+
+def test_sample_with_logprob_returns_the_processed_log_prob():
+  logits = jnp.tile(jnp.asarray(LOGITS), (4, 1))
+  keys = jax.random.split(jax.random.key(1), 4)
+  tokens, logprobs = Greedy().sample_with_logprob(keys, logits)
+  np.testing.assert_array_equal(tokens, [4] * 4)
+  np.testing.assert_array_equal(logprobs, np.zeros(4, np.float32))
+  method = METHODS["top_p"]
+  tokens, logprobs = jax.jit(method.sample_with_logprob)(keys, logits)
+  np.testing.assert_array_equal(tokens, method.sample(keys, logits))
+  nucleus = scipy.special.log_softmax(np.asarray(method.processed_logits(logits)).astype(np.float64), axis=-1)
+  np.testing.assert_allclose(logprobs, nucleus[np.arange(4), np.asarray(tokens)], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize(("make", "message"), [

@@ -25,6 +25,8 @@ def sharded_sampler(checkpoint_dir, mesh, make_config, rollout_spec):
 
 
 def test_sharded_sampling_gives_the_single_device_tokens(sharded_sampler, prompts, rollout_spec, shared_rollout):
+  """The mesh runs the model's own decode step, the single device the packed CPU step."""
+  assert sharded_sampler.packed_decoder() is None
   out = sharded_sampler.generate(prompts, jax.random.key(rollout_spec.seed), group_size=rollout_spec.group_size)
   np.testing.assert_array_equal(out.tokens, shared_rollout.tokens)
   np.testing.assert_array_equal(out.lengths, shared_rollout.lengths)
