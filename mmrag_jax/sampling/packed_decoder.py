@@ -134,7 +134,7 @@ def _rms_norm_columns(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=0, keepdims=True) + eps) * weight[:, None]
 
 
-def _matvec(weight: Blocks, columns: jax.Array) -> jax.Array:
+def matvec(weight: Blocks, columns: jax.Array) -> jax.Array:
   """weight [out, in] (row blocks) @ columns [in, N] -> [out, N]."""
   return jnp.concatenate([jax.lax.dot_general(block, columns, (((1,), (0,)), ((), ()))) for block in weight])
 
@@ -184,7 +184,7 @@ def packed_decode_step(packed: PackedDecoder, config: TextConfig, tokens: jax.Ar
   hidden = packed.embedding[tokens].T  # [D, N]
   keys, values = list(cache.keys), list(cache.values)
   for i, layer in enumerate(packed.layers):
-    qkv = _matvec(layer.qkv, _rms_norm_columns(hidden, layer.input_norm, config.rms_norm_eps))
+    qkv = matvec(layer.qkv, _rms_norm_columns(hidden, layer.input_norm, config.rms_norm_eps))
     qkv = qkv + layer.qkv_bias[:, None]
     q = _rotate_columns(qkv[:heads * head_dim].reshape(kv_heads, group, head_dim, rows), cos, sin)
     k = _rotate_columns(qkv[heads * head_dim:(heads + kv_heads) * head_dim].reshape(kv_heads, head_dim, rows),
@@ -194,11 +194,11 @@ def packed_decode_step(packed: PackedDecoder, config: TextConfig, tokens: jax.Ar
     keys[i] = jax.lax.dynamic_update_slice(keys[i], k.transpose(2, 0, 1)[:, :, None], slot)
     values[i] = jax.lax.dynamic_update_slice(values[i], v.transpose(2, 0, 1)[:, :, None], slot)
     attended = _attend(q.transpose(3, 0, 1, 2), keys[i], values[i], valid, head_dim**-0.5)  # [N, KVH, G, Dh]
-    hidden = hidden + _matvec(layer.out, attended.transpose(1, 2, 3, 0).reshape(heads * head_dim, rows))
-    gate_up = _matvec(layer.gate_up, _rms_norm_columns(hidden, layer.post_norm, config.rms_norm_eps))
-    hidden = hidden + _matvec(layer.down, jax.nn.silu(gate_up[:width]) * gate_up[width:])
+    hidden = hidden + matvec(layer.out, attended.transpose(1, 2, 3, 0).reshape(heads * head_dim, rows))
+    gate_up = matvec(layer.gate_up, _rms_norm_columns(hidden, layer.post_norm, config.rms_norm_eps))
+    hidden = hidden + matvec(layer.down, jax.nn.silu(gate_up[:width]) * gate_up[width:])
 
-  logits = _matvec(packed.head, _rms_norm_columns(hidden, packed.norm, config.rms_norm_eps))  # [V, N]
+  logits = matvec(packed.head, _rms_norm_columns(hidden, packed.norm, config.rms_norm_eps))  # [V, N]
   # The barrier keeps the head a [V, D] @ [D, N] product: folded into its consumer's transpose, XLA
   # would turn it into an [N, D] @ [D, V] product that its matmul library does not take (10x slower).
   logits = jax.lax.optimization_barrier(logits).astype(jnp.float32).T
