@@ -69,8 +69,28 @@ def main(argv: list[str]) -> int:
   return 0
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing; an override of a field the config lacks exits naming the field and its siblings."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError):  # ml_collections' lookup of an overridden field that does not exist
+    from mmrag_jax.sweep.grid import check_field, load_config
+
+    spec = next((arg.split("=", 1)[1] if "=" in arg else following
+                 for arg, following in zip(argv[1:], argv[2:] + [None]) if arg.split("=", 1)[0] == "--config"), None)
+    fields = [arg[len("--config."):].split("=", 1)[0] for arg in argv[1:] if arg.startswith("--config.")]
+    problems = []
+    for field in fields if spec else ():
+      try:
+        check_field(load_config(spec), field, "config")
+      except ValueError as error:
+        problems.append(str(error))
+    print("FATAL Flags parsing error: " + ("; ".join(problems) or f"unknown field among {fields}"), file=sys.stderr)
+    sys.exit(1)
+
+
 def entry() -> None:
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -101,3 +101,13 @@ def test_command_line_error_exits_with_the_field_and_the_demo_hint(tmp_path):
                         cwd=REPO, capture_output=True, text=True, timeout=120)
   assert done.returncode == 2, done.stderr[-2000:]
   assert "config.model.path: is empty" in done.stderr and "configs/stage2.py:demo" in done.stderr
+
+
+def test_command_line_override_of_a_missing_field_names_it_and_its_siblings(tmp_path):
+  done = subprocess.run([sys.executable, "-m", "mmrag_jax.main", "--config", "configs/stage1.py:demo",
+                         f"--workdir={tmp_path}", "--config.rl.group_size=4", "--config.train.batchsize=8"],
+                        cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 1, done.stderr[-2000:]
+  assert "'train.batchsize': train has no field 'batchsize'" in done.stderr
+  assert "'batch_size'" in done.stderr and "rl.group_size" not in done.stderr
+  assert not os.listdir(tmp_path)  # nothing ran
