@@ -80,9 +80,13 @@ def _parse_flags(argv: list[str]) -> list[str]:
                  for arg, following in zip(argv[1:], argv[2:] + [None]) if arg.split("=", 1)[0] == "--config"), None)
     fields = [arg[len("--config."):].split("=", 1)[0] for arg in argv[1:] if arg.startswith("--config.")]
     problems = []
-    for field in fields if spec else ():
+    try:
+      config = load_config(spec) if spec else None
+    except Exception:  # noqa: BLE001 - absl reports a config file that fails to load by itself
+      config = None
+    for field in fields if config is not None else ():
       try:
-        check_field(load_config(spec), field, "config")
+        check_field(config, field, "config")
       except ValueError as error:
         problems.append(str(error))
     print("FATAL Flags parsing error: " + ("; ".join(problems) or f"unknown field among {fields}"), file=sys.stderr)
