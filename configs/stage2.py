@@ -35,7 +35,7 @@ def get_config(arg: str | None = None):
   c.rl.max_new_tokens = 512
   c.reward = dict(format_weight=0.5, ranking_weight=1.0, answer_weight=1.0, set_f1_fraction=0.5,
                   mmqa_em_fraction=0.0, think="required", gate_on_format=False, round_mmqa_f1=True,
-                  mmqa_span_separator=",")  # the prompt asks for comma-separated MultimodalQA answers
+                  mmqa_span_separator=";")  # the prompt asks for semicolon-separated MultimodalQA answers
   c.prompt = dict(stage1_think=False, max_text_words=200, system_prompt=None)
   c.stage2 = dict(
       k=5,                    # candidates per prompt: the top-k of the stage-1 ranking

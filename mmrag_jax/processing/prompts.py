@@ -41,7 +41,7 @@ STAGE2_INSTRUCTION = (
 # WebQA references are full sentences, MultimodalQA references short spans.
 ANSWER_STYLE = {
     "webqa": "The answer is one complete sentence.",
-    "mmqa": "The answer is a short phrase; separate several answers with commas.",
+    "mmqa": "The answer is a short phrase. If there are several answers, separate them with semicolons.",
 }
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-MMQA_ANSWER_SEPARATOR = ", "  # as the stage-2 prompt asks for several MultimodalQA answers
+MMQA_ANSWER_SEPARATOR = "; "  # as the stage-2 prompt asks: answers may hold commas ("Washington, D.C.", "1,000")
 
 
 def stage1_target(label: int, think: bool = False) -> str:

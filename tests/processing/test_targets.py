@@ -10,7 +10,9 @@ import pytest
 
 from mmrag_jax.processing.targets import MMQA_ANSWER_SEPARATOR, stage1_target, stage2_target
 from mmrag_jax.rl.reward_fns import stage1_reward_fn, stage2_reward_fn
+from mmrag_jax.recipe.stage2 import parse_prediction
 from mmrag_jax.rl.rewards import Stage1RewardConfig, Stage2RewardConfig
+from tests.recipe.conftest import load_config
 
 # The official WebQA keyword F1 keeps an epsilon in its denominator: P = R = 1 gives 2 / (2 + 1e-5).
 WEBQA_PERFECT_F1 = 2.0 / (2.0 + 1e-5)
@@ -86,7 +88,7 @@ def test_stage2_mmqa_target_lists_every_answer_and_gets_full_list_f1_and_em():
   rows = [(["Paris", "London", "1851"], "Compose(TextQ,ImageListQ)", [True, False, True, False]),
           (["Queen Victoria"], "TextQ", [False, False, True, False])]
   completions = [stage2_target([1, 3], rows[0][0], dataset="mmqa"), stage2_target([3], rows[1][0], dataset="mmqa")]
-  assert completions[0].endswith("<answer>Paris, London, 1851</answer>")
+  assert completions[0].endswith("<answer>Paris; London; 1851</answer>")
   config = Stage2RewardConfig(mmqa_span_separator=MMQA_ANSWER_SEPARATOR)
   rewards = stage2_reward_fn(config)(completions, stage2_metadata(rows))
   for name in ("format", "ranking", "answer", "answer_em"):
@@ -105,3 +107,16 @@ def test_stage2_webqa_target_answers_with_the_first_reference_only():
   completion = stage2_target([1], ["A red roof.", "The roof is blue."])
   assert completion.endswith("<answer>A red roof.</answer>")
   assert stage2_target([1], [], dataset="webqa").endswith("<answer></answer>")
+
+
+
+def test_mmqa_answers_holding_commas_round_trip_through_reward_and_prediction():
+  """With the stage-2 recipe's separator, answers like "Washington, D.C." stay whole spans."""
+  config = load_config("stage2")
+  answers = ["Washington, D.C.", "1,000"]
+  completion = stage2_target([1], answers, dataset="mmqa")
+  reward = Stage2RewardConfig.from_mapping(config.reward)
+  rewards = stage2_reward_fn(reward)([completion], stage2_metadata([(answers, "TextQ", [True, False])]))
+  np.testing.assert_array_equal(rewards["answer_em"], [1.0])
+  parsed = parse_prediction(completion, ["d1", "d2"], "mmqa", config.reward.think, reward.mmqa_span_separator)
+  assert parsed["answer"] == answers and parsed["sources"] == ["d1"]
