@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
   logging.getLogger("mmrag_jax").setLevel(logging.INFO)
   # Imported after flag parsing: jax initializes its backends on first use, and multi-host runs must call
   # jax.distributed.initialize() before that.
-  from mmrag_jax.parallel import maybe_initialize_distributed
+  from mmrag_jax.parallel import maybe_initialize_distributed, shutdown_distributed
 
   maybe_initialize_distributed()
   from mmrag_jax.recipe.checks import ConfigError
@@ -66,6 +66,7 @@ def main(argv: list[str]) -> int:
   print("final metrics: " + ", ".join(f"{k}={'n/a' if v is None else f'{v:.4f}'}"
                                       for k, v in summary["metrics"].items()))
   _print_outputs(os.path.abspath(workdir))
+  shutdown_distributed()
   return 0
 
 

@@ -1,6 +1,6 @@
 """Device mesh, logical-axis sharding rules and multi-host start-up."""
 
-from mmrag_jax.parallel.distributed import maybe_initialize_distributed
+from mmrag_jax.parallel.distributed import maybe_initialize_distributed, shutdown_distributed
 from mmrag_jax.parallel.mesh import MESH_AXES, make_mesh, resolve_mesh_shape
 from mmrag_jax.parallel.rules import DEFAULT_RULES, LogicalRules, logical_to_mesh_spec
 from mmrag_jax.parallel.sharding import (
@@ -20,6 +20,7 @@ __all__ = [
     "logical_to_mesh_spec",
     "make_mesh",
     "maybe_initialize_distributed",
+    "shutdown_distributed",
     "param_shardings",
     "resolve_mesh_shape",
     "shard_model",

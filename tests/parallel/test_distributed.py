@@ -25,10 +25,12 @@ _WORKER = textwrap.dedent("""
     import numpy as np
     import jax
     from jax.experimental import multihost_utils
-    from mmrag_jax.parallel import maybe_initialize_distributed
+    from mmrag_jax.parallel import maybe_initialize_distributed, shutdown_distributed
     assert maybe_initialize_distributed() is True
     gathered = multihost_utils.process_allgather(np.array([jax.process_index() + 1]))
-    print("RESULT", jax.process_count(), jax.device_count(), sorted(gathered.ravel().tolist()))
+    print("RESULT", jax.process_count(), jax.device_count(), sorted(gathered.ravel().tolist()), flush=True)
+    shutdown_distributed()
+    assert not jax.distributed.is_initialized()
 """)
 
 

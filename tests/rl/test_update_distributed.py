@@ -25,7 +25,7 @@ _WORKER = textwrap.dedent("""
     jax.config.update("jax_default_matmul_precision", "highest")
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec
-    from mmrag_jax.parallel import make_mesh, maybe_initialize_distributed
+    from mmrag_jax.parallel import make_mesh, maybe_initialize_distributed, shutdown_distributed
     assert maybe_initialize_distributed()
     sys.path.insert(0, sys.argv[1])
     from conftest import new_tiny_policy, sharded_update_case
@@ -43,7 +43,9 @@ _WORKER = textwrap.dedent("""
     store.close()
     print("RESULT " + json.dumps({"first": update.first, "last": update.last,
                                   "squares": [float(x) for x in squares],
-                                  "devices": [jax.process_count(), jax.device_count(), jax.local_device_count()]}))
+                                  "devices": [jax.process_count(), jax.device_count(), jax.local_device_count()]}),
+          flush=True)
+    shutdown_distributed()
 """)
 
 
