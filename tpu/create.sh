@@ -28,32 +28,7 @@ Anything after `--` is appended to the gcloud command (e.g. -- --network=NET --r
 EOF
 }
 
-die() {
-  echo "create.sh: $*" >&2
-  echo "Run tpu/create.sh -h for usage." >&2
-  exit 2
-}
-
-# Prints its arguments as one shell-quoted command line (safe to copy into a shell).
-quote_command() {
-  local arg quoted=()
-  for arg in "$@"; do
-    if [[ $arg =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-      quoted+=("$arg")
-    else
-      quoted+=("'${arg//\'/\'\\\'\'}'")
-    fi
-  done
-  printf '%s\n' "${quoted[*]}"
-}
-
-run() {
-  if ((DRY_RUN)); then
-    quote_command "$@"
-  else
-    "$@"
-  fi
-}
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 default_runtime_version() {
   case "$1" in

@@ -43,32 +43,7 @@ Options:
 EOF
 }
 
-die() {
-  echo "launch.sh: $*" >&2
-  echo "Run tpu/launch.sh -h for usage." >&2
-  exit 2
-}
-
-# Prints its arguments as one shell-quoted command line (safe to copy into a shell).
-quote_command() {
-  local arg quoted=()
-  for arg in "$@"; do
-    if [[ $arg =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-      quoted+=("$arg")
-    else
-      quoted+=("'${arg//\'/\'\\\'\'}'")
-    fi
-  done
-  printf '%s\n' "${quoted[*]}"
-}
-
-run() {
-  if ((DRY_RUN)); then
-    quote_command "$@"
-  else
-    "$@"
-  fi
-}
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 NAME="" ZONE="" PROJECT="" DIR="mmrag_jax" WORKER="all" LOG_DIR="" SNIPPET="" PORT=8482
 DETACH=0 DISTRIBUTED_ENV=1 DRY_RUN=0
