@@ -24,9 +24,13 @@ class MetricsWriter:
   """Appends metric rows to `<workdir>/metrics.jsonl` and TensorBoard scalars to `<workdir>/`.
 
   enabled: defaults to `jax.process_index() == 0`. tensorboard: also write event files.
+  after_step: the step the run continues from (0 for a fresh run). Rows of later steps, left by an
+  earlier attempt that did not checkpoint them, are dropped from the file (and purged from TensorBoard's
+  view), so that the steps re-run now appear once, as in an uninterrupted run.
   """
 
-  def __init__(self, workdir: str, *, enabled: bool | None = None, tensorboard: bool = True):
+  def __init__(self, workdir: str, *, enabled: bool | None = None, tensorboard: bool = True,
+               after_step: int | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._file = None
@@ -34,10 +38,14 @@ class MetricsWriter:
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
+    if after_step is not None:
+      _drop_rows_after(self.path, after_step)
     self._file = open(self.path, "a", encoding="utf-8")
     if tensorboard:
       from tensorboardX import SummaryWriter  # imported lazily: only the writing process needs it
-      self._events = SummaryWriter(logdir=workdir, flush_secs=30)
+
+      purge = None if after_step is None else after_step + 1
+      self._events = SummaryWriter(logdir=workdir, flush_secs=30, purge_step=purge)
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     """One row for loop step `step`; non-finite values go to JSON as null and are not sent to TensorBoard."""
@@ -59,6 +67,29 @@ class MetricsWriter:
     if self._events is not None:
       self._events.close()
       self._events = None
+
+
+def _row_step(line: str) -> float:
+  """A row's step; a line cut short by a killed process counts as after every step (it is dropped)."""
+  try:
+    return json.loads(line).get("step", 0)
+  except json.JSONDecodeError:
+    return float("inf")
+
+
+def _drop_rows_after(path: str, step: int) -> None:
+  """Rewrites a metrics file without the rows of steps after `step` (atomically: a crash keeps the old file)."""
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    lines = [line for line in f if line.strip()]
+  kept = [line for line in lines if _row_step(line) <= step]
+  if len(kept) == len(lines):
+    return
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
 
 
 def read_metrics(workdir: str) -> list[dict[str, float]]:

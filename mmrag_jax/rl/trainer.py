@@ -13,13 +13,19 @@ process must iterate the same global batches (the same pipeline, seed and shard_
 the rewards and the host-side batch assembly then agree everywhere, and each process places only its
 own shards of the global arrays on its devices. Only process 0 writes metrics; all write checkpoints.
 
-Resume: a run whose workdir already holds checkpoints continues from the latest one (parameters,
-optimizer state, RNG, loop step and data-iterator position), producing the same metrics and parameters
-as an uninterrupted run.
+Resume: a run whose workdir already holds a committed checkpoint continues from the latest good one
+(parameters, optimizer state, KL reference, RNG, loop step and data-iterator position), producing the
+same metrics and parameters as an uninterrupted run; `metrics.jsonl` keeps one row per step.
+
+Stopping: SIGTERM / SIGINT end the run after the current step, checkpointed (`TrainingInterrupted`); a
+NaN or infinite loss, gradient or parameter stops it before anything non-finite is saved
+(`NonFiniteTraining`); a failing step checkpoints the completed steps when it had not yet touched the
+parameters.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -37,6 +43,7 @@ from mmrag_jax.rl.advantages import group_advantages
 from mmrag_jax.rl.batch import TrainBatch
 from mmrag_jax.rl.checkpointing import CheckpointStore, iterator_state, restore_iterator_state
 from mmrag_jax.rl.config import GRPOConfig
+from mmrag_jax.rl.interrupts import NonFiniteTraining, StopSignals, TrainingInterrupted, signal_name
 from mmrag_jax.rl.metrics_log import MetricsWriter, ProgressBar
 from mmrag_jax.rl.policy import LogprobFn
 from mmrag_jax.rl.rollout import Detokenize, RewardFn, Rollout, collect_rollout, rollout_metrics
@@ -105,6 +112,7 @@ class GRPOTrainer:
     self.checkpoints = CheckpointStore(os.path.join(workdir, "checkpoints"), max_to_keep=config.max_to_keep,
                                        async_save=config.async_checkpointing)
     self.step = 0
+    self._saved_step: int | None = None
     self.rng = self._replicated(jax.random.key_data(jax.random.key(config.seed)))
     if self.checkpoints.latest_step() is not None:
       self.rng, meta = self.checkpoints.restore(self.updater)
@@ -177,53 +185,94 @@ class GRPOTrainer:
 
   def save(self, data_state: Any = None, rng: jax.Array | None = None) -> None:
     """Checkpoints the state after `self.step` loop steps (data_state, rng: the iterator's position and
-    the RNG then; default: as they are now)."""
+    the RNG then; default: as they are now). Raises NonFiniteTraining, saving nothing, when a parameter or
+    optimizer-state entry is not finite."""
+    if not self.updater.params_finite():
+      raise NonFiniteTraining(f"parameters or optimizer state are not finite after loop step {self.step}: not "
+                              f"saved; the last good checkpoint in {self.checkpoints.directory} is step "
+                              f"{self._saved_step}. Lower the learning rate or check the data")
     data_state = iterator_state(self.data) if data_state is None else data_state
     self.checkpoints.save(self.step, self.updater, self.rng if rng is None else rng, {"data": data_state})
     self._saved_step = self.step
 
-  def _save_on_failure(self, data_state: Any, rng: jax.Array) -> None:
+  def _check_finite(self, metrics: Mapping[str, float]) -> None:
+    """Stops the run at the first update whose loss or gradient norm is NaN or infinite."""
+    bad = [name for name in ("update/loss", "update/grad_norm", "update_last/loss", "update_last/grad_norm")
+           if name in metrics and not np.isfinite(metrics[name])]
+    if bad:
+      raise NonFiniteTraining(
+          f"loop step {self.step + 1}: {', '.join(f'{n}={metrics[n]}' for n in bad)}; stopped before anything "
+          f"non-finite was saved (last checkpoint: step {self._saved_step}). Lower the learning rate or check "
+          f"the rewards")
+
+  def _save_on_failure(self, data_state: Any, rng: jax.Array, consistent: int) -> None:
     """A last checkpoint of the completed steps when the loop dies (error or interrupt), so no finished
-    work is lost; data position and RNG are those the completed steps ended with, so a resume is exact."""
-    if self.step == getattr(self, "_saved_step", None) or self.step == 0:
+    work is lost. It is written only while the parameters are exactly those the last completed step left
+    (`consistent`: the updater's count of begun optimizer steps then); data position and RNG are those
+    that step ended with, so a resume is exact. Otherwise the last regular checkpoint stands."""
+    if self.step == self._saved_step or self.step == 0:
+      return
+    where = self.checkpoints.directory
+    if self.updater.updates_started != consistent:
+      _log.error("training stopped during loop step %d, after its update had begun: the state of step %d is "
+                 "gone, so nothing is saved now; a rerun resumes from the checkpoint of step %s in %s",
+                 self.step + 1, self.step, self._saved_step, where)
       return
     try:
       self.save(data_state, rng)
       self.checkpoints.wait()
-      _log.warning("training stopped by an error: saved loop step %d to %s", self.step, self.checkpoints.directory)
-    except Exception as error:  # e.g. parameters already donated to the failed update step
-      _log.error("training stopped by an error and the step-%d checkpoint failed too: %s", self.step, error)
+      _log.warning("training stopped during loop step %d: saved the completed loop step %d to %s", self.step + 1,
+                   self.step, where)
+    except Exception as error:  # noqa: BLE001 - the original error is what propagates
+      _log.error("training stopped during loop step %d and saving step %d failed too (%s); a rerun resumes "
+                 "from the checkpoint of step %s", self.step + 1, self.step, error, self._saved_step)
 
-  def run(self) -> list[dict[str, float]]:
+  def run(self, stop: StopSignals | None = None) -> list[dict[str, float]]:
     """Trains until `num_steps` loop steps are done (resuming where a checkpoint left off).
 
-    Returns the metrics of the steps run by this call. If a step fails (or the run is interrupted),
-    the steps completed so far are checkpointed before the error propagates.
+    Returns the metrics of the steps run by this call. If a step fails, the completed steps are
+    checkpointed (when the failing step had not yet changed the parameters) before the error propagates.
+    stop: the signal handler to obey (default: one installed for this call). After a SIGTERM / SIGINT
+    the loop finishes its step, checkpoints it and raises `TrainingInterrupted`.
     """
-    writer = MetricsWriter(self.workdir, tensorboard=self.config.tensorboard)
+    writer = MetricsWriter(self.workdir, tensorboard=self.config.tensorboard, after_step=self.step)
     bar = ProgressBar(self.config.num_steps, initial=self.step, enabled=None if self.config.progress_bar else False)
     history = []
     self._saved_step = self.checkpoints.latest_step()
-    # Data position and RNG after the last completed step (a failing step has already advanced both).
-    data_state, step_rng = iterator_state(self.data), self.rng
-    try:
-      while self.step < self.config.num_steps:
-        metrics = self.train_step()
-        self.step += 1
-        data_state, step_rng = iterator_state(self.data), self.rng
-        if self.eval_fn is not None and self.config.eval_every and self.step % self.config.eval_every == 0:
-          metrics.update({f"eval/{k}": float(v) for k, v in self.eval_fn(self.updater.model(), self.step).items()})
-        writer.write(self.step, metrics)
-        bar.update(metrics)
-        history.append(metrics)
-        every = self.config.checkpoint_every
-        if (every and self.step % every == 0) or self.step == self.config.num_steps:
-          self.save(data_state)
-    except BaseException:
-      self._save_on_failure(data_state, step_rng)
-      raise
-    finally:
-      bar.close()
-      writer.close()
-      self.checkpoints.wait()
+    # Data position, RNG and begun optimizer steps after the last completed step (a failing step has
+    # already advanced the first two, maybe the third).
+    data_state, step_rng, consistent = iterator_state(self.data), self.rng, self.updater.updates_started
+    with contextlib.ExitStack() as scope:
+      stop = stop if stop is not None else scope.enter_context(StopSignals())
+      try:
+        while self.step < self.config.num_steps:
+          metrics = self.train_step()
+          self._check_finite(metrics)
+          self.step += 1
+          data_state, step_rng, consistent = iterator_state(self.data), self.rng, self.updater.updates_started
+          if self.eval_fn is not None and self.config.eval_every and self.step % self.config.eval_every == 0:
+            metrics.update({f"eval/{k}": float(v) for k, v in self.eval_fn(self.updater.model(), self.step).items()})
+          writer.write(self.step, metrics)
+          bar.update(metrics)
+          history.append(metrics)
+          every = self.config.checkpoint_every
+          if (every and self.step % every == 0) or self.step == self.config.num_steps:
+            self.save(data_state)
+          signum = stop.agreed()
+          if signum is not None and self.step < self.config.num_steps:
+            if self._saved_step != self.step:
+              self.save(data_state)
+            self.checkpoints.wait()
+            raise TrainingInterrupted(
+                f"stopped by {signal_name(signum)} after loop step {self.step} of {self.config.num_steps}; "
+                f"checkpoint saved in {self.checkpoints.directory}: rerun the same command to resume", signum)
+      except (TrainingInterrupted, NonFiniteTraining):
+        raise  # already saved, or must not be
+      except BaseException:
+        self._save_on_failure(data_state, step_rng, consistent)
+        raise
+      finally:
+        bar.close()
+        writer.close()
+        self.checkpoints.wait()
     return history

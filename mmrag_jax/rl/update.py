@@ -152,6 +152,12 @@ def _jitted_steps(graphdef: nnx.GraphDef, opt_graphdef: nnx.GraphDef, loss_confi
                 logprobs=logprobs)
 
 
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
 # Metric bookkeeping as one dispatch each instead of one per scalar op.
 _add_metric_sums = jax.jit(add_metric_sums)
 _finalize_metrics = jax.jit(finalize_metrics)
@@ -193,6 +199,9 @@ class PolicyUpdater:
                                 logprob_fn or QwenLogprobs(config.temperature, config.logprob_chunk_size),
                                 _FrozenTree.of(self.param_shardings), _FrozenTree.of(self.opt_shardings))
     self._host_step = self.optimizer_step  # mirrors the device counter without a sync per step
+    # Optimizer steps begun (counted before the apply step donates the parameters): a caller that saw
+    # this count at a consistent point knows whether the parameters have moved since, even partly.
+    self.updates_started = 0
 
   def model(self) -> nnx.Module:
     """The policy with the current parameters (a view: do not keep it across updates, which donate them)."""
@@ -221,6 +230,10 @@ class PolicyUpdater:
   def policy_logprobs(self, batch: TrainBatch) -> jax.Array:
     """log pi_theta of the completion tokens [N, T] at the current parameters (no update)."""
     return self._steps.logprobs(self.params, batch)
+
+  def params_finite(self) -> bool:
+    """Whether every parameter and optimizer-state entry is finite (one jitted reduction, one sync)."""
+    return bool(_all_finite((self.params, self.opt_state)))
 
   def update_flops(self, batch: TrainBatch) -> float:
     """XLA's FLOP count of one micro-batch's forward + backward pass (recomputation included)."""
@@ -253,6 +266,7 @@ class PolicyUpdater:
       metric_sums = sums if metric_sums is None else _add_metric_sums(metric_sums, sums)
       current.append(logprobs)
     denominator = metric_sums["loss"][1]
+    self.updates_started += 1
     self.params, self.opt_state, grad_norm = self._steps.apply(self.params, self.opt_state, grad_sums, denominator)
     metrics = {**_finalize_metrics(metric_sums), "grad_norm": grad_norm}
     if self.schedule is not None:

@@ -4,6 +4,7 @@ Toy task: reward 1 when the completion contains the string of one target token. 
 policy over 512 tokens writes it in ~3% of 16-token completions; GRPO must raise that above 80%.
 """
 
+import dataclasses
 import glob
 import os
 import struct
@@ -162,3 +163,25 @@ def test_a_failing_step_leaves_a_checkpoint_that_resumes_exactly(make_tiny_polic
   assert [without_timings(r) for r in read_metrics(tmp_path)] == [without_timings(r) for r in read_metrics(straight_dir)]
   for a, b in zip(jax.tree.leaves(jax.tree.map(np.asarray, resumed.updater.params)), jax.tree.leaves(straight_params)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_diverging_run_stops_before_anything_non_finite_is_saved(make_tiny_policy, tmp_path):
+  from mmrag_jax.rl.checkpointing import CheckpointStore
+  from mmrag_jax.rl.interrupts import NonFiniteTraining
+  from mmrag_jax.rl.update import PolicyUpdater
+
+  diverging = dataclasses.replace(GRPO, learning_rate=1e38)
+  trainer = GRPOTrainer(make_tiny_policy(init_std=0.02, seed=1), diverging, SAMPLER,
+                        TrainerConfig(num_steps=6, checkpoint_every=1, progress_bar=False, tensorboard=False),
+                        mesh=make_mesh((1, 1, 1), jax.devices()[:1]), workdir=str(tmp_path),
+                        data=iter(prompt_dataset()), reward_fn=contains_target, detokenize=detokenize)
+  with pytest.raises(NonFiniteTraining, match=r"loop step \d") as stopped:
+    trainer.run()
+  assert "learning rate" in str(stopped.value)
+  rows = read_metrics(tmp_path)
+  assert all(row["update/loss"] is not None for row in rows)  # no NaN row was written
+  store = CheckpointStore(os.path.join(tmp_path, "checkpoints"))
+  for step in store.all_steps():
+    updater = PolicyUpdater(make_tiny_policy(init_std=0.02, seed=1), diverging, trainer.mesh)
+    store.restore(updater, step)
+    assert updater.params_finite(), step
