@@ -105,9 +105,13 @@ class Qwen25VLConfig:
         raise ValueError(f"config.json is missing '{where}{key}'")
       return src[key]
 
-    rope_scaling = text_d.get("rope_scaling") or text_d.get("rope_parameters") or {}
-    mrope_section = tuple(rope_scaling.get("mrope_section", (16, 24, 24)))
-    rope_theta = text_d.get("rope_theta", rope_scaling.get("rope_theta", 1_000_000.0))
+    # The rotary dict: `rope_parameters` (transformers 5, in text_config) or `rope_scaling` (published hub
+    # configs, flat). The nested text_config wins over a flat copy at the top level.
+    rope = {}
+    for src in (d, d.get("text_config") or {}):
+      rope = src.get("rope_parameters") or src.get("rope_scaling") or rope
+    mrope_section = tuple(rope.get("mrope_section", (16, 24, 24)))
+    rope_theta = rope.get("rope_theta", text_d.get("rope_theta", 1_000_000.0))
     n_heads = need(text_d, "num_attention_heads", "")
     hidden = need(text_d, "hidden_size", "")
     text = TextConfig(
@@ -164,7 +168,8 @@ class Qwen25VLConfig:
         "hidden_act": "silu",
         "rms_norm_eps": t.rms_norm_eps,
         "rope_theta": t.rope_theta,
-        "rope_parameters": {"type": "mrope", "rope_type": "default", "rope_theta": t.rope_theta,
+        # transformers 5's own layout; its text config exempts mrope_section from rope validation.
+        "rope_parameters": {"rope_type": "default", "rope_theta": t.rope_theta,
                             "mrope_section": list(t.mrope_section)},
         "max_position_embeddings": t.max_position_embeddings,
         "tie_word_embeddings": t.tie_word_embeddings,
@@ -191,7 +196,9 @@ class Qwen25VLConfig:
         "hidden_act": "silu",
         "model_type": "qwen2_5_vl",
     }
-    flat = {k: val for k, val in text_config.items() if k != "model_type"}
+    # Flat copies for readers of the hub layout, but no rope dict: the top-level config validates one
+    # without the text config's exemption and warns "Unrecognized keys ... {'mrope_section'}".
+    flat = {k: val for k, val in text_config.items() if k not in ("model_type", "rope_parameters")}
     return {
         "architectures": ["Qwen2_5_VLForConditionalGeneration"],
         "model_type": "qwen2_5_vl",

@@ -22,21 +22,32 @@ from mmrag_jax.model.layers import DEFAULT_KERNEL_INIT, RMSNorm, apply_rotary, l
 KVBuffers = tuple[jax.Array, jax.Array]  # (k, v), each [layers, B, S, KVH, Dh]
 
 
+def rotary_inv_freq(dim: int, theta: float) -> np.ndarray:
+  """Rotary frequencies 1 / theta^(2i / dim), i < dim / 2, as float32 [dim / 2] on the host.
+
+  Computed in float64 and rounded once: each entry is the float32 nearest the exact value on every CPU
+  (only a float64 near-tie, odds ~2^-28 per entry, could round another way under another libm). A float32
+  `pow` is good to an ulp or two and differs between CPUs, and at positions ~1e4 one ulp of a frequency
+  moves an angle by ~1e-3. Host numpy, not jnp: inside jit XLA would constant-fold the power its own way.
+  """
+  exponents = np.arange(0, dim, 2, dtype=np.float64) / dim
+  return (1.0 / np.float64(theta) ** exponents).astype(np.float32)
+
+
 def mrope_cos_sin(positions: jax.Array, *, head_dim: int, theta: float, mrope_section: tuple[int, ...],
                   dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:
   """Rotary cos/sin for M-RoPE positions.
 
   Frequency slot i of the head_dim / 2 slots rotates by the t-, h- or w-position according to
   `mrope_section` (e.g. (16, 24, 24): slots 0-15 t, 16-39 h, 40-63 w); angles are duplicated to head_dim
-  for rotate-half pairing. Computed in float32, then cast to `dtype`.
+  for rotate-half pairing. Angles position * inv_freq (`rotary_inv_freq`), cos and sin in float32,
+  then cast to `dtype`.
 
   positions: [3, B, T] int; returns cos, sin [B, T, head_dim].
   """
   if sum(mrope_section) != head_dim // 2:
     raise ValueError(f"mrope_section {tuple(mrope_section)} must sum to head_dim / 2 = {head_dim // 2}")
-  # float32 on the host, as the reference computes it: inside jit XLA would constant-fold the power with
-  # different rounding, and at positions ~1e4 one ulp of a frequency already moves the angle by ~1e-3.
-  inv_freq = np.float32(1.0) / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+  inv_freq = rotary_inv_freq(head_dim, theta)
   slot_axis = np.repeat(np.arange(len(mrope_section)), mrope_section)  # [Dh/2] in {0, 1, 2}
   slot_positions = jnp.moveaxis(positions, 0, -1)[..., slot_axis]  # [B, T, Dh/2]
   angles = slot_positions.astype(jnp.float32) * inv_freq

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from mmrag_jax.model.config import VisionConfig
 from mmrag_jax.model.layers import RMSNorm, apply_rotary, linear
+from mmrag_jax.model.text import rotary_inv_freq
 from mmrag_jax.model.vision_index import VisionIndex
 
 # The reference's vision rotary base (`rope_theta` of its axial rotary); not in config.json.
@@ -36,12 +36,12 @@ def vision_rotary(position_ids: jax.Array, head_dim: int,
                   dtype: jnp.dtype = jnp.float32) -> tuple[jax.Array, jax.Array]:
   """cos, sin [P, head_dim] of the 2-D rotary for patch coordinates `position_ids` [P, 2].
 
-  head_dim / 4 frequencies 1 / theta^(2i / (head_dim/2)) (rounded to float32, as the reference);
+  head_dim / 4 frequencies 1 / theta^(2i / (head_dim/2)) (`rotary_inv_freq`: float32, as the reference);
   angles [h*f, w*f] are concatenated and duplicated to head_dim (rotate-half layout). `dtype` is the
   precision of angles, cos and sin: float32, or wider when the model computes in float64.
   """
   rotary_dim = head_dim // 2
-  inv_freq = 1.0 / (VISION_ROPE_THETA ** (np.arange(0, rotary_dim, 2, dtype=np.float32) / rotary_dim))
+  inv_freq = rotary_inv_freq(rotary_dim, VISION_ROPE_THETA)
   angles = position_ids.astype(dtype)[:, :, None] * jnp.asarray(inv_freq, dtype)  # [P, 2, F]
   angles = angles.reshape(angles.shape[0], -1)  # [P, 2F]: h angles then w angles
   angles = jnp.concatenate([angles, angles], axis=-1)

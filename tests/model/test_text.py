@@ -1,5 +1,6 @@
 """Text decoder pieces: M-RoPE tables, masks, text-only batches, input validation."""
 
+import decimal
 import functools
 
 import jax
@@ -11,23 +12,80 @@ import transformers
 from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as hf_qwen
 
 from mmrag_jax.model import prepare_inputs
-from mmrag_jax.model.text import causal_padding_mask, mrope_cos_sin
+from mmrag_jax.model.text import causal_padding_mask, mrope_cos_sin, rotary_inv_freq
+from tests.model.rotary_bounds import (exact_inv_freq, exponents, ours_table_bound, torch_inv_freq_bound,
+                                       torch_table_bound)
 
 
-@pytest.mark.parametrize("head_dim, theta, section", [(16, 10000.0, (2, 3, 3)), (128, 1e6, (16, 24, 24))])
+ROPE_CASES = pytest.mark.parametrize("head_dim, theta, section", [(16, 10000.0, (2, 3, 3)),
+                                                                  (128, 1e6, (16, 24, 24))])
+# Positions up to 3e4, where one ulp of a frequency (~6e-8 for inv ~ 1) already moves an angle by ~2e-3.
+MAX_POSITION = 30000
+
+
+def _positions() -> np.ndarray:
+  """[3, B=2, T=9] t/h/w positions, 0 and MAX_POSITION included."""
+  positions = np.random.default_rng(0).integers(0, MAX_POSITION, (3, 2, 9))
+  positions[:, 0, 0], positions[:, 1, -1] = 0, MAX_POSITION
+  return positions
+
+
+def _tables(positions, head_dim, theta, section):
+  fn = functools.partial(mrope_cos_sin, head_dim=head_dim, theta=theta, mrope_section=section, dtype=jnp.float32)
+  cos, sin = jax.jit(fn)(jnp.asarray(positions))
+  return np.asarray(cos), np.asarray(sin)
+
+
+def _exact_angles(positions, head_dim, theta, section):
+  """float64 angles [B, T, head_dim]: slot i uses the t, h or w position by `section`, duplicated."""
+  slot_axis = np.repeat(np.arange(3), section)
+  angles = np.moveaxis(positions, 0, -1)[..., slot_axis] * exact_inv_freq(head_dim, theta)
+  return np.concatenate([angles, angles], axis=-1)
+
+
+@pytest.mark.parametrize("dim, theta", [(16, 1e4), (128, 1e6), (40, 1e4), (8, 1e4)])
+def test_rotary_inv_freq_is_the_nearest_float32(dim, theta):
+  # Independent 40-digit reference: each float32 frequency is within half an ulp of theta^(-2i/dim).
+  decimal.getcontext().prec = 40
+  got = rotary_inv_freq(dim, theta)
+  assert got.dtype == np.float32
+  for i, value in enumerate(got):
+    exact = decimal.Decimal(theta) ** (decimal.Decimal(-2 * i) / decimal.Decimal(dim))
+    assert abs(decimal.Decimal(float(value)) - exact) <= decimal.Decimal(float(np.spacing(value))) / 2, i
+
+
+@ROPE_CASES
+def test_mrope_tables_are_within_float32_rounding_of_the_exact_angles(head_dim, theta, section):
+  """|table - cos(exact angle)| <= 2u * angle + 2u: one rounding of the frequency, one of the product,
+  and cos/sin within 2 ulp (derivation in tests/model/rotary_bounds.py)."""
+  positions = _positions()
+  cos, sin = _tables(positions, head_dim, theta, section)
+  angles = _exact_angles(positions, head_dim, theta, section)
+  bound = ours_table_bound(angles)
+  assert (np.abs(cos - np.cos(angles)) <= bound).all()
+  assert (np.abs(sin - np.sin(angles)) <= bound).all()
+
+
+@ROPE_CASES
 def test_mrope_tables_match_reference(head_dim, theta, section):
+  """Against transformers, whose float32 pow gives frequencies an ulp or more off (CPU-dependent): the
+  tolerance is our bound plus torch's, pos * inv * (ln(theta) * e + 4) * u + 2u (see rotary_bounds)."""
   text_config = transformers.Qwen2_5_VLTextConfig(
       hidden_size=head_dim * 2, num_attention_heads=2, num_key_value_heads=1, head_dim=head_dim,
       rope_parameters=dict(rope_type="default", rope_theta=theta, mrope_section=list(section)))
   rotary = hf_qwen.Qwen2_5_VLRotaryEmbedding(text_config)
-  positions = np.random.default_rng(0).integers(0, 30000, (3, 2, 9))
+  # The premise of the bound: torch's frequencies are within its float32 pow's error.
+  torch_error = np.abs(rotary.inv_freq.numpy().astype(np.float64) - exact_inv_freq(head_dim, theta))
+  assert (torch_error <= torch_inv_freq_bound(head_dim, theta)).all()
+  positions = _positions()
   with torch.no_grad():
     ref_cos, ref_sin = rotary(torch.zeros(1, dtype=torch.float32), torch.from_numpy(positions))
-  tables = jax.jit(functools.partial(mrope_cos_sin, head_dim=head_dim, theta=theta, mrope_section=section,
-                                     dtype=jnp.float32))
-  cos, sin = tables(jnp.asarray(positions))
-  np.testing.assert_allclose(np.asarray(cos), ref_cos.numpy(), atol=2e-6, rtol=0)
-  np.testing.assert_allclose(np.asarray(sin), ref_sin.numpy(), atol=2e-6, rtol=0)
+  cos, sin = _tables(positions, head_dim, theta, section)
+  angles = _exact_angles(positions, head_dim, theta, section)
+  slot_exponents = np.tile(exponents(head_dim), 2)
+  bound = ours_table_bound(angles) + torch_table_bound(angles, slot_exponents, theta)
+  assert (np.abs(cos - ref_cos.numpy()) <= bound).all()
+  assert (np.abs(sin - ref_sin.numpy()) <= bound).all()
 
 
 def test_mrope_section_must_cover_half_the_head():

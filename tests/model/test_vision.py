@@ -16,8 +16,10 @@ from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as hf_qwen
 from mmrag_jax.model.checkpoint import assign_hf_tensors
 from mmrag_jax.model.hf_keys import vision_params
 from mmrag_jax.model.layers import RMSNorm, rotate_half
-from mmrag_jax.model.vision import VisionTower, vision_rotary
+from mmrag_jax.model.text import rotary_inv_freq
+from mmrag_jax.model.vision import VISION_ROPE_THETA, VisionTower, vision_rotary
 from mmrag_jax.model.vision_index import VisionIndex
+from tests.model.rotary_bounds import exact_inv_freq, exponents, ours_table_bound, torch_table_bound
 
 # Several images: a window-multiple side (16), sides below the 8-patch window, non-multiples (18, 6,
 # 20, 12), a single merge block, and a two-frame entry (frames attend separately).
@@ -80,14 +82,28 @@ def test_rotate_half_matches_reference():
   np.testing.assert_array_equal(rotate_half(jnp.asarray(x)), hf_qwen.rotate_half(torch.from_numpy(x)).numpy())
 
 
+def _exact_vision_angles(position_ids: np.ndarray, head_dim: int) -> tuple[np.ndarray, np.ndarray]:
+  """float64 angles [P, head_dim] ([h*f, w*f] duplicated) and each column's exponent e of theta^-e."""
+  rotary_dim = head_dim // 2
+  angles = position_ids[:, :, None] * exact_inv_freq(rotary_dim, VISION_ROPE_THETA)  # [P, 2, F]
+  angles = angles.reshape(len(position_ids), -1)
+  return np.concatenate([angles, angles], axis=-1), np.tile(exponents(rotary_dim), 4)
+
+
 def test_vision_rotary_matches_reference(tiny_config, hf_model):
+  """Within float32 rounding of the exact angles, and of transformers' (whose float32 pow may be an ulp
+  or more off): bounds derived in tests/model/rotary_bounds.py."""
   index = VisionIndex.build(GRID, tiny_config.vision)
   cos, sin = vision_rotary(jnp.asarray(index.position_ids), head_dim=tiny_config.vision.head_dim)
+  cos, sin = np.asarray(cos), np.asarray(sin)
+  angles, slot_exponents = _exact_vision_angles(index.position_ids, tiny_config.vision.head_dim)
+  ours = ours_table_bound(angles)
+  assert (np.abs(cos - np.cos(angles)) <= ours).all() and (np.abs(sin - np.sin(angles)) <= ours).all()
   with torch.no_grad():
     ref_cos, ref_sin = hf_model.model.visual.rotary_pos_emb(
         torch.zeros(1), torch.from_numpy(index.position_ids.astype(np.int64)))
-  np.testing.assert_allclose(cos, ref_cos.numpy(), rtol=0, atol=1e-6)
-  np.testing.assert_allclose(sin, ref_sin.numpy(), rtol=0, atol=1e-6)
+  both = ours + torch_table_bound(angles, slot_exponents, VISION_ROPE_THETA)
+  assert (np.abs(cos - ref_cos.numpy()) <= both).all() and (np.abs(sin - ref_sin.numpy()) <= both).all()
 
 
 def test_tower_matches_reference_float32(tiny_config, tower, pixels, reference_output):
@@ -106,7 +122,7 @@ def _widen_reference_float32_islands(monkeypatch):
     return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
 
   def rotary_forward(self, x, position_ids):
-    angles = position_ids[..., None].double() * self.inv_freq.double()  # the float32 frequencies, widened
+    angles = position_ids[..., None].double() * self.inv_freq.double()  # float32 frequencies, widened
     return self.recomposition_frequencies(angles.cos()), self.recomposition_frequencies(angles.sin())
 
   def apply_rotary(q, k, cos, sin):
@@ -123,6 +139,10 @@ def test_tower_matches_reference_float64_to_round_off(tiny_config, hf_model, pix
   _widen_reference_float32_islands(monkeypatch)
   visual64 = copy.deepcopy(hf_model.model.visual).double()
   visual64.config._attn_implementation = "sdpa"
+  # Our float32 frequencies: torch's float32 pow may put its own an ulp off (CPU-dependent), a 1e-7
+  # difference that would swamp 1e-12. test_vision_rotary_matches_reference checks the frequencies.
+  rotary_dim = tiny_config.vision.head_dim // 2
+  visual64.rotary_pos_emb.inv_freq = torch.from_numpy(rotary_inv_freq(rotary_dim, VISION_ROPE_THETA)).double()
   with torch.no_grad():
     want = visual64(torch.from_numpy(pixels).double(), grid_thw=torch.from_numpy(GRID)).pooler_output.numpy()
   with jax.enable_x64(True):
