@@ -7,8 +7,8 @@ Each prompt shows the question and ONE candidate (an image with its caption, or 
 completion is `<answer>yes</answer>` or `<answer>no</answer>`. Rewards: format + agreement with the gold
 label. After training, stage-1 inference scores every candidate of every question (P("yes") in one
 forward pass), writes `ranking_<split>.jsonl` (the stage-2 input) and reports recall@k of the gold
-sources. Modes: train (then inference on `stage1.score_splits`), eval / predict (inference only, from
-WORKDIR/export or model.path). Presets after ':': demo, 3b, 7b (default: 7b).
+sources. Modes: train (then inference on `stage1.score_splits`, by default the train and eval splits),
+eval / predict (inference only, from WORKDIR/export or model.path). Presets after ':': demo, 3b, 7b (default: 7b).
 """
 
 from mmrag_jax.recipe import presets
@@ -22,7 +22,7 @@ def get_config(arg: str | None = None):
   c.prompt = dict(stage1_think=False, max_text_words=200, system_prompt=None)
   c.stage1 = dict(
       negatives_per_positive=1.0,     # sampled negatives per gold candidate in training prompts
-      score_splits=("train", "val"),  # splits scored after training: stage 2 trains and predicts on them
+      score_splits=(),  # splits scored after training (stage 2 reads them); () = data.train_split + eval_split
   )
   presets.apply_preset(c, arg)
   if c.preset == "demo":

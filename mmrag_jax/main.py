@@ -8,17 +8,23 @@
 
 --config takes an ml_collections config file and an optional preset after ':'; any field can be set with
 --config.FIELD=VALUE. See configs/stage1.py, configs/stage2.py and mmrag_jax/recipe/run.py.
+
+A failure whose cause is known (a bad flag or config field, an unusable or busy workdir, a stopped run) is
+one line `error: <message>` on stderr and the error's exit code (2: the command line; 130: interrupted).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
-from ml_collections import config_flags
+from ml_collections import ConfigDict, config_flags
+
+from mmrag_jax.errors import RunError  # ConfigError (recipe/checks.py) is one
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/stage2.py:demo.",
                                           lock_config=False)
@@ -54,15 +60,15 @@ def main(argv: list[str]) -> int:
   # jax.distributed.initialize() before that.
   from mmrag_jax.parallel import maybe_initialize_distributed, shutdown_distributed
 
-  maybe_initialize_distributed()
-  from mmrag_jax.recipe.checks import ConfigError
-  from mmrag_jax.recipe.run import run
-
   try:
+    maybe_initialize_distributed()
+    from mmrag_jax.recipe.run import run
+
     summary = run(config, workdir)
-  except ConfigError as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
+  except RunError as error:
+    _fail(str(error), error.exit_code)
+  except KeyboardInterrupt:  # the trainer has logged where it stopped; a traceback would add nothing
+    return 130
   print("final metrics: " + ", ".join(f"{k}={'n/a' if v is None else f'{v:.4f}'}"
                                       for k, v in summary["metrics"].items()))
   _print_outputs(os.path.abspath(workdir))
@@ -70,28 +76,57 @@ def main(argv: list[str]) -> int:
   return 0
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing; an override of a field the config lacks exits naming the field and its siblings."""
-  try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError):  # ml_collections' lookup of an overridden field that does not exist
-    from mmrag_jax.sweep.grid import check_field, load_config
+def _fail(message: str, code: int = 2) -> None:
+  print(f"error: {' '.join(message.split())}", file=sys.stderr)  # one line, whatever the message holds
+  sys.exit(code)
 
-    spec = next((arg.split("=", 1)[1] if "=" in arg else following
-                 for arg, following in zip(argv[1:], argv[2:] + [None]) if arg.split("=", 1)[0] == "--config"), None)
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing; a bad --config (file, preset, field, value) exits with one line naming the cause.
+
+  absl and ml_collections report these with tracebacks, and a config file that fails to load only when
+  the config is first read; the cause is found again here by loading the file as --config does.
+  """
+  try:
+    rest = flags.FLAGS(argv)
+  except Exception as error:  # noqa: BLE001 - each is reported as one line below
+    _fail(_flag_error(argv, error))
+  if _CONFIG.value is not None and not isinstance(_CONFIG.value, ConfigDict):  # the file failed to load
+    _fail(_flag_error(argv, None))
+  return rest
+
+
+def _flag_error(argv: list[str], error: Exception | None) -> str:
+  """What went wrong in parsing `argv`: the config file or preset, an override's field or value, or `error`."""
+  from mmrag_jax.sweep.grid import check_field, load_config
+
+  spec = next((arg.split("=", 1)[1] if "=" in arg else following
+               for arg, following in zip(argv[1:], argv[2:] + [None]) if arg.split("=", 1)[0] == "--config"), None)
+  if spec:
+    try:
+      config = load_config(spec)
+    except Exception as e:  # noqa: BLE001 - the config file's own error, as one line
+      text = str(e) if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: {e}"
+      return text if text.startswith("--config") else f"--config={spec}: {text}"
+  if error is None:
+    return f"--config={spec}: the config failed to load"
+  bad_value = re.match(r"flag --config\.([\w.]+)=(.*?): ", str(error))
+  if spec and bad_value:
+    field, value = bad_value.groups()
+    node = config
+    for part in field.split("."):
+      node = node[part]
+    return f"config.{field}: expected {type(node).__name__}, got {value!r}"
+  if isinstance(error, (AttributeError, KeyError)):  # ml_collections' lookup of a missing field
     fields = [arg[len("--config."):].split("=", 1)[0] for arg in argv[1:] if arg.startswith("--config.")]
     problems = []
-    try:
-      config = load_config(spec) if spec else None
-    except Exception:  # noqa: BLE001 - absl reports a config file that fails to load by itself
-      config = None
-    for field in fields if config is not None else ():
+    for field in fields if spec else ():
       try:
         check_field(config, field, "config")
-      except ValueError as error:
-        problems.append(str(error))
-    print("FATAL Flags parsing error: " + ("; ".join(problems) or f"unknown field among {fields}"), file=sys.stderr)
-    sys.exit(1)
+      except ValueError as e:
+        problems.append(str(e))
+    return "; ".join(problems) or f"unknown field among {fields}"
+  return str(error).split("\n", 1)[0]
 
 
 def entry() -> None:

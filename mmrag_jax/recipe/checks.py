@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 
+from mmrag_jax.errors import RunError
+from mmrag_jax.recipe.presets import stage1_run_config
 from mmrag_jax.rl.config import GRPOConfig
 from mmrag_jax.rl.rewards import Stage1RewardConfig, Stage2RewardConfig
 
@@ -17,8 +21,10 @@ SPLITS = {"webqa": ("train", "val", "test"), "mmqa": ("train", "dev", "test")}
 SAMPLER_METHODS = ("greedy", "categorical", "top_k", "top_p")
 
 
-class ConfigError(ValueError):
+class ConfigError(RunError, ValueError):
   """A bad or missing config field; the message starts with the field's name."""
+
+  exit_code = 2  # a usage error: fix the command line
 
   def __init__(self, field: str, message: str):
     super().__init__(f"config.{field}: {message}")
@@ -40,11 +46,35 @@ def _positive_int(config: ml_collections.ConfigDict, field: str, allow_zero: boo
   return value
 
 
-def _choice(config: ml_collections.ConfigDict, field: str, choices: Sequence[str]) -> str:
+def _number(config: ml_collections.ConfigDict, field: str, *, low: float = 0.0, high: float | None = None,
+            allow_low: bool = False) -> float:
+  """A real number in (low, high] ([low, high] with allow_low); the finiteness of every float is checked apart."""
   value = _get(config, field)
-  if value not in choices:
-    raise ConfigError(field, f"must be one of {tuple(choices)}, got {value!r}")
+  above = isinstance(value, (int, float)) and (value >= low if allow_low else value > low)
+  if isinstance(value, bool) or not above or (high is not None and value > high):
+    bounds = f"{'>=' if allow_low else '>'} {low}" + ("" if high is None else f" and <= {high}")
+    raise ConfigError(field, f"must be a number {bounds}, got {value!r}")
   return value
+
+
+def _choice(config: ml_collections.ConfigDict, field: str, choices: Sequence[str], value: Any = None,
+            what: str = "") -> str:
+  """`value` (default: the field's) must be one of `choices`; `what` says whose choices they are."""
+  value = _get(config, field) if value is None else value
+  if value not in choices:
+    raise ConfigError(field, f"must be one of {tuple(choices)}{what}, got {value!r}")
+  return value
+
+
+def _finite_floats(config: ml_collections.ConfigDict, prefix: str = "") -> None:
+  """No float anywhere in the config (tuples included) may be nan or inf: a nan rate or weight trains on garbage."""
+  for key, value in config.items():
+    field = f"{prefix}{key}"
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      _finite_floats(ml_collections.ConfigDict(value) if isinstance(value, dict) else value, f"{field}.")
+    for item in value if isinstance(value, (tuple, list)) else (value,):
+      if isinstance(item, float) and not math.isfinite(item):
+        raise ConfigError(field, f"must be a finite number, got {value!r}")
 
 
 def _increasing(config: ml_collections.ConfigDict, field: str) -> tuple[int, ...]:
@@ -55,13 +85,22 @@ def _increasing(config: ml_collections.ConfigDict, field: str) -> tuple[int, ...
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Checks the fields that do not depend on the devices or the file system."""
+  """Checks the fields that do not depend on the devices or the file system.
+
+  Stage 2's patch buckets are checked by `check_patch_buckets` once the splits are read, after stage2.k is
+  judged against their candidate pools (a k no pool can fill is the cause to report, not the buckets).
+  """
   if config.stage not in (1, 2):
     raise ConfigError("stage", f"must be 1 or 2, got {config.stage!r}")
+  _finite_floats(config)
   _choice(config, "mode", MODES)
   dataset = _choice(config, "data.dataset", DATASETS)
+  of_dataset = f" (the splits of {dataset})"
   for field in ("data.train_split", "data.eval_split"):
-    _choice(config, field, SPLITS[dataset])
+    _choice(config, field, SPLITS[dataset], what=of_dataset)
+  if config.stage == 1:
+    for split in config.stage1.score_splits:  # () = the train and eval splits
+      _choice(config, "stage1.score_splits", SPLITS[dataset], split, of_dataset)
   if config.mode == "train" and config.data.train_split == "test":
     raise ConfigError("data.train_split", "the test split has no gold labels to train on")
   for field in ("data.max_train_questions", "data.max_eval_questions", "pipeline.worker_count",
@@ -77,38 +116,44 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.pipeline.min_pixels > config.pipeline.max_pixels:
     raise ConfigError("pipeline.min_pixels", f"{config.pipeline.min_pixels} exceeds pipeline.max_pixels="
                       f"{config.pipeline.max_pixels}")
+  _number(config, "warmup.learning_rate")  # the warm-up's own rate: GRPOConfig would name rl.learning_rate
   if config.rl.group_size < 2:
     raise ConfigError("rl.group_size", f"GRPO compares samples of one prompt: needs >= 2, got {config.rl.group_size}")
   if config.train.batch_size % config.rl.group_size:
     raise ConfigError("train.batch_size", f"{config.train.batch_size} completions is not a whole number of groups "
                       f"of rl.group_size={config.rl.group_size}; use a multiple of it")
-  _choice(config, "sampler.method", SAMPLER_METHODS)
+  if _choice(config, "sampler.method", SAMPLER_METHODS) != "greedy":
+    _number(config, "sampler.temperature")
+  _number(config, "sampler.top_p", high=1.0)
+  _positive_int(config, "sampler.top_k")
   pipeline_buckets = _increasing(config, "pipeline.length_buckets")
   sampler_buckets = _increasing(config, "sampler.length_buckets")
   _increasing(config, "sampler.patch_buckets")
   if sampler_buckets[-1] < pipeline_buckets[-1]:
     raise ConfigError("sampler.length_buckets", f"the largest bucket {sampler_buckets[-1]} is shorter than the "
                       f"longest prompt the pipeline lets through (pipeline.length_buckets[-1]={pipeline_buckets[-1]})")
-  _check_patch_buckets(config)
+  if config.stage == 1:
+    check_patch_buckets(config)
+  else:
+    _positive_int(config, "stage2.k")
   if any(k < 1 for k in config.scorer.recall_ks):
     raise ConfigError("scorer.recall_ks", f"must be positive, got {tuple(config.scorer.recall_ks)}")
-  if config.stage == 2:
-    _positive_int(config, "stage2.k")
   if config.mode == "eval" and config.data.eval_split == "test":
     raise ConfigError("data.eval_split", "the test split has no gold labels to evaluate: use config.mode=predict")
   grpo_config(config)
   reward_config(config)
   if config.stage == 2 and config.stage2.run_stage1:
     try:
-      validate(config.stage1)
+      validate(stage1_run_config(config))  # as it will run: with this run's data unless stage1.data is set
     except ConfigError as e:  # the nested stage-1 run's fields are config.stage1.*
       raise ConfigError(f"stage1.{e.field}", str(e).split(": ", 1)[1]) from e
 
 
-def _check_patch_buckets(config: ml_collections.ConfigDict) -> None:
+def check_patch_buckets(config: ml_collections.ConfigDict) -> None:
   """The largest sampler patch bucket must hold the pixel rows of any batch the pipeline can build."""
   p = config.pipeline
   images_per_prompt = 1 if config.stage == 1 else config.stage2.k
+  images = "images" if config.stage == 1 else "images (stage2.k)"
   per_image = (p.max_pixels // (4 * 14 * 14)) * 4  # sides are multiples of 28 within max_pixels
   prompts = max(config.train.batch_size // config.rl.group_size, config.predict.batch_size, config.scorer.batch_size
                 if config.stage == 1 else 0)
@@ -116,8 +161,9 @@ def _check_patch_buckets(config: ml_collections.ConfigDict) -> None:
   largest = max(config.sampler.patch_buckets)
   if worst > largest:
     raise ConfigError("sampler.patch_buckets", f"the largest bucket {largest} is below the {worst} pixel rows a "
-                      f"batch can hold ({prompts} prompts x {images_per_prompt} images x {per_image} patches at "
-                      f"pipeline.max_pixels={p.max_pixels}, or pipeline.patch_budget); add a bucket >= {worst}")
+                      f"batch can hold ({prompts} prompts x {images_per_prompt} {images} x {per_image} patches at "
+                      f"pipeline.max_pixels={p.max_pixels}, or pipeline.patch_budget); add a bucket >= {worst}"
+                      + ("" if config.stage == 1 else " or lower stage2.k"))
 
 
 def grpo_config(config: ml_collections.ConfigDict) -> GRPOConfig:
@@ -127,7 +173,7 @@ def grpo_config(config: ml_collections.ConfigDict) -> GRPOConfig:
   try:
     return GRPOConfig.from_mapping(fields)
   except (TypeError, ValueError) as e:
-    raise ConfigError("rl", str(e)) from e
+    raise _library_error(config, "rl", e) from e
 
 
 def reward_config(config: ml_collections.ConfigDict) -> Stage1RewardConfig | Stage2RewardConfig:
@@ -136,7 +182,15 @@ def reward_config(config: ml_collections.ConfigDict) -> Stage1RewardConfig | Sta
   try:
     return cls.from_mapping(config.reward.to_dict())
   except (TypeError, ValueError) as e:
-    raise ConfigError("reward", str(e)) from e
+    raise _library_error(config, "reward", e) from e
+
+
+def _library_error(config: ml_collections.ConfigDict, section: str, error: Exception) -> ConfigError:
+  """A library config's error ('GRPOConfig.beta must ...') as the config field it came from (rl.beta)."""
+  named = re.match(r"\w+Config\.(\w+) ", str(error))
+  if named and named.group(1) in config[section]:
+    return ConfigError(f"{section}.{named.group(1)}", str(error))
+  return ConfigError(section, str(error))
 
 
 def validate_batch_division(config: ml_collections.ConfigDict, data_parallel: int) -> None:

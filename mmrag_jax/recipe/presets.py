@@ -150,3 +150,22 @@ def apply_preset(c: ml_collections.ConfigDict, arg: str | None) -> ml_collection
   c.preset = name
   _APPLY[name](c)
   return c
+
+
+def score_splits(c: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The splits a stage-1 training run scores afterwards: stage1.score_splits, () = the train and eval splits."""
+  return tuple(dict.fromkeys(c.stage1.score_splits or (c.data.train_split, c.data.eval_split)))
+
+
+def stage1_run_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The nested stage-1 run of stage-2 config `c` (stage2.run_stage1): `c.stage1` with this run's data
+  (unless stage1.data.data_dir is set) and base model, in train mode, scoring the splits stage 2 needs."""
+  s1 = ml_collections.ConfigDict(c.stage1.to_dict())
+  if not s1.data.data_dir:
+    s1.data.update(c.data.to_dict())
+    s1.data.synthetic = False
+  if not s1.model.path:
+    s1.model.path = c.model.path
+  s1.mode = "train"
+  s1.stage1.score_splits = tuple(dict.fromkeys((*score_splits(s1), c.data.train_split, c.data.eval_split)))
+  return s1

@@ -1,16 +1,19 @@
 """One run of the recipe: `run(config, workdir)` dispatches on (config.stage, config.mode).
 
-  stage 1  train            warm-up? -> GRPO -> export -> score `stage1.score_splits` (ranking + recall@k)
+  stage 1  train            warm-up? -> GRPO -> export -> score `stage1.score_splits` (default: the train
+                            and eval splits) -> ranking_<split>.jsonl + recall@k
            eval | predict   score `data.eval_split` with WORKDIR/export (or model.path)
   stage 2  train            [stage 1 first, if stage2.run_stage1] -> warm-up? -> GRPO from the stage-1
                             policy on its ranking -> export -> the full pipeline on `data.eval_split`
            eval | predict   the full pipeline on `data.eval_split` with WORKDIR/export (or the stage-1
                             policy): stage-1 ranking -> top-k -> stage-2 answers -> files + metrics
-Every run ends by writing summary.json (final metrics and cost).
+Every run holds WORKDIR/.lock while it works (recipe/workdir.py: a second run there refuses, naming the
+first) and ends by writing summary.json (final metrics and cost).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,17 +25,17 @@ import ml_collections
 
 from mmrag_jax.data.scores import read_stage1_scores
 from mmrag_jax.recipe import outputs
-from mmrag_jax.recipe.checks import ConfigError, require_path, validate
+from mmrag_jax.recipe.checks import ConfigError, check_patch_buckets, require_path, validate
 from mmrag_jax.recipe.context import EXPORT_DIR, RunContext
 from mmrag_jax.recipe.demo import prepare_demo_inputs
+from mmrag_jax.recipe.presets import score_splits, stage1_run_config
 from mmrag_jax.recipe.stage1 import ranking_file, run_stage1_inference, train_stage1
-from mmrag_jax.recipe.stage2 import predict_split, train_stage2
+from mmrag_jax.recipe.stage2 import check_k, predict_split, train_stage2
+from mmrag_jax.recipe.workdir import prepare_workdir, workdir_lock
 
 _log = logging.getLogger(__name__)
 
 STAGE1_SUBDIR = "stage1"
-
-
 
 
 def _num_params(model: Any) -> int:
@@ -60,7 +63,7 @@ def run_stage1(ctx: RunContext) -> dict[str, Any]:
     train = ctx.read_split(c.data.train_split, c.data.max_train_questions)
     result = train_stage1(ctx, ctx.load_model(model_dir), model_dir, train)
     model, model_dir, history = result.model, result.export_dir or model_dir, result.history
-    splits = tuple(dict.fromkeys(c.stage1.score_splits))
+    splits = score_splits(c)
   else:
     model_dir = _policy_dir(ctx, "model.path", c.model.path)
     model = ctx.load_model(model_dir)
@@ -74,19 +77,6 @@ def run_stage1(ctx: RunContext) -> dict[str, Any]:
   return {"metrics": metrics, "history": history, "model": model}
 
 
-def stage1_config_for(c: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
-  """The nested stage-1 run of a stage-2 config, sharing its data, base model and splits."""
-  s1 = ml_collections.ConfigDict(c.stage1.to_dict())
-  if not s1.data.data_dir:
-    s1.data.update(c.data.to_dict())
-    s1.data.synthetic = False
-  if not s1.model.path:
-    s1.model.path = c.model.path
-  s1.mode = "train"
-  s1.stage1.score_splits = tuple(dict.fromkeys((*s1.stage1.score_splits, c.data.train_split, c.data.eval_split)))
-  return s1
-
-
 def _stage1_workdir(ctx: RunContext) -> str:
   c = ctx.config
   if c.stage2.stage1_workdir:
@@ -98,19 +88,17 @@ def _stage1_workdir(ctx: RunContext) -> str:
                     "to run stage 1 first; the demo preset does the latter: --config=configs/stage2.py:demo")
 
 
-def _ensure_stage1(ctx: RunContext, stage1_dir: str) -> None:
+def _missing_stage1_outputs(ctx: RunContext, stage1_dir: str) -> list[str]:
+  """The stage-1 files this run needs that `stage1_dir` lacks; an error unless stage 1 may run to make them."""
   c = ctx.config
   needed = [os.path.join(EXPORT_DIR, "config.json")]
   if c.mode == "train":
     needed += [ranking_file(c.data.eval_split), ranking_file(c.data.train_split)]
-  if all(os.path.exists(os.path.join(stage1_dir, n)) for n in needed):
-    return
-  if not c.stage2.run_stage1:
-    missing = [n for n in needed if not os.path.exists(os.path.join(stage1_dir, n))]
+  missing = [n for n in needed if not os.path.exists(os.path.join(stage1_dir, n))]
+  if missing and not c.stage2.run_stage1:
     raise ConfigError("stage2.stage1_workdir", f"{stage1_dir} lacks {missing}: run stage 1 there (with "
                       "stage1.score_splits covering the train and eval splits) or set --config.stage2.run_stage1=True")
-  print(f"running stage 1 in {stage1_dir}")
-  run(stage1_config_for(c, stage1_dir), stage1_dir)
+  return missing
 
 
 def _scores(stage1_dir: str, split: str) -> dict[str, dict[str, float]]:
@@ -145,18 +133,26 @@ def _stage1_recall(stage1_dir: str, split: str) -> dict[str, float]:
 def run_stage2(ctx: RunContext) -> dict[str, Any]:
   c = ctx.config
   stage1_dir = _stage1_workdir(ctx)
-  _ensure_stage1(ctx, stage1_dir)
+  missing = _missing_stage1_outputs(ctx, stage1_dir)
+  # Both splits read before stage 1 runs: a stage2.k above every candidate pool stops the run now.
+  train = ctx.read_split(c.data.train_split, c.data.max_train_questions) if c.mode == "train" else None
+  split = ctx.read_split(c.data.eval_split, c.data.max_eval_questions)
+  for read in (train, split):
+    if read is not None:
+      check_k(c.stage2.k, read)
+  check_patch_buckets(c)  # its worst case is k images per prompt: judged once k is
+  if missing:
+    print(f"running stage 1 in {stage1_dir}")
+    run(stage1_run_config(c), stage1_dir)
   init_dir = c.stage2.init_from or os.path.join(stage1_dir, EXPORT_DIR)
   history: list[dict[str, float]] = []
   if c.mode == "train":
     model = ctx.load_model(init_dir, field="stage2.init_from")
-    train = ctx.read_split(c.data.train_split, c.data.max_train_questions)
     result = train_stage2(ctx, model, init_dir, train, _scores(stage1_dir, c.data.train_split))
     model, model_dir, history = result.model, result.export_dir or init_dir, result.history
   else:
     model_dir = _policy_dir(ctx, "stage2.init_from", init_dir)
     model = ctx.load_model(model_dir, field="stage2.init_from")
-  split = ctx.read_split(c.data.eval_split, c.data.max_eval_questions)
   scores = _split_scores(ctx, stage1_dir, split)
   parsed = predict_split(ctx, model, model_dir, split, scores)
   recall = _stage1_recall(stage1_dir, split.name) or _stage1_recall(ctx.workdir, split.name)
@@ -171,6 +167,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs one (stage, mode) of the recipe in `workdir`; returns and writes summary.json's content."""
   started = time.perf_counter()
   validate(config)
+  workdir = prepare_workdir(workdir)
+  # Process 0 only: every host of one run writes into the same (shared) workdir.
+  with workdir_lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+    return _run_locked(config, workdir, started)
+
+
+def _run_locked(config: ml_collections.ConfigDict, workdir: str, started: float) -> dict[str, Any]:
   ctx = RunContext(config, workdir)
   prepare_demo_inputs(config, ctx.workdir)
   ctx.write_json("config.json", config.to_dict())

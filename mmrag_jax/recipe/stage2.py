@@ -18,7 +18,7 @@ from mmrag_jax.data.pipeline import stage2_pipeline
 from mmrag_jax.data.scores import Stage1Scores
 from mmrag_jax.model import Qwen25VL
 from mmrag_jax.processing.targets import MMQA_ANSWER_SEPARATOR, stage2_target
-from mmrag_jax.recipe.checks import reward_config
+from mmrag_jax.recipe.checks import ConfigError, reward_config
 from mmrag_jax.recipe.context import RunContext, Split
 from mmrag_jax.recipe.training import TrainResult, train_policy
 from mmrag_jax.rl.reward_fns import stage2_reward_fn
@@ -28,6 +28,15 @@ from mmrag_jax.rl.rollout import completion_texts, processor_batch
 from mmrag_jax.sampling import Sampler
 
 _log = logging.getLogger(__name__)
+
+
+def check_k(k: int, split: Split) -> None:
+  """Prompts show min(k, pool) candidates: a k above every pool of the split asks for what no prompt can show."""
+  sizes = sorted(len(q.candidates) for q in split.questions)
+  if sizes and k > sizes[-1]:
+    raise ConfigError("stage2.k", f"{k} exceeds every candidate pool of split {split.name!r}: {len(sizes)} "
+                      f"questions with {sizes[0]} to {sizes[-1]} candidates (median {sizes[len(sizes) // 2]}); use "
+                      f"stage2.k <= {sizes[-1]}")
 
 
 def gold_numbers(is_gold: Sequence[bool], num_candidates: int) -> list[int]:
