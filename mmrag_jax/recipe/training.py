@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -13,7 +14,9 @@ from flax import nnx
 
 from mmrag_jax.model import Qwen25VL
 from mmrag_jax.recipe.context import RunContext
-from mmrag_jax.rl.metrics_log import MetricsWriter, ProgressBar
+from mmrag_jax.rl.checkpointing import latest_committed_step
+from mmrag_jax.rl.interrupts import NonFiniteTraining, StopSignals, TrainingInterrupted, signal_name
+from mmrag_jax.rl.metrics_log import MetricsWriter, ProgressBar, read_metrics
 from mmrag_jax.rl.rollout import RewardFn
 from mmrag_jax.rl.trainer import GRPOTrainer
 from mmrag_jax.rl.warmup import TargetFn, WarmupConfig, supervised_warmup
@@ -34,13 +37,14 @@ class TrainResult:
 
 
 def _warmup(ctx: RunContext, model: Qwen25VL, processor: Any, data: Iterator[Mapping[str, Any]],
-            target_fn: TargetFn) -> tuple[nnx.Module, list[dict[str, float]]]:
+            target_fn: TargetFn, stop: StopSignals) -> tuple[nnx.Module, list[dict[str, float]]]:
   c = ctx.config
   config = WarmupConfig(steps=c.warmup.steps, learning_rate=c.warmup.learning_rate,
                         max_new_tokens=c.rl.max_new_tokens, length_buckets=tuple(c.sampler.length_buckets),
                         patch_buckets=tuple(c.sampler.patch_buckets),
                         logprob_chunk_size=c.rl.logprob_chunk_size, group_size=c.rl.group_size)
-  writer = MetricsWriter(ctx.path(WARMUP_DIR), tensorboard=False)
+  # A fresh file: its rows describe the warm-up that produced this run's model, not an abandoned one.
+  writer = MetricsWriter(ctx.path(WARMUP_DIR), tensorboard=False, after_step=0)
   bar = ProgressBar(config.steps, enabled=None if c.train.progress_bar else False)
   rows: list[dict[str, float]] = []
 
@@ -48,6 +52,14 @@ def _warmup(ctx: RunContext, model: Qwen25VL, processor: Any, data: Iterator[Map
     writer.write(step, metrics)
     bar.update({})
     rows.append({"step": step, **metrics})
+    if not all(math.isfinite(v) for v in metrics.values()):
+      raise NonFiniteTraining(f"format warm-up step {step}: {metrics}; stopped before GRPO. Lower "
+                              f"warmup.learning_rate or check the targets")
+    signum = stop.agreed()
+    if signum is not None:
+      raise TrainingInterrupted(f"stopped by {signal_name(signum)} during the format warm-up (step {step} of "
+                                f"{config.steps}); the warm-up keeps no checkpoint, so a rerun starts it again",
+                                signum)
 
   tokenize = lambda text: processor.tokenizer.encode(text, add_special_tokens=False)
   _log.info("format warm-up: %d supervised steps", config.steps)
@@ -67,20 +79,33 @@ def train_policy(ctx: RunContext, model: Qwen25VL, model_dir: str, processor: An
                  warmup_data: Iterator[Mapping[str, Any]] | None, target_fn: TargetFn) -> TrainResult:
   """Warm-up (skipped when resuming), GRPO for `train.num_steps` loop steps, export.
 
+  Resuming means a committed checkpoint exists: the checkpoint holds the warmed-up policy, its optimizer
+  state and the KL reference, so the warm-up is not run again. A run killed before its first checkpoint
+  committed starts over, warm-up included. SIGTERM / SIGINT stop the run at a step boundary
+  (`TrainingInterrupted`, see `rl/interrupts.py`).
   model_dir: the checkpoint the model came from (its tokenizer and processor files go into the export).
   """
   c = ctx.config
-  resuming = os.path.isdir(ctx.path("checkpoints")) and os.listdir(ctx.path("checkpoints"))
+  resuming = latest_committed_step(ctx.path("checkpoints")) is not None
   warmup_rows: list[dict[str, float]] = []
-  if c.warmup.steps and not resuming and warmup_data is not None:
-    model, warmup_rows = _warmup(ctx, model, processor, warmup_data, target_fn)
-  grpo = ctx.grpo_config()
-  trainer = GRPOTrainer(model, grpo, ctx.sampler_config(max_new_tokens=grpo.max_new_tokens), ctx.trainer_config(),
-                        mesh=ctx.mesh, workdir=ctx.workdir, data=data, reward_fn=reward_fn,
-                        detokenize=processor.decode)
-  if trainer.step:
-    _log.info("resuming GRPO from loop step %d", trainer.step)
-  history = trainer.run()
-  model = trainer.model()
-  export_dir = ctx.export(model, model_dir) if c.train.export else ""
+  with StopSignals() as stop:
+    if c.warmup.steps and not resuming and warmup_data is not None:
+      model, warmup_rows = _warmup(ctx, model, processor, warmup_data, target_fn, stop)
+    grpo = ctx.grpo_config()
+    trainer = GRPOTrainer(model, grpo, ctx.sampler_config(max_new_tokens=grpo.max_new_tokens),
+                          ctx.trainer_config(), mesh=ctx.mesh, workdir=ctx.workdir, data=data, reward_fn=reward_fn,
+                          detokenize=processor.decode)
+    if trainer.step:
+      _log.info("resuming GRPO from loop step %d", trainer.step)
+    trainer.run(stop)
+    model = trainer.model()
+    export_dir = ctx.export(model, model_dir) if c.train.export else ""
+  signum = stop.agreed()
+  if signum is not None:
+    raise TrainingInterrupted(f"stopped by {signal_name(signum)} after training finished"
+                              f"{' and the export' if export_dir else ''}; rerun the same command for the rest of "
+                              f"the run", signum)
+  metrics_file = os.path.join(ctx.workdir, "metrics.jsonl")
+  # Every step of the run, those of earlier (resumed) attempts included.
+  history = read_metrics(ctx.workdir) if os.path.exists(metrics_file) else []
   return TrainResult(model=model, export_dir=export_dir, history=history, warmup_history=warmup_rows)

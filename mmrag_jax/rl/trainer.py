@@ -41,7 +41,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from mmrag_jax.parallel import DEFAULT_RULES, LogicalRules
 from mmrag_jax.rl.advantages import group_advantages
 from mmrag_jax.rl.batch import TrainBatch
-from mmrag_jax.rl.checkpointing import CheckpointStore, iterator_state, restore_iterator_state
+from mmrag_jax.rl.checkpointing import CheckpointSaveFailed, CheckpointStore, iterator_state, restore_iterator_state
 from mmrag_jax.rl.config import GRPOConfig
 from mmrag_jax.rl.interrupts import NonFiniteTraining, StopSignals, TrainingInterrupted, signal_name
 from mmrag_jax.rl.metrics_log import MetricsWriter, ProgressBar
@@ -266,8 +266,8 @@ class GRPOTrainer:
             raise TrainingInterrupted(
                 f"stopped by {signal_name(signum)} after loop step {self.step} of {self.config.num_steps}; "
                 f"checkpoint saved in {self.checkpoints.directory}: rerun the same command to resume", signum)
-      except (TrainingInterrupted, NonFiniteTraining):
-        raise  # already saved, or must not be
+      except (TrainingInterrupted, NonFiniteTraining, CheckpointSaveFailed):
+        raise  # already saved, or must not be, or cannot be
       except BaseException:
         self._save_on_failure(data_state, step_rng, consistent)
         raise
