@@ -21,6 +21,8 @@ from typing import Protocol
 import numpy as np
 from PIL import Image, ImageFile
 
+from mmrag_jax.data.records import DataError
+
 # WebQA ships truncated JPEGs; the official loaders decode them anyway (missing rows come out grey).
 ImageFile.LOAD_TRUNCATED_IMAGES = True
 
@@ -92,11 +94,13 @@ class WebQAImageStore:
     """Byte offset of every line of imgs.tsv, [num_lines] int64 (loaded on first use)."""
     if self._offsets is None:
       with open(self.lineidx_path, "rb") as f:
-        raw = f.read().split()
-      try:
-        self._offsets = np.asarray(raw, dtype=np.int64) if raw else np.zeros((0,), np.int64)
-      except ValueError as e:
-        raise ValueError(f"{self.lineidx_path}: not a list of integer byte offsets ({e})") from e
+        lines = f.read().splitlines()
+      while lines and not lines[-1].strip():
+        lines.pop()
+      bad = next((i for i, line in enumerate(lines) if not line.strip().isdigit()), None)
+      if bad is not None:
+        raise DataError(f"{self.lineidx_path} line {bad + 1}: {lines[bad][:32]!r} is not an integer byte offset")
+      self._offsets = np.asarray(lines, dtype=np.int64) if lines else np.zeros((0,), np.int64)
     return self._offsets
 
   def __len__(self) -> int:

@@ -5,6 +5,7 @@ is removed by the first rule it breaks and the report counts (and lists) removal
 
   reader rules (read with every image decoded, `read_webqa(image_check="decode")`):
     malformed          entry lacks / mistypes a required field
+    duplicate_id       a Guid the file already had (the first entry stays)
     missing_image      an image id with no line in imgs.tsv
     undecodable_image  an image that Pillow cannot decode (truncated JPEGs decode and are kept)
     no_candidates      empty candidate pool
@@ -41,7 +42,7 @@ from absl import app, flags
 from mmrag_jax.data.records import Question
 from mmrag_jax.data.webqa import TEST_FILE, TRAIN_VAL_FILE, load_webqa_json, read_webqa
 
-READER_RULES = ("malformed", "missing_image", "undecodable_image", "no_candidates", "no_gold")
+READER_RULES = ("malformed", "duplicate_id", "missing_image", "undecodable_image", "no_candidates", "no_gold")
 QUALITY_RULES = ("empty_question", "empty_answer", "long_answer", "small_pool", "duplicate_question")
 REPORT_FILE = "mini_webqa_report.json"
 
@@ -154,7 +155,10 @@ def build_mini_webqa(data_dir: str, out_dir: str, config: MiniWebQAConfig = Mini
   reports = {split: filter_split(data_dir, split, config) for split in config.splits}
   _, raw = load_webqa_json(data_dir, "train")
   keep = {guid for r in reports.values() for guid in r.kept}
-  subset: dict[str, Any] = {guid: entry for guid, entry in raw.items() if guid in keep}
+  subset: dict[str, Any] = {}
+  for guid, entry in raw:
+    if guid in keep:
+      subset.setdefault(guid, entry)  # the entry the readers kept: a repeated Guid's first
   with open(os.path.join(out_dir, TRAIN_VAL_FILE), "w", encoding="utf-8") as f:
     json.dump(subset, f, ensure_ascii=False)
   for name in ("imgs.tsv", "imgs.lineidx", TEST_FILE):

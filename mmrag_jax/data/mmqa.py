@@ -15,14 +15,14 @@ involve tables are dropped; pool = text_doc_ids ∪ image_doc_ids; gold = suppor
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
 import os
 import re
 from typing import Any, Iterator, NamedTuple
 
+from mmrag_jax.data.files import decode_utf8, iter_lines
 from mmrag_jax.data.images import DirectoryImageStore, ImageChecker
-from mmrag_jax.data.records import IMAGE, TEXT, Candidate, Question, SkipReport
+from mmrag_jax.data.records import DUPLICATE_ID, IMAGE, TEXT, Candidate, DataError, Question, SkipReport
 
 MMQA_SPLITS = ("train", "dev", "test")
 TEXTS_FILE = "MMQA_texts.jsonl.gz"
@@ -52,23 +52,29 @@ def question_file(data_dir: str, split: str) -> str:
 def iter_jsonl_gz(path: str, report: SkipReport) -> Iterator[tuple[int, dict[str, Any]]]:
   """Yields (1-based line number, object) for every parseable JSON-object line of a gzipped JSONL file.
 
-  Unparseable lines are reported as 'malformed' (raised in strict mode); blank lines are ignored.
+  Lines that are not UTF-8 (the byte offset is named) or not a JSON object are reported as 'malformed'
+  (raised in strict mode); blank lines are ignored. A truncated or corrupt gzip stream raises `DataError`.
   """
   if not os.path.isfile(path):
     raise FileNotFoundError(f"MMQA file not found: {path}")
-  with gzip.open(path, "rt", encoding="utf-8") as f:
-    for number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        report.skip("malformed", f"{path} line {number}", f"invalid JSON: {e.msg}")
-        continue
-      if not isinstance(obj, dict):
-        report.skip("malformed", f"{path} line {number}", f"a {type(obj).__name__}, not an object")
-        continue
-      yield number, obj
+  for number, offset, raw in iter_lines(path):
+    where = f"{path} line {number}"
+    try:
+      line = decode_utf8(raw, where, offset)
+    except DataError as e:
+      report.skip("malformed", where, str(e).removeprefix(f"{where}: "))
+      continue
+    if not line.strip():
+      continue
+    try:
+      obj = json.loads(line)
+    except json.JSONDecodeError as e:
+      report.skip("malformed", where, f"invalid JSON: {e.msg}")
+      continue
+    if not isinstance(obj, dict):
+      report.skip("malformed", where, f"a {type(obj).__name__}, not an object")
+      continue
+    yield number, obj
 
 
 def load_contexts(path: str, required: tuple[str, ...], report: SkipReport) -> dict[str, dict[str, Any]]:
@@ -90,6 +96,22 @@ def question_modalities(metadata: dict[str, Any]) -> tuple[str, ...]:
     kinds = re.findall(r"[A-Za-z]+Q", str(metadata.get("type", "")))
     modalities = {_TYPE_MODALITY[k] for k in kinds if k in _TYPE_MODALITY}
   return tuple(sorted(set(str(m) for m in modalities)))
+
+
+def is_table_question(metadata: dict[str, Any]) -> bool:
+  """Whether the question's modalities involve tables (dropped from the default no-table subset)."""
+  return TABLE in question_modalities(metadata)
+
+
+def parse_answers(line: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """(answer strings, their `modality`s) of a labeled question line. Raises KeyError / TypeError."""
+  answers = line["answers"]
+  return tuple(str(a["answer"]) for a in answers), tuple(str(a.get("modality", "")) for a in answers)
+
+
+def supporting_doc_ids(line: dict[str, Any]) -> tuple[str, ...]:
+  """The `supporting_context` doc ids of a labeled question line, each once. Raises KeyError / TypeError."""
+  return tuple(dict.fromkeys(str(s["doc_id"]) for s in line["supporting_context"]))
 
 
 def linearize_table(table_entry: dict[str, Any], max_rows: int = 30) -> str:
@@ -152,11 +174,10 @@ def _parse_line(line: dict[str, Any], split: str, contexts: _Contexts) -> Questi
     raise TypeError("'question' must be a string and 'metadata' an object")
   modalities = question_modalities(metadata)
   labeled = split != "test"
-  answers, answer_modalities, supporting = (), (), []
+  answers, answer_modalities, supporting = (), (), ()
   if labeled:
-    answers = tuple(str(a["answer"]) for a in line["answers"])
-    answer_modalities = tuple(str(a.get("modality", "")) for a in line["answers"])
-    supporting = [str(s["doc_id"]) for s in line["supporting_context"]]
+    answers, answer_modalities = parse_answers(line)
+    supporting = supporting_doc_ids(line)
   if TABLE in modalities and contexts.tables is None:
     raise _Skip("table_question", "")
   candidates = contexts.pool(metadata)
@@ -165,7 +186,7 @@ def _parse_line(line: dict[str, Any], split: str, contexts: _Contexts) -> Questi
   gold_ids = None
   if labeled:
     pool = {c.id for c in candidates}
-    gold_ids = tuple(d for d in dict.fromkeys(supporting) if d in pool)
+    gold_ids = tuple(d for d in supporting if d in pool)
     if not gold_ids:
       raise _Skip("no_gold", "no supporting_context doc in the candidate pool")
   return Question(qid=qid, question=text.strip(), answers=answers, category=str(metadata.get("type", "")),
@@ -191,10 +212,11 @@ def read_mmqa(data_dir: str, split: str, *, image_dir: str | None = None, includ
     limit: stop after this many accepted questions.
 
   Returns:
-    `MMQAData(questions, images, skipped)`; questions in file order. Skip reasons: `malformed`,
+    `MMQAData(questions, images, skipped)`; questions in file order. Skip reasons: `malformed` (also a
+    line that is not UTF-8), `duplicate_id` (a qid an earlier line had: the first is kept),
     `missing_document` (text/table id not in its context file), `missing_image` (image id not in
     MMQA_images or file absent), `undecodable_image`, `no_candidates`, `no_gold` (no supporting doc in
-    the pool), and the subset filter `table_question`.
+    the pool), and the subset filter `table_question`. A truncated or corrupt `.gz` raises `DataError`.
   """
   path = question_file(data_dir, split)
   report = SkipReport(source=f"mmqa/{split}", strict=strict)
@@ -205,9 +227,15 @@ def read_mmqa(data_dir: str, split: str, *, image_dir: str | None = None, includ
       tables=load_contexts(os.path.join(data_dir, TABLES_FILE), ("table",), report) if include_tables else None,
       checker=ImageChecker(images, image_check))
   questions: list[Question] = []
+  first_line: dict[str, int] = {}
   for number, line in iter_jsonl_gz(path, report):
     key = str(line["qid"]) if "qid" in line else None
     where = f"{path} line {number}" + (f" qid {key}" if key is not None else "")
+    if key in first_line:
+      report.skip(DUPLICATE_ID, where, f"the qid of line {first_line[key]}: that first line is kept", key=key)
+      continue
+    if key is not None:
+      first_line[key] = number
     try:
       questions.append(_parse_line(line, split, contexts))
     except (KeyError, TypeError) as e:
@@ -219,6 +247,7 @@ def read_mmqa(data_dir: str, split: str, *, image_dir: str | None = None, includ
         report.skip(e.reason, where, str(e), key=key)
     if limit is not None and len(questions) >= limit:
       break
+  report.warn_duplicates(path, "qid")
   if verbose:
     report.log()
   return MMQAData(questions, images, report)

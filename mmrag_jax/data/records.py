@@ -15,9 +15,15 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
+
+from mmrag_jax.errors import RunError
+
+_log = logging.getLogger(__name__)
 
 IMAGE = "image"
 TEXT = "text"
+DUPLICATE_ID = "duplicate_id"  # skip reason of a question whose id an earlier entry of the file already has
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +95,7 @@ class Question:
     return tuple(int(c.id in gold) for c in self.candidates)
 
 
-class DataError(ValueError):
+class DataError(RunError, ValueError):
   """Bad benchmark input, raised in strict mode (and for unrecoverable files). Names the place."""
 
 
@@ -146,3 +152,10 @@ class SkipReport:
     """Prints the summary (readers call this unless verbose=False)."""
     print(self.summary(), flush=True)
 
+  def warn_duplicates(self, path: str, what: str = "id", shown: int = 10) -> None:
+    """Logs a warning naming the repeated ids of `path` (the `duplicate_id` skips), when there are any."""
+    keys = self.keys.get(DUPLICATE_ID, [])
+    if keys:
+      more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+      _log.warning("%s: %d repeated %s(s), only the first entry of each kept: %s%s", path, len(keys), what,
+                   ", ".join(keys[:shown]), more)

@@ -13,6 +13,7 @@ import math
 import os
 from typing import Mapping
 
+from mmrag_jax.data.files import iter_json_lines
 from mmrag_jax.data.records import DataError
 
 Stage1Scores = Mapping[str, Mapping[str, float]]
@@ -27,22 +28,18 @@ def write_stage1_scores(path: str, scores: Stage1Scores) -> None:
 
 
 def read_stage1_scores(path: str) -> dict[str, dict[str, float]]:
-  """Reads a score file; raises `DataError` naming the line for malformed lines, duplicate qids or NaN."""
+  """Reads a score file; raises `DataError` naming the line of a malformed or non-UTF-8 line, a repeated
+  qid or a NaN score."""
   scores: dict[str, dict[str, float]] = {}
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      where = f"{path} line {number}"
-      try:
-        obj = json.loads(line)
-        qid, row = str(obj["qid"]), obj["scores"]
-        parsed = {str(k): float(v) for k, v in row.items()}
-      except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
-        raise DataError(f"{where}: not a {{'qid', 'scores'}} line ({e})") from e
-      if qid in scores:
-        raise DataError(f"{where}: qid {qid} appears twice")
-      if any(math.isnan(v) for v in parsed.values()):
-        raise DataError(f"{where}: NaN score for qid {qid}")
-      scores[qid] = parsed
+  for where, obj in iter_json_lines(path):
+    try:
+      qid, row = str(obj["qid"]), obj["scores"]
+      parsed = {str(k): float(v) for k, v in row.items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+      raise DataError(f"{where}: not a {{'qid', 'scores'}} line ({e})") from e
+    if qid in scores:
+      raise DataError(f"{where}: qid {qid} appears twice")
+    if any(math.isnan(v) for v in parsed.values()):
+      raise DataError(f"{where}: NaN score for qid {qid}")
+    scores[qid] = parsed
   return scores

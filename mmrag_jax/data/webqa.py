@@ -10,12 +10,12 @@ then images); gold = the pos facts.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Iterable, NamedTuple
 
+from mmrag_jax.data.files import JsonPairs, load_json_object
 from mmrag_jax.data.images import ImageChecker, WebQAImageStore
-from mmrag_jax.data.records import IMAGE, TEXT, Candidate, DataError, Question, SkipReport
+from mmrag_jax.data.records import DUPLICATE_ID, IMAGE, TEXT, Candidate, Question, SkipReport
 
 WEBQA_SPLITS = ("train", "val", "test")
 WEBQA_QCATES = ("text", "YesNo", "Others", "choose", "number", "color", "shape")
@@ -39,15 +39,37 @@ def strip_quotes(text: str) -> str:
   return text
 
 
+def _text_id(fact: dict[str, Any]) -> str:
+  return str(fact["snippet_id"])
+
+
+def _image_id(fact: dict[str, Any]) -> str:
+  return str(int(fact["image_id"]))
+
+
 def _text_candidate(fact: dict[str, Any]) -> Candidate:
-  return Candidate(id=str(fact["snippet_id"]), kind=TEXT, title=str(fact.get("title", "")),
-                   text=str(fact["fact"]))
+  return Candidate(id=_text_id(fact), kind=TEXT, title=str(fact.get("title", "")), text=str(fact["fact"]))
 
 
 def _image_candidate(fact: dict[str, Any]) -> Candidate:
-  image_id = str(int(fact["image_id"]))
+  image_id = _image_id(fact)
   return Candidate(id=image_id, kind=IMAGE, title=str(fact.get("title", "")),
                    text=str(fact.get("caption", "")), image_ref=image_id)
+
+
+def webqa_answers(entry: dict[str, Any]) -> tuple[str, ...]:
+  """The answer sentences `A`, literal quotes stripped. Raises KeyError / TypeError when absent or not a list."""
+  answers = entry["A"]
+  if not isinstance(answers, list):
+    raise TypeError(f"'A' is a {type(answers).__name__}, not a list")
+  return tuple(strip_quotes(str(a)) for a in answers)
+
+
+def webqa_gold_ids(entry: dict[str, Any]) -> tuple[str, ...]:
+  """Ids of the pos facts (texts, then images), each once: the gold sources. Absent lists count as empty."""
+  ids = ([_text_id(f) for f in entry.get("txt_posFacts") or []]
+         + [_image_id(f) for f in entry.get("img_posFacts") or []])
+  return tuple(dict.fromkeys(ids))
 
 
 def parse_webqa_entry(guid: str, entry: Any, split: str) -> tuple[Question, list[str]]:
@@ -69,11 +91,8 @@ def parse_webqa_entry(guid: str, entry: Any, split: str) -> tuple[Question, list
     # Texts first, then images; positives before negatives within each kind.
     candidates = ([c for c in pos if c.kind == TEXT] + [c for c in neg if c.kind == TEXT]
                   + [c for c in pos if c.kind == IMAGE] + [c for c in neg if c.kind == IMAGE])
-    gold_ids: tuple[str, ...] | None = tuple(dict.fromkeys(c.id for c in pos))
-    answers = entry["A"]
-    if not isinstance(answers, list):
-      raise TypeError(f"'A' is a {type(answers).__name__}, not a list")
-    answers = tuple(strip_quotes(str(a)) for a in answers)
+    gold_ids: tuple[str, ...] | None = webqa_gold_ids(entry)
+    answers = webqa_answers(entry)
   else:
     candidates = ([_text_candidate(f) for f in entry.get("txt_Facts", [])]
                   + [_image_candidate(f) for f in entry.get("img_Facts", [])])
@@ -92,27 +111,25 @@ def parse_webqa_entry(guid: str, entry: Any, split: str) -> tuple[Question, list
   return q, [c.id for c in candidates if c.kind == IMAGE]
 
 
-def load_webqa_json(data_dir: str, split: str) -> tuple[str, dict[str, Any]]:
-  """Loads the raw JSON dict that holds `split`. Returns (path, dict keyed by Guid)."""
+def load_webqa_json(data_dir: str, split: str) -> tuple[str, JsonPairs]:
+  """Loads the raw JSON object that holds `split`. Returns (path, its (Guid, entry) pairs in file order).
+
+  A Guid the file repeats stays repeated here (Python's json would keep only its last entry): readers
+  keep the first and report the others as `duplicate_id`. Raises `DataError` naming the file and the
+  line and column of a syntax error, or the byte offset of a non-UTF-8 byte.
+  """
   if split not in WEBQA_SPLITS:
     raise ValueError(f"WebQA split must be one of {WEBQA_SPLITS}, got {split!r}")
   path = os.path.join(data_dir, TEST_FILE if split == "test" else TRAIN_VAL_FILE)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"WebQA file not found: {path}")
-  with open(path, encoding="utf-8") as f:
-    try:
-      raw = json.load(f)
-    except json.JSONDecodeError as e:
-      raise DataError(f"{path}: not valid JSON ({e})") from e
-  if not isinstance(raw, dict):
-    raise DataError(f"{path}: expected a JSON object keyed by Guid, got {type(raw).__name__}")
-  return path, raw
+  return path, load_json_object(path, "Guid")
 
 
-def select_split(raw: dict[str, Any], split: str) -> Iterable[tuple[str, Any]]:
+def select_split(raw: JsonPairs, split: str) -> Iterable[tuple[str, Any]]:
   """Entries of `split`, plus entries whose split cannot be told (not an object, no `split` field) so
   that the caller reports them as malformed. Every entry of the test file belongs to the test split."""
-  for guid, entry in raw.items():
+  for guid, entry in raw:
     if split == "test" or not isinstance(entry, dict) or "split" not in entry or entry["split"] == split:
       yield guid, entry
 
@@ -133,8 +150,9 @@ def read_webqa(data_dir: str, split: str, *, image_check: str = "exists", strict
 
   Returns:
     `WebQAData(questions, images, skipped)`; questions in file order. Skip reasons: `malformed`
-    (missing / mistyped fields), `missing_image`, `undecodable_image`, `no_candidates`, `no_gold`
-    (labeled question without any pos fact).
+    (missing / mistyped fields), `duplicate_id` (a Guid the file already had: the first entry is kept),
+    `missing_image`, `undecodable_image`, `no_candidates`, `no_gold` (labeled question without any pos
+    fact). A file that is not valid UTF-8 JSON raises `DataError` naming the file and the place.
   """
   path, raw = load_webqa_json(data_dir, split)
   report = SkipReport(source=f"webqa/{split}", strict=strict)
@@ -142,8 +160,13 @@ def read_webqa(data_dir: str, split: str, *, image_check: str = "exists", strict
   images = WebQAImageStore.from_dir(data_dir) if image_check != "off" or has_image_files else None
   checker = ImageChecker(images, image_check)
   questions: list[Question] = []
+  seen: set[str] = set()
   for guid, entry in select_split(raw, split):
     where = f"{path} Guid {guid}"
+    if guid in seen:
+      report.skip(DUPLICATE_ID, where, "the Guid is repeated in the file: its first entry is kept", key=guid)
+      continue
+    seen.add(guid)
     try:
       question, image_ids = parse_webqa_entry(guid, entry, split)
     except (KeyError, TypeError, ValueError) as e:
@@ -163,6 +186,7 @@ def read_webqa(data_dir: str, split: str, *, image_check: str = "exists", strict
     questions.append(question)
     if limit is not None and len(questions) >= limit:
       break
+  report.warn_duplicates(path, "Guid")
   if verbose:
     report.log()
   return WebQAData(questions, images, report)

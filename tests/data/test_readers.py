@@ -97,7 +97,7 @@ def test_skip_summary_is_printed_and_returned(webqa_planted, capsys):
   data_dir, _ = webqa_planted
   data = read_webqa(data_dir, "train", image_check="decode")
   printed = capsys.readouterr().out
-  assert "webqa/train: skipped 5" in printed and "no_gold: 1" in printed
+  assert "webqa/train: skipped 6" in printed and "no_gold: 1" in printed and "duplicate_id: 1" in printed
   assert data.skipped.summary() in printed
 
 

@@ -2,7 +2,8 @@
 
 Writes a synthetic dataset in the official file format. `--num_questions` is the train size; the
 evaluation splits (WebQA val/test, MMQA dev/test) get `--num_eval_questions` each (default N // 4,
-at least 2). `--plant=missing_image:1,malformed:2` adds defective train questions for robustness tests.
+at least 2). `--plant=missing_image:1,malformed:2` adds defective train questions for robustness tests
+(`--plant_split=val` / `dev`: to an evaluation split instead).
 """
 
 from absl import app, flags
@@ -14,7 +15,9 @@ _OUT = flags.DEFINE_string("out", None, "Output folder (created).")
 _NUM = flags.DEFINE_integer("num_questions", 64, "Valid train questions.", lower_bound=1)
 _NUM_EVAL = flags.DEFINE_integer("num_eval_questions", None, "Valid questions per evaluation split.")
 _SEED = flags.DEFINE_integer("seed", 0, "Generator seed; same seed, same files.")
-_PLANT = flags.DEFINE_string("plant", "", "Defects to add to train, 'kind:count,kind:count'.")
+_PLANT = flags.DEFINE_string("plant", "", "Defects to add, 'kind:count,kind:count'.")
+_PLANT_SPLIT = flags.DEFINE_string("plant_split", "train", "Split that gets the defects: train, or val (WebQA) / "
+                                   "dev (MMQA).")
 
 
 def parse_plant(spec: str) -> dict[str, int]:
@@ -34,10 +37,10 @@ def main(argv):
   plant = parse_plant(_PLANT.value)
   if _FORMAT.value == "webqa":
     manifest = generate_webqa(_OUT.value, num_train=_NUM.value, num_val=n_eval, num_test=n_eval,
-                              seed=_SEED.value, plant=plant)
+                              seed=_SEED.value, plant=plant, plant_split=_PLANT_SPLIT.value)
   else:
     manifest = generate_mmqa(_OUT.value, num_train=_NUM.value, num_dev=n_eval, num_test=n_eval,
-                             seed=_SEED.value, plant=plant)
+                             seed=_SEED.value, plant=plant, plant_split=_PLANT_SPLIT.value)
   print(f"wrote {len(manifest.questions)} questions ({_FORMAT.value}) and {len(manifest.scenes)} images "
         f"to {_OUT.value}; planted: { {k: len(v) for k, v in manifest.planted.items()} }")
 

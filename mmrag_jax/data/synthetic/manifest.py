@@ -2,7 +2,8 @@
 
 `questions` holds every question a non-strict reader that decodes images (`image_check="decode"`) must
 return, exactly as generated;
-`planted` maps each defect kind to the ids of the questions that carry it; `scenes` maps each valid
+`planted` maps each defect kind to the ids of the questions that carry it (for `duplicate_id`, the id
+the defective entry repeats: its first, valid entry is the one in `questions`); `scenes` maps each valid
 image reference to the scene drawn into it.
 """
 
@@ -15,7 +16,7 @@ import os
 from mmrag_jax.data.synthetic.scenes import Scene
 
 # Defects a reader skips (and counts under the same name).
-READER_DEFECTS = ("malformed", "missing_image", "undecodable_image", "no_candidates", "no_gold",
+READER_DEFECTS = ("malformed", "duplicate_id", "missing_image", "undecodable_image", "no_candidates", "no_gold",
                   "missing_document")
 # Defects readers keep but the Mini-WebQA rules remove (named as the rules).
 MINI_WEBQA_DEFECTS = ("empty_question", "duplicate_question", "empty_answer", "long_answer", "small_pool")

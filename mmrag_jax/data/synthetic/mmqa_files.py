@@ -23,7 +23,7 @@ TABLE_TYPES = ("TableQ", "Compose(TableQ,ImageListQ)")
 MODALITIES = {"TextQ": ["text"], "ImageQ": ["image"], "ImageListQ": ["image"],
               "Compose(ImageQ,TextQ)": ["image", "text"], "TableQ": ["table"],
               "Compose(TableQ,ImageListQ)": ["image", "table"]}
-MMQA_PLANTABLE = ("malformed", "missing_image", "undecodable_image", "no_candidates", "no_gold",
+MMQA_PLANTABLE = ("malformed", "duplicate_id", "missing_image", "undecodable_image", "no_candidates", "no_gold",
                   "missing_document")
 TEXTS_PER_QUESTION = 10
 
@@ -151,12 +151,17 @@ def expected_from_line(line: dict[str, Any], split: str, include_tables: bool = 
                           answers=answers, candidate_ids=ids, gold_ids=gold, modalities=sorted(md["modalities"]))
 
 
-def _plant(writer: _MMQAWriter, kind: str, line: dict[str, Any]) -> str | None:
-  """Alters a valid train line to carry defect `kind`; returns raw text for a malformed line."""
+def _plant(writer: _MMQAWriter, kind: str, line: dict[str, Any], earlier_qid: str | None) -> str | None:
+  """Alters a valid line to carry defect `kind`; returns raw text for a malformed line. `earlier_qid` is
+  the split's first qid, which `duplicate_id` repeats."""
   md = line["metadata"]
   if kind == "malformed":
     return json.dumps(line)[:-20]
-  if kind in ("missing_image", "undecodable_image"):
+  if kind == "duplicate_id":
+    if earlier_qid is None:
+      raise ValueError("planting 'duplicate_id' needs a valid question of the same split to repeat")
+    line["qid"] = earlier_qid
+  elif kind in ("missing_image", "undecodable_image"):
     doc_id = w.hex_id(writer.rng)
     path = f"planted_{kind}.jpg"
     writer.extra_images.append({"title": "Planted", "url": "https://example.org", "id": doc_id, "path": path})
@@ -182,13 +187,16 @@ def _write_jsonl_gz(path: str, lines: list[dict[str, Any] | str]) -> None:
 
 
 def generate_mmqa(out_dir: str, *, num_train: int, num_dev: int, num_test: int, seed: int = 0,
-                  plant: Mapping[str, int] | None = None, num_entities: int | None = None,
-                  table_fraction: float = 0.2) -> SyntheticManifest:
+                  plant: Mapping[str, int] | None = None, plant_split: str = "train",
+                  num_entities: int | None = None, table_fraction: float = 0.2) -> SyntheticManifest:
   """Writes a synthetic MultimodalQA into `out_dir` and returns (and saves) its manifest.
 
   `num_*` count the non-table questions per split; about `table_fraction` as many table questions are
-  added on top (the default reader drops them). `plant` adds defective train questions per kind.
+  added on top (the default reader drops them). `plant` adds defective questions of `plant_split`
+  ("train" or "dev") per kind.
   """
+  if plant_split not in ("train", "dev"):
+    raise ValueError(f"plant_split must be 'train' or 'dev', got {plant_split!r}")
   rng = random.Random(seed)
   image_dir = os.path.join(out_dir, "final_dataset_images")
   os.makedirs(image_dir, exist_ok=True)
@@ -205,11 +213,12 @@ def generate_mmqa(out_dir: str, *, num_train: int, num_dev: int, num_test: int, 
       lines.append(line)
       target = manifest.table_questions if table else manifest.questions
       target[line["qid"]] = expected_from_line(line, split, include_tables=table)
-    if split == "train":
+    if split == plant_split:
+      earlier_qid = next((line["qid"] for line in lines if not isinstance(line, str)), None)
       for kind, count in sorted((plant or {}).items()):
         for i in range(count):
           line = writer.line(NON_TABLE_TYPES[i % len(NON_TABLE_TYPES)], split)
-          raw = _plant(writer, kind, line)
+          raw = _plant(writer, kind, line, earlier_qid)
           lines.append(raw if raw is not None else line)
           manifest.plant(kind, line["qid"])
           if kind not in READER_DEFECTS:

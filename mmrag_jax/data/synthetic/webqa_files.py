@@ -20,7 +20,7 @@ from mmrag_jax.data.synthetic.scenes import COLORS, Scene, describe, encode_scen
 
 QCATES = ("color", "shape", "number", "YesNo", "choose", "Others", "text")
 IMAGE_ID_BASE = 30_000_000
-WEBQA_PLANTABLE = ("malformed", "missing_image", "undecodable_image", "no_candidates", "no_gold",
+WEBQA_PLANTABLE = ("malformed", "duplicate_id", "missing_image", "undecodable_image", "no_candidates", "no_gold",
                    "empty_question", "duplicate_question", "empty_answer", "long_answer", "small_pool",
                    "truncated_image")
 
@@ -157,9 +157,12 @@ def expected_from_entry(value: dict[str, Any]) -> ExpectedQuestion:
                           modalities=["text"] if value["Qcate"] == "text" else ["image"])
 
 
-def _plant(writer: _WebQAWriter, kind: str, value: dict[str, Any], earlier_question: str) -> None:
-  """Turns a valid train entry into one carrying defect `kind` (in place)."""
+def _plant(writer: _WebQAWriter, kind: str, value: dict[str, Any], earlier: tuple[str, str] | None) -> None:
+  """Turns a valid entry into one carrying defect `kind` (in place); `earlier` is the (Guid, Q) of the
+  split's first valid entry, which `duplicate_id` and `duplicate_question` repeat."""
   rng = writer.rng
+  if kind in ("duplicate_id", "duplicate_question") and earlier is None:
+    raise ValueError(f"planting {kind!r} needs a valid question of the same split to repeat")
   if kind == "malformed":
     del value["Q"]
   elif kind == "missing_image":
@@ -174,8 +177,10 @@ def _plant(writer: _WebQAWriter, kind: str, value: dict[str, Any], earlier_quest
     value["txt_posFacts"], value["img_posFacts"] = [], []
   elif kind == "empty_question":
     value["Q"] = '""'
+  elif kind == "duplicate_id":
+    value["Guid"] = earlier[0]  # written under the same key: the file holds that key twice
   elif kind == "duplicate_question":
-    value["Q"] = earlier_question
+    value["Q"] = earlier[1]
   elif kind == "empty_answer":
     value["A"] = ['""']
   elif kind == "long_answer":
@@ -192,43 +197,49 @@ def _plant(writer: _WebQAWriter, kind: str, value: dict[str, Any], earlier_quest
 
 
 def generate_webqa(out_dir: str, *, num_train: int, num_val: int, num_test: int, seed: int = 0,
-                   plant: Mapping[str, int] | None = None, num_entities: int | None = None,
-                   num_neg_images: int = 4, num_neg_texts: int = 3) -> SyntheticManifest:
+                   plant: Mapping[str, int] | None = None, plant_split: str = "train",
+                   num_entities: int | None = None, num_neg_images: int = 4, num_neg_texts: int = 3
+                   ) -> SyntheticManifest:
   """Writes a synthetic WebQA into `out_dir` and returns (and saves) its manifest.
 
   `num_train` / `num_val` / `num_test` count the valid questions per split; `plant` adds that many extra
-  train questions per defect kind (see `WEBQA_PLANTABLE`). Same arguments, same bytes.
+  questions of `plant_split` ("train" or "val") per defect kind (see `WEBQA_PLANTABLE`). Same
+  arguments, same bytes.
   """
+  if plant_split not in ("train", "val"):
+    raise ValueError(f"plant_split must be 'train' or 'val', got {plant_split!r}")
   rng = random.Random(seed)
   os.makedirs(out_dir, exist_ok=True)
   entities = w.make_world(rng, num_entities or max(8, (num_train + num_val + num_test) // 2))
   writer = _WebQAWriter(rng, entities, num_neg_images, num_neg_texts)
   manifest = SyntheticManifest(dataset="webqa", seed=seed)
-  train_val: dict[str, Any] = {}
-  test: dict[str, Any] = {}
+  # (Guid, entry) pairs rather than a dict: a planted `duplicate_id` repeats a key.
+  train_val: list[tuple[str, dict[str, Any]]] = []
+  test: list[tuple[str, dict[str, Any]]] = []
   for split, n, target in (("train", num_train, train_val), ("val", num_val, train_val), ("test", num_test, test)):
     for i in range(n):
       guid = w.hex_id(rng)
-      target[guid] = writer.entry(guid, split, QCATES[i % len(QCATES)])
-      manifest.questions[guid] = expected_from_entry(target[guid])
-  first_train = next((v["Q"] for v in train_val.values() if v["split"] == "train"), '"What is this?"')
+      target.append((guid, writer.entry(guid, split, QCATES[i % len(QCATES)])))
+      manifest.questions[guid] = expected_from_entry(target[-1][1])
+  earlier = next(((g, v["Q"]) for g, v in train_val if v["split"] == plant_split), None)
   for kind, count in sorted((plant or {}).items()):
     for i in range(count):
-      guid = w.hex_id(rng)
-      value = writer.entry(guid, "train", QCATES[i % len(QCATES)])
-      _plant(writer, kind, value, first_train)
-      train_val[guid] = value
-      manifest.plant(kind, guid)
+      value = writer.entry(w.hex_id(rng), plant_split, QCATES[i % len(QCATES)])
+      _plant(writer, kind, value, earlier)
+      train_val.append((value["Guid"], value))
+      manifest.plant(kind, value["Guid"])
       if kind not in READER_DEFECTS:
-        manifest.questions[guid] = expected_from_entry(value)
+        manifest.questions[value["Guid"]] = expected_from_entry(value)
   manifest.scenes = dict(writer.scenes)
   writer.write_images(out_dir)
-  _write_json(os.path.join(out_dir, "WebQA_train_val.json"), train_val)
-  _write_json(os.path.join(out_dir, "WebQA_test.json"), test)
+  _write_json_object(os.path.join(out_dir, "WebQA_train_val.json"), train_val)
+  _write_json_object(os.path.join(out_dir, "WebQA_test.json"), test)
   manifest.save(out_dir)
   return manifest
 
 
-def _write_json(path: str, data: dict[str, Any]) -> None:
+def _write_json_object(path: str, pairs: list[tuple[str, Any]]) -> None:
+  """One JSON object with these members in order (repeated keys written as given), as `json.dump` would."""
+  members = (f"{json.dumps(k, ensure_ascii=False)}: {json.dumps(v, ensure_ascii=False)}" for k, v in pairs)
   with open(path, "w", encoding="utf-8") as f:
-    json.dump(data, f, ensure_ascii=False)
+    f.write("{" + ", ".join(members) + "}")
