@@ -4,20 +4,22 @@
       --predictions=workdir/predictions.jsonl [--bart=PATH] [--output=metrics.json]
 
 Prints a table and writes the metrics JSON (`retrieval_f1`, `qa_fl`, `qa_acc`, `qa` for WebQA; `em`,
-`f1` for MMQA; `by_category`; `mode`). Without --bart, WebQA QA-FL and QA are reported as unavailable.
+`f1` for MMQA; `by_category`; `mode`; the prediction counts and `warnings`, also printed to stderr, e.g.
+"0 of 4966 questions have a prediction"). Without --bart, WebQA QA-FL and QA are reported as unavailable.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
 
 from mmrag_jax.data.records import DataError
 from mmrag_jax.evaluation import lemmatizer
-from mmrag_jax.evaluation.gold import load_mmqa_gold, load_webqa_gold
+from mmrag_jax.evaluation.gold import add_gold_notes, load_mmqa_gold, load_webqa_gold
 from mmrag_jax.evaluation.mmqa_eval import evaluate_mmqa
 from mmrag_jax.evaluation.predictions import (FORMATS, PredictionFileError, read_predictions,
                                               write_mmqa_predictions, write_webqa_submission)
@@ -103,8 +105,8 @@ def format_report(report: Mapping[str, object]) -> str:
     rows += [(k.replace("_", "-"), v) for k, v in report["by_hop"].items()]
     number_format = "{:.2f}"
   lines.append(f"questions {report['num_questions']}: answered {report['num_answered']}, "
-               f"missing {report['num_missing_predictions']} (scored 0), "
-               f"unmatched predictions {report['num_unmatched_predictions']}")
+               f"missing {report['num_missing_predictions']} (scored 0); predictions {report['num_predictions']}, "
+               f"unmatched {report['num_unmatched_predictions']}")
   lines.append(_table(rows, columns, number_format))
   return "\n".join(lines)
 
@@ -121,8 +123,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     golds, skipped = load_mmqa_gold(args.data_dir, args.split, include_tables=args.include_tables)
     report = evaluate_mmqa(golds, predictions)
     report["subset"] = "all" if args.include_tables else "no_table"
-  report = {"split": args.split, "predictions": os.path.abspath(args.predictions), **report,
-            "gold_skipped": skipped.as_dict()}
+  report = add_gold_notes({"split": args.split, "predictions": os.path.abspath(args.predictions), **report},
+                          skipped)
   if args.output:
     with open(args.output, "w", encoding="utf-8") as f:
       json.dump(report, f, indent=2)
@@ -135,6 +137,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
+  # The report's warnings (missing predictions, unscored gold entries) reach stderr as they happen.
+  logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
   try:
     report = run(args)
   except (FileNotFoundError, DataError, PredictionFileError, ValueError, ImportError) as error:

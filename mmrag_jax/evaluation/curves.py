@@ -10,12 +10,14 @@ no screen, no process-wide backend switch).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
 
 import numpy as np
+
+from mmrag_jax.data.files import iter_json_lines
+from mmrag_jax.data.records import DataError
 
 SUBPLOT_COLUMNS = 3
 SUBPLOT_SIZE_IN = (4.0, 2.6)  # width, height of one subplot in inches (100 dpi)
@@ -29,24 +31,15 @@ def _is_number(value: object) -> bool:
 def read_metrics_jsonl(path: str) -> list[dict[str, object]]:
   """The rows of a metrics.jsonl in file order (blank lines skipped).
 
-  Raises ValueError naming the file and line for a line that is not a JSON object with an integer "step".
+  Raises `DataError` (a ValueError) naming the file and line for a line that is not a JSON object with an
+  integer "step".
   """
   rows = []
-  with open(path, encoding="utf-8") as f:
-    for line_number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      where = f"{path}:{line_number}"
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: malformed metrics line ({e.msg} at column {e.colno})") from e
-      if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-      step = row.get("step")
-      if not isinstance(step, int) or isinstance(step, bool):
-        raise ValueError(f"{where}: 'step' must be an integer, got {step!r}")
-      rows.append(row)
+  for where, row in iter_json_lines(path):
+    step = row.get("step")
+    if not isinstance(step, int) or isinstance(step, bool):
+      raise DataError(f"{where}: 'step' must be an integer, got {step!r}")
+    rows.append(row)
   return rows
 
 

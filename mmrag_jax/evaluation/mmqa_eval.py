@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from mmrag_jax.evaluation.coverage import check_unique_qids, coverage_counts, coverage_warnings, log_warnings
 from mmrag_jax.evaluation.mmqa_metrics import hop_type, list_em, list_f1
 from mmrag_jax.evaluation.predictions import Prediction
 from mmrag_jax.evaluation.webqa_metrics import retrieval_f1
@@ -83,24 +84,23 @@ def _breakdown(scores: Sequence[MMQAScores], keys: Mapping[str, str], with_retri
 
 
 def evaluate_mmqa(golds: Sequence[MMQAGold], predictions: Mapping[str, Prediction]) -> dict[str, object]:
-  """The metrics report: em, f1 (x100), breakdowns by question type / answer modality / hop."""
+  """The metrics report: em, f1 (x100), breakdowns by question type / answer modality / hop, the
+  prediction counts and `warnings` about missing or unmatched predictions (also logged)."""
   if not golds:
     raise ValueError("no gold questions to evaluate")
-  if len({g.qid for g in golds}) != len(golds):
-    raise ValueError("gold questions contain a repeated qid")
+  qids = [g.qid for g in golds]
+  check_unique_qids(qids)
   scores = score_mmqa(golds, predictions)
   cites_sources = any(p.sources for p in predictions.values())
   with_retrieval = cites_sources and all(s.retrieval_f1 is not None for s in scores)
-  num_answered = sum(s.answered for s in scores)
   report: dict[str, object] = {
       "dataset": "mmqa",
       "mode": "official_list",
       "mode_description": PROTOCOL,
-      "num_questions": len(scores),
-      "num_answered": num_answered,
-      "num_missing_predictions": len(scores) - num_answered,
-      "num_unmatched_predictions": len(predictions) - num_answered,
+      **coverage_counts(qids, predictions),
+      "warnings": coverage_warnings(qids, predictions),
   }
+  log_warnings(report["warnings"])
   report.update({k: v for k, v in _columns(scores, with_retrieval).items() if k != "count"})
   report["by_category"] = _breakdown(scores, {g.qid: g.question_type for g in golds}, with_retrieval)
   report["by_answer_modality"] = _breakdown(scores, {g.qid: g.answer_modality for g in golds}, with_retrieval)

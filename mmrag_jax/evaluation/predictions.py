@@ -7,7 +7,8 @@
   WebQA leaderboard: {guid: {"sources": [image_id | snippet_id, ...], "answer": "..."}}
   MultimodalQA official: {qid: "answer" | ["span", ...]}
 
-`read_predictions` tells the formats apart by extension (.jsonl) and by the JSON value types.
+`read_predictions` tells the formats apart by extension (.jsonl) and by the JSON value types. An empty
+file holds no predictions (every question then scores 0, and the metrics report warns about it).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from mmrag_jax.data.files import iter_json_lines, load_json_object
+from mmrag_jax.data.records import DataError
 
 FORMATS = ("auto", "jsonl", "webqa", "mmqa")
 
@@ -42,7 +46,7 @@ class Prediction:
     return (self.answer,) if isinstance(self.answer, str) else self.answer
 
 
-class PredictionFileError(ValueError):
+class PredictionFileError(DataError):
   """A prediction file that cannot be read; the message names the file and the line or key."""
 
 
@@ -71,42 +75,43 @@ def _add(predictions: dict[str, Prediction], prediction: Prediction, where: str)
 
 def _read_jsonl(path: str) -> dict[str, Prediction]:
   predictions: dict[str, Prediction] = {}
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      where = f"{path} line {number}"
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as error:
-        raise PredictionFileError(f"{where}: invalid JSON ({error.msg})") from error
-      if not isinstance(record, dict):
-        raise PredictionFileError(f"{where}: expected an object, got {type(record).__name__}")
-      for key in ("qid", "answer"):
-        if key not in record:
-          raise PredictionFileError(f"{where}: missing key {key!r}")
-      if not isinstance(record["qid"], (str, int)) or isinstance(record["qid"], bool):
-        raise PredictionFileError(f"{where}: 'qid' must be a string, got {record['qid']!r}")
-      prediction = Prediction(qid=str(record["qid"]), answer=_parse_answer(record["answer"], where),
-                              sources=_parse_sources(record.get("sources"), where))
-      _add(predictions, prediction, where)
+  for where, record in iter_json_lines(path, PredictionFileError):
+    for key in ("qid", "answer"):
+      if key not in record:
+        raise PredictionFileError(f"{where}: missing key {key!r}")
+    if not isinstance(record["qid"], (str, int)) or isinstance(record["qid"], bool):
+      raise PredictionFileError(f"{where}: 'qid' must be a string, got {record['qid']!r}")
+    prediction = Prediction(qid=str(record["qid"]), answer=_parse_answer(record["answer"], where),
+                            sources=_parse_sources(record.get("sources"), where))
+    _add(predictions, prediction, where)
   return predictions
 
 
-def _from_webqa_submission(raw: Mapping[str, Any], path: str) -> dict[str, Prediction]:
-  predictions = {}
-  for guid, value in raw.items():
+def _from_webqa_submission(raw: list[tuple[str, Any]], path: str) -> dict[str, Prediction]:
+  predictions: dict[str, Prediction] = {}
+  for guid, value in raw:
     where = f"{path} key {guid!r}"
     if not isinstance(value, dict) or "answer" not in value:
       raise PredictionFileError(f"{where}: expected {{'sources': [...], 'answer': '...'}}, got {value!r}")
-    predictions[guid] = Prediction(qid=guid, answer=_parse_answer(value["answer"], where),
-                                   sources=_parse_sources(value.get("sources"), where))
+    _add(predictions, Prediction(qid=guid, answer=_parse_answer(value["answer"], where),
+                                 sources=_parse_sources(value.get("sources"), where)), where)
   return predictions
 
 
-def _from_mmqa_predictions(raw: Mapping[str, Any], path: str) -> dict[str, Prediction]:
-  return {qid: Prediction(qid=qid, answer=_parse_answer(value, f"{path} key {qid!r}"))
-          for qid, value in raw.items()}
+def _from_mmqa_predictions(raw: list[tuple[str, Any]], path: str) -> dict[str, Prediction]:
+  predictions: dict[str, Prediction] = {}
+  for qid, value in raw:
+    where = f"{path} key {qid!r}"
+    _add(predictions, Prediction(qid=qid, answer=_parse_answer(value, where)), where)
+  return predictions
+
+
+def _is_blank(path: str) -> bool:
+  """An empty or whitespace-only file: no predictions rather than a JSON syntax error."""
+  if os.path.getsize(path) > 4096:
+    return False
+  with open(path, "rb") as f:
+    return not f.read().strip()
 
 
 def read_predictions(path: str | os.PathLike[str], file_format: str = "auto") -> dict[str, Prediction]:
@@ -119,7 +124,8 @@ def read_predictions(path: str | os.PathLike[str], file_format: str = "auto") ->
       one whose values are strings or lists is an MMQA prediction file.
 
   Raises:
-    FileNotFoundError; PredictionFileError naming the file and line / key of the first bad entry.
+    FileNotFoundError; PredictionFileError naming the file and line / key of the first bad entry (a
+    question predicted twice included), or the byte offset of a non-UTF-8 byte. An empty file gives {}.
   """
   path = os.fspath(path)
   if file_format not in FORMATS:
@@ -128,16 +134,12 @@ def read_predictions(path: str | os.PathLike[str], file_format: str = "auto") ->
     raise FileNotFoundError(f"prediction file not found: {path}")
   if file_format == "jsonl" or (file_format == "auto" and path.endswith(".jsonl")):
     return _read_jsonl(path)
-  with open(path, encoding="utf-8") as f:
-    try:
-      raw = json.load(f)
-    except json.JSONDecodeError as error:
-      raise PredictionFileError(f"{path}: invalid JSON ({error.msg} at line {error.lineno}); "
-                                "a JSON-lines file needs the .jsonl extension") from error
-  if not isinstance(raw, dict):
-    raise PredictionFileError(f"{path}: expected a JSON object keyed by question id, got {type(raw).__name__}")
+  if _is_blank(path):
+    return {}
+  raw = load_json_object(path, "question id", PredictionFileError,
+                         hint="; a JSON-lines file needs the .jsonl extension")
   if file_format == "auto":
-    file_format = "webqa" if raw and all(isinstance(v, dict) for v in raw.values()) else "mmqa"
+    file_format = "webqa" if raw and all(isinstance(v, dict) for _, v in raw) else "mmqa"
   if file_format == "webqa":
     return _from_webqa_submission(raw, path)
   return _from_mmqa_predictions(raw, path)

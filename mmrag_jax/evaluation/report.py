@@ -45,7 +45,7 @@ body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1200px;padding:
 h1{font-size:22px;margin:4px 0 12px}h2{font-size:16px;margin:8px 0}h3{font-size:13px;margin:12px 0 4px;color:#56606d}
 table.metrics{border-collapse:collapse;margin:8px 0 16px;background:#fff}
 table.metrics th,table.metrics td{border:1px solid #d5d9df;padding:3px 8px;text-align:left}
-.reason{color:#7a5a00}.filters{position:sticky;top:0;background:#f4f5f7;padding:8px 0;border-bottom:1px solid #d5d9df}
+.reason{color:#7a5a00}ul.warnings{background:#fff0c2;border:1px solid #e0a800;padding:6px 6px 6px 28px}.filters{position:sticky;top:0;background:#f4f5f7;padding:8px 0;border-bottom:1px solid #d5d9df}
 .filters label{margin-right:16px}#shown-count{font-weight:600}
 section.question{background:#fff;border:1px solid #d5d9df;border-radius:6px;margin:14px 0;padding:10px 14px}
 .badge,.tag{display:inline-block;border-radius:10px;padding:0 8px;margin-right:6px;font-size:12px}
@@ -234,7 +234,9 @@ def _metrics_html(metrics: Mapping[str, Any]) -> str:
   breakdowns = [k for k, v in metrics.items()
                 if isinstance(v, Mapping) and v and all(isinstance(g, Mapping) for g in v.values())]
   breakdowns.sort(key=lambda k: k != "by_category")  # by_category first, the rest in the given order
-  return _metrics_summary(metrics) + "".join(_metrics_breakdown(k, metrics[k]) for k in breakdowns)
+  warnings = "".join(f"<li>{_esc(w)}</li>" for w in metrics.get("warnings") or ())
+  return ((f'<ul class="warnings" id="metrics-warnings">{warnings}</ul>' if warnings else "")
+          + _metrics_summary(metrics) + "".join(_metrics_breakdown(k, metrics[k]) for k in breakdowns))
 
 
 def _image_html(thumbnails: _Thumbnails, ref: str | None, alt: str, embed: bool) -> str:

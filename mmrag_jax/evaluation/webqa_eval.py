@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from mmrag_jax.evaluation import lemmatizer
+from mmrag_jax.evaluation.coverage import check_unique_qids, coverage_counts, coverage_warnings, log_warnings
 from mmrag_jax.evaluation.predictions import Prediction
 from mmrag_jax.evaluation.webqa_metrics import IMAGE_QCATES, QCATES, retrieval_f1, webqa_keyword_accuracy
 
@@ -119,9 +120,10 @@ def _columns(scores: Sequence[WebQAScores]) -> dict[str, float | int | None]:
   }
 
 
-def summarize_webqa(golds: Sequence[WebQAGold], scores: Sequence[WebQAScores], num_predictions: int,
-                    fluency_info: Mapping[str, object]) -> dict[str, object]:
-  """The metrics report: overall columns, `by_category` (Qcate) and `by_query_modality` (image/text)."""
+def summarize_webqa(golds: Sequence[WebQAGold], scores: Sequence[WebQAScores],
+                    predictions: Mapping[str, Prediction], fluency_info: Mapping[str, object]) -> dict[str, object]:
+  """The metrics report: overall columns, `by_category` (Qcate), `by_query_modality` (image/text), the
+  prediction counts and `warnings` about missing or unmatched predictions (also logged)."""
   targets = {KEYWORDS: 0, ANSWER_SENTENCE: 0}
   for gold in golds:
     targets[gold.acc_target] += 1
@@ -129,7 +131,7 @@ def summarize_webqa(golds: Sequence[WebQAGold], scores: Sequence[WebQAScores], n
     acc_target = "mixed"
   else:
     acc_target = KEYWORDS if targets[KEYWORDS] else ANSWER_SENTENCE
-  num_answered = sum(s.answered for s in scores)
+  qids = [g.qid for g in golds]
   report: dict[str, object] = {
       "dataset": "webqa",
       "mode": MODES[acc_target],
@@ -138,11 +140,10 @@ def summarize_webqa(golds: Sequence[WebQAGold], scores: Sequence[WebQAScores], n
       "acc_target_counts": targets,
       "lemmatizer": lemmatizer.lemmatizer_name(),
       "fluency": dict(fluency_info),
-      "num_questions": len(scores),
-      "num_answered": num_answered,
-      "num_missing_predictions": len(scores) - num_answered,
-      "num_unmatched_predictions": num_predictions - num_answered,
+      **coverage_counts(qids, predictions),
+      "warnings": coverage_warnings(qids, predictions),
   }
+  log_warnings(report["warnings"])
   report.update({k: v for k, v in _columns(scores).items() if k != "count"})
   report["by_category"] = {qcate: _columns([s for s in scores if s.qcate == qcate])
                            for qcate in QCATES if any(s.qcate == qcate for s in scores)}
@@ -156,9 +157,8 @@ def evaluate_webqa(golds: Sequence[WebQAGold], predictions: Mapping[str, Predict
                    fluency_fn: FluencyFn | None = None,
                    fluency_info: Mapping[str, object] | None = None) -> dict[str, object]:
   """Scores and summarizes a WebQA split. Without `fluency_fn`, qa_fl and qa are None (unavailable)."""
-  if len({g.qid for g in golds}) != len(golds):
-    raise ValueError("gold questions contain a repeated qid")
+  check_unique_qids(g.qid for g in golds)
   if fluency_info is None:
     fluency_info = {"available": fluency_fn is not None}
   scores = score_webqa(golds, predictions, fluency_fn)
-  return summarize_webqa(golds, scores, len(predictions), fluency_info)
+  return summarize_webqa(golds, scores, predictions, fluency_info)

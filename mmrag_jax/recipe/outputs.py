@@ -11,7 +11,7 @@ from typing import Any
 
 from mmrag_jax.data.records import Question
 from mmrag_jax.data.scores import Stage1Scores
-from mmrag_jax.evaluation.gold import load_mmqa_gold, load_webqa_gold
+from mmrag_jax.evaluation.gold import add_gold_notes, load_mmqa_gold, load_webqa_gold
 from mmrag_jax.evaluation.mmqa_eval import evaluate_mmqa, score_mmqa
 from mmrag_jax.evaluation.predictions import Prediction, write_mmqa_predictions, write_webqa_submission
 from mmrag_jax.evaluation.webqa_eval import evaluate_webqa, score_webqa
@@ -43,26 +43,37 @@ def _fluency(bart_dir: str):
   return BartScorer(bart_dir, progress=True).fluency, {"available": True, "checkpoint": bart_dir}
 
 
+def scored_golds(golds: Sequence[Any], split: Split, limit: int) -> list[Any]:
+  """The gold questions a run is scored on: all of the split (the official denominator, questions the
+  reader skipped included, as misses), or, when `limit` cut the reading short, those of the file up
+  to the last question read."""
+  if not limit or len(split.questions) < limit:
+    return list(golds)
+  read = {q.qid for q in split.questions}
+  last = max((i for i, g in enumerate(golds) if g.qid in read), default=-1)
+  return list(golds[:last + 1])
+
+
 def evaluate_split(ctx: RunContext, split: Split, predictions: Mapping[str, Prediction]
                    ) -> tuple[dict[str, Any] | None, dict[str, float]]:
   """Official metrics of a labeled split and each question's answer score (WebQA QA-Acc / MMQA F1, in
-  [0, 1]); (None, {}) on an unlabeled split."""
+  [0, 1]); (None, {}) on an unlabeled split. Questions of the split the reader skipped (e.g. no gold
+  source in the pool) count, with score 0; `data.max_eval_questions` limits them to the part read."""
   c = ctx.config.data
   if not any(q.is_labeled for q in split.questions):
     return None, {}
-  asked = {q.qid for q in split.questions}
   if c.dataset == "webqa":
-    golds, _ = load_webqa_gold(c.data_dir, split.name)
-    golds = [g for g in golds if g.qid in asked]
+    golds, skipped = load_webqa_gold(c.data_dir, split.name)
+    golds = scored_golds(golds, split, c.max_eval_questions)
     fluency_fn, fluency_info = _fluency(ctx.config.predict.bart)
     report = evaluate_webqa(golds, predictions, fluency_fn, fluency_info)
     per_question = {s.qid: s.qa_acc for s in score_webqa(golds, predictions)}
   else:
-    golds, _ = load_mmqa_gold(c.data_dir, split.name)
-    golds = [g for g in golds if g.qid in asked]
+    golds, skipped = load_mmqa_gold(c.data_dir, split.name)
+    golds = scored_golds(golds, split, c.max_eval_questions)
     report = evaluate_mmqa(golds, predictions)
     per_question = {s.qid: s.f1 for s in score_mmqa(golds, predictions)}
-  return {"split": split.name, **report}, per_question
+  return add_gold_notes({"split": split.name, **report}, skipped), per_question
 
 
 def question_record(question: Question, scores: Mapping[str, float], parsed: Mapping[str, Any],

@@ -103,15 +103,15 @@ def test_rows_without_default_metrics_give_none(tmp_path):
 
 
 @pytest.mark.parametrize("bad_line, message", [
-    ('{"step": 3, "reward/total": 0.5', "malformed metrics line"),
-    ('[1, 2]', "expected a JSON object"),
+    ('{"step": 3, "reward/total": 0.5', "invalid JSON"),
+    ('[1, 2]', "expected an object"),
     ('{"reward/total": 0.5}', "'step' must be an integer"),
     ('{"step": "3", "reward/total": 0.5}', "'step' must be an integer"),
 ], ids=["truncated", "not_an_object", "no_step", "string_step"])
 def test_malformed_line_error_names_file_and_line(tmp_path, bad_line, message):
   good = [json.dumps(r) for r in _training_rows(num_steps=2)]
   path = _write_lines(tmp_path / "metrics.jsonl", [good[0], "", bad_line, good[1]])
-  with pytest.raises(ValueError, match=rf"metrics\.jsonl:3: {message}"):
+  with pytest.raises(ValueError, match=rf"metrics\.jsonl line 3: {message}"):
     read_metrics_jsonl(path)
-  with pytest.raises(ValueError, match=r"metrics\.jsonl:3"):
+  with pytest.raises(ValueError, match=r"metrics\.jsonl line 3"):
     plot_training_curves(path, str(tmp_path / "curves.png"))
