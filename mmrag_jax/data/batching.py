@@ -13,6 +13,7 @@ An encoded example is one prompt, unpadded: `input_ids` [n], its images' `pixel_
   image_counts    [B] int32      images of each row (rows' images are consecutive in image_grid_thw)
   num_patches, num_images  [] int32
   valid           [B] bool       False for padding rows and dropped examples
+  drop_reason     [B] object     why a row was dropped (one of DROP_REASONS); '' for kept and padding rows
   + metadata      [B] or [B, k]  per-row fields (see `pipeline.stage1_pipeline` / `stage2_pipeline`)
 
 A row is dropped (valid=False) when its example failed to encode (e.g. an unreadable image), its prompt
@@ -36,6 +37,8 @@ import numpy as np
 from mmrag_jax.model.rope_index import mrope_positions
 
 PATCH_DIM = 1176
+# Why a row can be dropped: its image (ImageReadError reasons), its prompt length, or the batch budgets.
+DROP_REASONS = ("missing_image", "undecodable_image", "prompt_too_long", "patch_budget", "image_budget")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,27 +84,29 @@ class Collator:
   image_token_id: int
   spatial_merge_size: int
 
-  def _drop_reason(self, example: dict[str, Any], patches_used: int, images_used: int) -> str:
+  def _drop_reason(self, example: dict[str, Any], patches_used: int, images_used: int) -> tuple[str, str]:
+    """(reason, message) of a row that cannot join the batch; ('', '') when it fits."""
     if example["error"]:
-      return example["error"]
+      return example.get("error_reason") or "undecodable_image", example["error"]
     if len(example["input_ids"]) > self.shapes.length_buckets[-1]:
-      return f"prompt of {len(example['input_ids'])} tokens exceeds the largest bucket"
+      return "prompt_too_long", f"prompt of {len(example['input_ids'])} tokens exceeds the largest bucket"
     if patches_used + len(example["pixel_values"]) > self.shapes.patch_budget:
-      return "images exceed the batch patch budget"
+      return "patch_budget", "images exceed the batch patch budget"
     if images_used + len(example["image_grid_thw"]) > self.shapes.max_images:
-      return "images exceed the batch image budget"
-    return ""
+      return "image_budget", "images exceed the batch image budget"
+    return "", ""
 
   def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
     s = self.shapes
     if len(examples) > s.batch_size:
       raise ValueError(f"got {len(examples)} examples for a batch of {s.batch_size}")
     kept: list[dict[str, Any] | None] = []
+    drop_reason = np.full((s.batch_size,), "", dtype=object)
     patches_used = images_used = 0
-    for example in examples:
-      reason = self._drop_reason(example, patches_used, images_used)
-      if reason:
-        logging.warning("dropping example of question %s: %s", example["meta"].get("qid", "?"), reason)
+    for b, example in enumerate(examples):
+      drop_reason[b], message = self._drop_reason(example, patches_used, images_used)
+      if message:
+        logging.warning("dropping example of question %s: %s", example["meta"].get("qid", "?"), message)
         kept.append(None)
         continue
       kept.append(example)
@@ -139,7 +144,7 @@ class Collator:
         "input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
         "rope_deltas": rope_deltas, "pixel_values": pixel_values, "image_grid_thw": grids,
         "image_counts": image_counts, "num_patches": np.int32(patch_row), "num_images": np.int32(image_row),
-        "valid": valid,
+        "valid": valid, "drop_reason": drop_reason,
     }
     batch.update(self._collate_meta([e["meta"] for e in examples]))
     return batch

@@ -132,11 +132,11 @@ class _Encoder:
               meta: dict[str, Any]) -> dict[str, Any]:
     processor = _processor(self.config.processor_path, self.config.min_pixels, self.config.max_pixels)
     encoded = {"input_ids": np.zeros((0,), np.int32), "pixel_values": np.zeros((0, PATCH_DIM), np.float32),
-               "image_grid_thw": np.zeros((0, 3), np.int32), "error": "", "meta": meta}
+               "image_grid_thw": np.zeros((0, 3), np.int32), "error": "", "error_reason": "", "meta": meta}
     try:
       pictures = [_candidate_image(c, self.images) for c in candidates if c.kind == IMAGE]
     except ImageReadError as e:
-      encoded["error"] = f"{e.reason}: {e}"
+      encoded["error"], encoded["error_reason"] = f"{e.reason}: {e}", e.reason
       return encoded
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     out = processor([prompt], [pictures])

@@ -4,8 +4,10 @@ Per-question metrics (pure Python, also the reference for the RL rewards):
   webqa_metrics: normalize_text, webqa_keyword_bags, webqa_keyword_accuracy, retrieval_f1, COLOR_SET,
     SHAPE_SET
   mmqa_metrics: normalize_answer, answer_token_bags, list_em, list_f1
-Split-level evaluation: webqa_eval.evaluate_webqa, mmqa_eval.evaluate_mmqa; QA-FL: bartscore.BartScorer
-(needs torch). Command line: `python -m mmrag_jax.evaluation --help`.
+Split-level evaluation: webqa_eval.evaluate_webqa, mmqa_eval.evaluate_mmqa over every annotated question
+of the split (gold.load_webqa_gold / load_mmqa_gold), with coverage warnings (coverage); QA-FL:
+bartscore.BartScorer (needs torch); stage-1 ranking: ranking.recall_at_k, ranking.unscored_summary.
+Command line: `python -m mmrag_jax.evaluation --help`.
 """
 
 from mmrag_jax.evaluation.mmqa_eval import MMQAGold, evaluate_mmqa

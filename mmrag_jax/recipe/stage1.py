@@ -1,21 +1,21 @@
 """Stage 1: train the point-wise relevance judge, then score every candidate of a split with it.
 
 Outputs in the workdir: `ranking_<split>.jsonl` ({"qid", "scores": {candidate id: P(yes)}}, the stage-2
-input) and `recall_<split>.json` (recall@k of the gold sources among the top-k, labeled splits only).
+input) and `recall_<split>.json` (recall@k of the gold sources among the top-k on labeled splits, and the
+candidates left unscored per reason; `mmrag_jax.evaluation.ranking` says how recall counts them).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import tqdm
 
 from mmrag_jax.data.pipeline import stage1_pipeline
-from mmrag_jax.data.records import Question
 from mmrag_jax.data.scores import write_stage1_scores
+from mmrag_jax.evaluation.ranking import describe_unscored, recall_at_k, unscored_summary
 from mmrag_jax.model import Qwen25VL
 from mmrag_jax.processing.targets import stage1_target
 from mmrag_jax.recipe.checks import reward_config
@@ -58,11 +58,12 @@ def train_stage1(ctx: RunContext, model: Qwen25VL, model_dir: str, train: Split)
 
 
 def score_candidates(ctx: RunContext, model: Qwen25VL, model_dir: str, split: Split
-                     ) -> tuple[dict[str, dict[str, float]], int]:
-  """P(yes) of every candidate of every question: ({qid: {candidate id: score}}, candidates not scored).
+                     ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, str]]]:
+  """P(yes) of every candidate of every question: ({qid: {candidate id: score}}, the unscored candidates
+  {qid: {candidate id: reason}}).
 
-  A candidate whose prompt could not be built (unreadable image, prompt over the largest length bucket)
-  gets score 0 and is counted; the pipeline logs why.
+  A candidate whose prompt could not be built (unreadable image, prompt over the largest length bucket,
+  images over the batch budget) gets score 0; its reason is one of `batching.DROP_REASONS`.
   """
   processor = ctx.processor(model_dir)
   prefix, yes_id, no_id = judgment_continuation(processor.tokenizer, stage1_target(1), stage1_target(0))
@@ -72,7 +73,7 @@ def score_candidates(ctx: RunContext, model: Qwen25VL, model_dir: str, split: Sp
                              negatives_per_positive=None)
   total = sum(len(q.candidates) for q in split.questions)
   scores: dict[str, dict[str, float]] = {q.qid: {} for q in split.questions}
-  unscored = 0
+  unscored: dict[str, dict[str, str]] = {}
   progress = tqdm.tqdm(total=total, desc=f"stage-1 scoring {split.name}", unit="cand",
                        disable=not ctx.is_main_process or not ctx.config.train.progress_bar)
   for batch in pipeline:
@@ -80,45 +81,35 @@ def score_candidates(ctx: RunContext, model: Qwen25VL, model_dir: str, split: Sp
     for row, qid in enumerate(batch["qid"]):
       if not qid:  # rows padding the last batch
         continue
+      qid, cid = str(qid), str(batch["candidate_id"][row])
       valid = bool(batch["valid"][row])
-      unscored += not valid
-      scores[str(qid)][str(batch["candidate_id"][row])] = float(probs[row]) if valid else 0.0
+      if not valid:
+        unscored.setdefault(qid, {})[cid] = str(batch["drop_reason"][row])
+      scores[qid][cid] = float(probs[row]) if valid else 0.0
       progress.update(1)
   progress.close()
   return scores, unscored
-
-
-def recall_at_k(questions: Sequence[Question], scores: Mapping[str, Mapping[str, float]],
-                ks: Sequence[int]) -> dict[str, float]:
-  """Mean over labeled questions of |gold in top-k| / |gold| (ties broken by pool order, as stage 2 does)."""
-  labeled = [q for q in questions if q.is_labeled and q.gold_ids]
-  if not labeled:
-    return {}
-  hits = {k: 0.0 for k in ks}
-  for q in labeled:
-    row = scores[q.qid]
-    order = sorted(range(len(q.candidates)), key=lambda i: (-row.get(q.candidates[i].id, -math.inf), i))
-    ranked = [q.candidates[i].id for i in order]
-    gold = set(q.gold_ids)
-    for k in ks:
-      hits[k] += len(gold & set(ranked[:k])) / len(gold)
-  return {f"recall@{k}": hits[k] / len(labeled) for k in ks}
 
 
 def run_stage1_inference(ctx: RunContext, model: Qwen25VL, model_dir: str, split: Split
                          ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
   """Scores a split and writes its ranking and recall files.
 
-  Returns ({'recall@k': ..., 'unscored': n, ...}, the scores {qid: {candidate id: P(yes)}}).
+  Returns ({'recall@k': ..., 'unscored': n, 'unscored_by_reason': {...}, 'questions_with_unscored_gold':
+  n, ...}, the scores {qid: {candidate id: P(yes)}}).
   """
   scores, unscored = score_candidates(ctx, model, model_dir, split)
   if ctx.is_main_process:
     write_stage1_scores(ctx.path(ranking_file(split.name)), scores)
   recall = recall_at_k(split.questions, scores, tuple(ctx.config.scorer.recall_ks))
-  report = {"split": split.name, "num_questions": len(split.questions),
-            "num_candidates": int(sum(len(q.candidates) for q in split.questions)), "unscored": unscored, **recall}
+  num_candidates = int(sum(len(q.candidates) for q in split.questions))
+  unscored_report = unscored_summary(split.questions, unscored)
+  report = {"split": split.name, "num_questions": len(split.questions), "num_candidates": num_candidates,
+            **recall, **unscored_report}
   ctx.write_json(f"recall_{split.name}.json", report)
   shown = ", ".join(f"{k} {v:.3f}" for k, v in recall.items()) or "unlabeled split"
-  _log.info("stage-1 %s: %s (%d candidates unscored)", split.name, shown, unscored)
-  print(f"stage-1 ranking of {split.name}: {ctx.path(ranking_file(split.name))}  [{shown}]")
+  coverage = describe_unscored(unscored_report, num_candidates)
+  _log.info("stage-1 %s: %s (%s)", split.name, shown, coverage)
+  print(f"stage-1 ranking of {split.name}: {ctx.path(ranking_file(split.name))}  [{shown}]"
+        + (f"\n  {coverage}" if unscored else ""))
   return report, scores

@@ -222,9 +222,10 @@ def test_unreadable_image_drops_its_row_not_the_run(webqa_planted, config):
   truncated_or_bad = {c.id for c in bad_question.candidates if c.kind == "image" and c.id not in manifest.scenes}
   scoring = dataclasses.replace(config, num_epochs=1, shuffle=False)
   batches = list(stage1_pipeline(data.questions, data.images, scoring, negatives_per_positive=None))
-  dropped = [(b["qid"][i], b["candidate_id"][i]) for b in batches for i in np.flatnonzero(~b["valid"])
-             if b["qid"][i]]
-  assert dropped == [(bad_qid, cid) for cid in truncated_or_bad]
+  dropped = [(b["qid"][i], b["candidate_id"][i], b["drop_reason"][i]) for b in batches
+             for i in np.flatnonzero(~b["valid"]) if b["qid"][i]]
+  assert dropped == [(bad_qid, cid, "undecodable_image") for cid in truncated_or_bad]
+  assert all(r == "" for b in batches for r, ok in zip(b["drop_reason"], b["valid"]) if ok)
 
 
 def test_rows_beyond_the_length_or_patch_budget_are_dropped(webqa_train, config):
@@ -232,6 +233,10 @@ def test_rows_beyond_the_length_or_patch_budget_are_dropped(webqa_train, config)
   short = dataclasses.replace(config, length_buckets=(16,), num_epochs=1)
   batch = _take(stage1_pipeline(data.questions, data.images, short), 1)[0]
   assert batch["input_ids"].shape == (4, 16) and not batch["valid"].any() and batch["num_patches"] == 0
+  assert list(batch["drop_reason"]) == ["prompt_too_long"] * 4
   tight = dataclasses.replace(config, patch_budget=64, num_epochs=1, shuffle=False)
+  reasons = set()
   for batch in stage1_pipeline(data.questions, data.images, tight, negatives_per_positive=None):
     assert batch["pixel_values"].shape == (64, 1176) and batch["num_patches"] <= 64
+    reasons.update(r for r, qid, ok in zip(batch["drop_reason"], batch["qid"], batch["valid"]) if qid and not ok)
+  assert reasons == {"patch_budget"}
