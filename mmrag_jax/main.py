@@ -65,10 +65,8 @@ def main(argv: list[str]) -> int:
     from mmrag_jax.recipe.run import run
 
     summary = run(config, workdir)
-  except RunError as error:
+  except RunError as error:  # TrainingInterrupted (a stop on SIGTERM / SIGINT) is one, exit code 128 + signal
     _fail(str(error), error.exit_code)
-  except KeyboardInterrupt:  # the trainer has logged where it stopped; a traceback would add nothing
-    return 130
   print("final metrics: " + ", ".join(f"{k}={'n/a' if v is None else f'{v:.4f}'}"
                                       for k, v in summary["metrics"].items()))
   _print_outputs(os.path.abspath(workdir))
@@ -130,7 +128,12 @@ def _flag_error(argv: list[str], error: Exception | None) -> str:
 
 
 def entry() -> None:
-  app.run(main, flags_parser=_parse_flags)
+  try:
+    app.run(main, flags_parser=_parse_flags)
+  except KeyboardInterrupt as stop:  # a second Ctrl-C, or one outside the GRPO loop: no traceback
+    if not stop.args:  # the loop's own (a second signal) carries its reason and was logged
+      print("interrupted", file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

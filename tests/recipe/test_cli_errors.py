@@ -7,12 +7,14 @@ its imports); the tests then read their results.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 
 import pytest
 
+from mmrag_jax.recipe.workdir import holder
 from tests.recipe.conftest import REPO
 from tests.recipe.test_workdir_lock import HOLDER
 
@@ -118,3 +120,19 @@ def test_workdir_held_by_another_run_names_its_pid_and_host(results):
   holder_pid = results["workdir held by another run"][3]
   assert f"in use by another run (pid {holder_pid} on host {socket.gethostname()}, started " in line, line
   assert os.listdir(results["workdir held by another run"][2] / "held") == [".lock"], "the refused run did no work"
+
+
+def test_ctrl_c_before_training_exits_130_without_a_traceback(tmp_path):
+  process = subprocess.Popen([sys.executable, "-m", "mmrag_jax.main", DEMO, f"--workdir={tmp_path}"], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  seen = []
+  for line in process.stderr:  # the demo's inputs are written once the workdir is locked
+    seen.append(line)
+    if "writing a synthetic WebQA" in line:
+      process.send_signal(signal.SIGINT)
+      break
+  _, rest = process.communicate(timeout=120)
+  stderr = "".join(seen) + rest
+  assert process.returncode == 130, stderr[-3000:]
+  assert "Traceback" not in stderr and stderr.rstrip().endswith("interrupted"), stderr[-3000:]
+  assert holder(str(tmp_path)) == {}, "the lock is released"
