@@ -133,7 +133,7 @@ def entry() -> None:
   except KeyboardInterrupt as stop:  # a second Ctrl-C, or one outside the GRPO loop: no traceback
     if not stop.args:  # the loop's own (a second signal) carries its reason and was logged
       print("interrupted", file=sys.stderr)
-    sys.exit(130)
+    sys.exit(getattr(stop, "exit_code", 130))  # StopNow: 128 + the signal
 
 
 if __name__ == "__main__":

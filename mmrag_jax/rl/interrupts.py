@@ -3,7 +3,7 @@
 A preempted TPU VM gets SIGTERM and a short grace period; a user presses Ctrl-C (SIGINT). Either way
 the loop should end where a rerun continues exactly: `StopSignals` turns the first signal into a
 request that the loop reads after each completed step (it then checkpoints that step and raises
-`TrainingInterrupted`); a second signal stops at once (KeyboardInterrupt), and the trainer keeps the
+`TrainingInterrupted`); a second signal stops at once (`StopNow`), and the trainer keeps the
 last checkpoint whose state a completed step produced.
 
 On several processes the request is agreed on (an all-gather of one flag per step), so every process
@@ -37,14 +37,23 @@ class TrainingInterrupted(RunError):
     self.exit_code = 128 + signum
 
 
+class StopNow(KeyboardInterrupt):
+  """A second SIGTERM / SIGINT: stop at once (the trainer still keeps the last consistent checkpoint)."""
+
+  def __init__(self, signum: int):
+    super().__init__(f"second {signal.Signals(signum).name}")
+    self.signum = signum
+    self.exit_code = 128 + signum
+
+
 class NonFiniteTraining(RunError):
   """A loss, gradient or parameter became NaN or infinite; nothing after the last finite state was saved."""
 
 
 class StopSignals:
   """A context manager: while active, the first SIGTERM / SIGINT only sets `requested` (the signal
-  number); a second one raises KeyboardInterrupt in the main thread. Outside the main thread (where
-  Python cannot install handlers) it does nothing, and `requested` stays None."""
+  number); a second one raises `StopNow` (a KeyboardInterrupt) in the main thread. Outside the main
+  thread (where Python cannot install handlers) it does nothing, and `requested` stays None."""
 
   def __init__(self) -> None:
     self.requested: int | None = None
@@ -64,7 +73,7 @@ class StopSignals:
   def _handle(self, signum: int, frame: FrameType | None) -> None:
     del frame
     if self.requested is not None:
-      raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
+      raise StopNow(signum)
     self.requested = signum
     _log.warning("received %s: finishing the current step, then saving a checkpoint (send it again to stop "
                  "at once)", signal.Signals(signum).name)
