@@ -185,3 +185,34 @@ def test_a_diverging_run_stops_before_anything_non_finite_is_saved(make_tiny_pol
     updater = PolicyUpdater(make_tiny_policy(init_std=0.02, seed=1), diverging, trainer.mesh)
     store.restore(updater, step)
     assert updater.params_finite(), step
+
+
+def test_a_full_disk_stops_at_the_first_failed_save_and_the_earlier_checkpoint_resumes(
+    make_tiny_policy, straight_run, tmp_path, monkeypatch):
+  import errno
+
+  import orbax.checkpoint as ocp
+
+  from mmrag_jax.rl.checkpointing import CheckpointSaveFailed
+
+  straight_dir, straight_params = straight_run
+  original = GRPOTrainer.save
+
+  def disk_full_from_step_2(self, *args, **kwargs):
+    if self.step == 2:
+      def no_space(*_, **__):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+      monkeypatch.setattr(ocp.JsonCheckpointHandler, "_save_fn", no_space)
+    return original(self, *args, **kwargs)
+
+  monkeypatch.setattr(GRPOTrainer, "save", disk_full_from_step_2)
+  with pytest.raises(CheckpointSaveFailed, match="step 2 .*No space left on device.*step 1 is the latest"):
+    make_trainer(make_tiny_policy, tmp_path, num_steps=2, checkpoint_every=1).run()
+  monkeypatch.undo()
+  resumed = make_trainer(make_tiny_policy, tmp_path, num_steps=2)
+  assert resumed.step == 1
+  resumed.run()
+  assert [without_timings(r) for r in read_metrics(tmp_path)] == [without_timings(r) for r in read_metrics(straight_dir)]
+  for a, b in zip(jax.tree.leaves(jax.tree.map(np.asarray, resumed.updater.params)), jax.tree.leaves(straight_params)):
+    np.testing.assert_array_equal(a, b)
