@@ -27,9 +27,7 @@ step is restored; when none is left, `CheckpointCorrupted`.
 
 from __future__ import annotations
 
-import concurrent.futures
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -43,15 +41,11 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from mmrag_jax.errors import RunError
+from mmrag_jax.rl.checksums import CHECKSUMS, verify_step, write_checksums
 from mmrag_jax.rl.update import PolicyUpdater, put_global
 
 _log = logging.getLogger(__name__)
 
-CHECKSUMS = "checksums.json"
-# Written by orbax after the post-finalization hook (commit timestamp, commit marker): not checksummed.
-_COMMIT_FILES = ("_CHECKPOINT_METADATA", "commit_success.txt")
-# What orbax itself needs to restore a step; checked for steps without checksums.
-_REQUIRED_FILES = ("state/_METADATA", "meta/metadata")
 _CORRUPT_SUFFIX = ".corrupt"
 
 # Raw uint32 key data of the default PRNG implementation (threefry: [2]).
@@ -88,60 +82,6 @@ def latest_committed_step(directory: str) -> int | None:
   """
   steps = committed_steps(directory)
   return steps[-1] if steps else None
-
-
-def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 22), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
-def _sha256_all(paths: list[str]) -> list[str]:
-  # hashlib releases the GIL on large updates: files hash in parallel.
-  with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-    return list(pool.map(_sha256, paths))
-
-
-def write_checksums(step_dir: str) -> None:
-  """Writes `step_dir/checksums.json` (size and sha256 of every file but orbax's commit files), atomically."""
-  names = sorted(os.path.relpath(os.path.join(root, name), step_dir)
-                 for root, _, files in os.walk(step_dir) for name in files)
-  names = [n for n in names if n not in _COMMIT_FILES + (CHECKSUMS, CHECKSUMS + ".tmp")]
-  digests = _sha256_all([os.path.join(step_dir, n) for n in names])
-  files = {n: {"size": os.path.getsize(os.path.join(step_dir, n)), "sha256": d} for n, d in zip(names, digests)}
-  path = os.path.join(step_dir, CHECKSUMS)
-  with open(path + ".tmp", "w") as f:
-    json.dump({"files": files}, f, indent=1)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(path + ".tmp", path)
-
-
-def verify_step(step_dir: str) -> str | None:
-  """Why the committed step folder `step_dir` is unusable (a short reason), or None when its files match
-  `checksums.json`. Without checksums only orbax's metadata files are required (see the module docstring)."""
-  path = os.path.join(step_dir, CHECKSUMS)
-  if not os.path.exists(path):
-    missing = [n for n in _REQUIRED_FILES if not os.path.isfile(os.path.join(step_dir, n))]
-    return f"it has no {CHECKSUMS} and no {missing[0]}" if missing else None
-  try:
-    with open(path) as f:
-      files = {name: (int(entry["size"]), str(entry["sha256"])) for name, entry in json.load(f)["files"].items()}
-  except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-    return f"{CHECKSUMS} is unreadable ({type(error).__name__}: {error})"
-  names = sorted(files)
-  for name in names:
-    full = os.path.join(step_dir, name)
-    if not os.path.isfile(full):
-      return f"{name} is missing"
-    if os.path.getsize(full) != files[name][0]:
-      return f"{name} has {os.path.getsize(full)} bytes, {files[name][0]} when written"
-  for name, digest in zip(names, _sha256_all([os.path.join(step_dir, n) for n in names])):
-    if digest != files[name][1]:
-      return f"{name} does not match its sha256 checksum"
-  return None
 
 
 def _uncommitted_step_dir(directory: str, step: int) -> str:
