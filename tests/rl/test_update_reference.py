@@ -124,7 +124,17 @@ def test_micro_batch_split_does_not_change_the_update(rollout):
   whole, theta_whole, _ = run_updater(rollout, config, splits=(0, N))
   split, theta_split, _ = run_updater(rollout, config, splits=(0, 2, 6, N))
   np.testing.assert_allclose(theta_split, theta_whole, rtol=1e-6, atol=1e-6)
-  assert split.last["loss"] == pytest.approx(whole.last["loss"], rel=1e-6)
+  # The loss is a mean of clipped ratio * A terms that largely cancel (-0.02 from terms ~|A|), so a
+  # tolerance relative to it means nothing. Summed in another order, float32 means of n terms differ by
+  # ~2 sqrt(n) u of the terms' mean size S = (1 + eps_high) mean |A| (u = 2^-24, random-walk rounding).
+  # Update 2 also starts from parameters moved by lr times a gradient summed in another order, |dtheta| <=
+  # lr * sqrt(2) * (that bound) (|onehot - p| <= sqrt(2)), which moves the loss by <= grad_norm * |dtheta|.
+  mask = rollout["mask"]
+  scale = (1 + config.eps_high) * np.abs(rollout["adv"][mask.any(axis=1)]).mean()
+  reordered = 2 * np.sqrt(mask.sum()) * np.finfo(np.float32).eps / 2 * scale
+  assert split.first["loss"] == pytest.approx(whole.first["loss"], rel=0, abs=reordered)
+  drift = LEARNING_RATE * np.sqrt(2) * reordered * whole.last["grad_norm"]
+  assert split.last["loss"] == pytest.approx(whole.last["loss"], rel=0, abs=reordered + drift)
 
 
 def test_sampler_old_logprobs_make_the_first_ratio_differ_from_one(rollout, grpo_reference):

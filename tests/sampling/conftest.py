@@ -19,7 +19,8 @@ import transformers
 
 from mmrag_jax.model import Qwen25VLConfig, load_pretrained, tiny
 from mmrag_jax.model.synthetic_batch import random_processor_batch
-from mmrag_jax.sampling import Sampler, SampleOutput, SamplerConfig, SamplingMethod, TopP
+from mmrag_jax.sampling import Sampler, SampleOutput, SamplerConfig, SamplingMethod, TopP, completion_batch
+from tests.model.float64_reference import ROUNDOFF_FACTOR, float64_logits, roundoff
 
 INIT_RANGE = 0.2
 MAX_NEW_TOKENS = 16
@@ -116,3 +117,35 @@ def shared_rollout(model, prompts, make_config, rollout_spec) -> SampleOutput:
   """Top-p samples of `prompts` on one device, prefix shared."""
   sampler = Sampler(model, make_config(method=rollout_spec.method))
   return sampler.generate(prompts, jax.random.key(rollout_spec.seed), group_size=rollout_spec.group_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Roundoff:
+  """The reference's float32 error against its float64 run on the shared rollout's prompt + completions:
+  the unit of the float32 tolerances here (see tests/model/float64_reference.py).
+
+  Two float32 runs of ours (another program, batch shape or mesh: other summation orders) each stay
+  within ROUNDOFF_FACTOR of it, so they agree within `pairwise(unit)` = 2 * ROUNDOFF_FACTOR * unit.
+  """
+
+  policy_logprob: float  # max |error| of log p(completion token), temperature 1
+  logit: float  # max |error| of the logits over real positions, relative to max |logit|
+
+  @staticmethod
+  def pairwise(unit: float) -> float:
+    return 2 * ROUNDOFF_FACTOR * unit
+
+
+@pytest.fixture(scope="session")
+def reference_roundoff(hf_model, prompts, config, rollout_spec, shared_rollout) -> Roundoff:
+  sequences = completion_batch(prompts, shared_rollout.tokens, rollout_spec.group_size, config)
+  inputs = to_torch(sequences)
+  with torch.no_grad():
+    float32 = hf_model(**inputs).logits
+  exact = float64_logits(hf_model, inputs)
+  start, steps = prompts["input_ids"].shape[1] - 1, shared_rollout.tokens.shape[1]
+  tokens = torch.tensor(shared_rollout.tokens)[..., None]
+  logprob = lambda logits: torch.log_softmax(logits[:, start:start + steps], -1).gather(-1, tokens)[..., 0].numpy()
+  mask, real = shared_rollout.completion_mask, sequences["attention_mask"].astype(bool)
+  return Roundoff(policy_logprob=roundoff(logprob(float32)[mask], logprob(torch.from_numpy(exact))[mask]),
+                  logit=roundoff(float32.numpy()[real], exact[real]) / np.abs(exact[real]).max())

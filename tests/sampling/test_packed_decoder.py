@@ -37,7 +37,10 @@ def varied_model(model):
   return varied
 
 
-def test_packed_steps_give_the_model_decode_step_logits_and_cache(varied_model, prompts, make_config):
+def test_packed_steps_give_the_model_decode_step_logits_and_cache(varied_model, prompts, make_config,
+                                                                  reference_roundoff):
+  """Equal up to float32 round-off: the packed step fuses q/k/v and gate/up, so its matmuls sum in other
+  orders. The unit is the test model's relative logit round-off, scaled to each compared value."""
   model = varied_model
   sampler = Sampler(model, make_config(method=Greedy()))
   _, cache = sampler.prefill(prompts, group_size=2)
@@ -55,12 +58,13 @@ def test_packed_steps_give_the_model_decode_step_logits_and_cache(varied_model, 
     logits, layer_cache = packed_step(packed, model.config.text, jnp.asarray(fed[t]), layer_cache, cos[t], sin[t])
     assert logits.shape == expected.shape and logits.dtype == jnp.float32
     worst = max(worst, float(jnp.abs(logits - expected).max()))
-  print(f"packed vs model decode step: max |logits difference| = {worst:.2e}")
-  assert worst <= 1e-5
+  tolerance = lambda values: reference_roundoff.pairwise(reference_roundoff.logit * float(jnp.abs(values).max()))
+  print(f"packed vs model decode step: max |logits difference| = {worst:.2e} (tolerance {tolerance(expected):.2e})")
+  assert worst <= tolerance(expected)
 
   final = layer_cache.to_cache()
-  np.testing.assert_allclose(final.k, model_cache.k, rtol=0, atol=1e-5)
-  np.testing.assert_allclose(final.v, model_cache.v, rtol=0, atol=1e-5)
+  np.testing.assert_allclose(final.k, model_cache.k, rtol=0, atol=tolerance(model_cache.k))
+  np.testing.assert_allclose(final.v, model_cache.v, rtol=0, atol=tolerance(model_cache.v))
   np.testing.assert_array_equal(final.valid, model_cache.valid)
   assert int(final.index) == int(model_cache.index)
 

@@ -24,13 +24,16 @@ def sharded_sampler(checkpoint_dir, mesh, make_config, rollout_spec):
   return Sampler(model, make_config(method=rollout_spec.method), mesh=mesh)
 
 
-def test_sharded_sampling_gives_the_single_device_tokens(sharded_sampler, prompts, rollout_spec, shared_rollout):
-  """The mesh runs the model's own decode step, the single device the packed CPU step."""
+def test_sharded_sampling_gives_the_single_device_tokens(sharded_sampler, prompts, rollout_spec, shared_rollout,
+                                                         reference_roundoff):
+  """The mesh runs the model's own decode step, the single device the packed CPU step: log-probs agree up
+  to float32 round-off (sharded contractions sum in another order)."""
   assert sharded_sampler.packed_decoder() is None
   out = sharded_sampler.generate(prompts, jax.random.key(rollout_spec.seed), group_size=rollout_spec.group_size)
   np.testing.assert_array_equal(out.tokens, shared_rollout.tokens)
   np.testing.assert_array_equal(out.lengths, shared_rollout.lengths)
-  np.testing.assert_allclose(out.policy_logprobs, shared_rollout.policy_logprobs, rtol=0, atol=1e-5)
+  np.testing.assert_allclose(out.policy_logprobs, shared_rollout.policy_logprobs, rtol=0,
+                             atol=reference_roundoff.pairwise(reference_roundoff.policy_logprob))
 
 
 def test_cache_rows_over_batch_axes_and_kv_heads_over_tensor(sharded_sampler, prompts, rollout_spec, mesh):
