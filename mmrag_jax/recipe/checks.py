@@ -166,10 +166,30 @@ def check_patch_buckets(config: ml_collections.ConfigDict) -> None:
                       + ("" if config.stage == 1 else " or lower stage2.k"))
 
 
+def policy_temperature(config: ml_collections.ConfigDict) -> float:
+  """The temperature of the trained policy's log-probs: that of the distribution the sampler draws from.
+
+  rl.temperature None (the default) takes sampler.temperature; a value that differs from a sampling
+  sampler's would make every ratio pi_T / pi_1 and the clip fire on its own, so it is an error.
+  """
+  sampling = config.sampler.method != "greedy"
+  wanted = config.rl.get("temperature")
+  if wanted is None:
+    return float(config.sampler.temperature) if sampling else 1.0
+  if sampling and wanted != config.sampler.temperature:
+    raise ConfigError("rl.temperature", f"{wanted} differs from sampler.temperature={config.sampler.temperature}: "
+                      "the trainer's log-probs must be of the distribution the sampler draws from; leave "
+                      "rl.temperature unset (None) or set both to the same value")
+  return float(wanted)
+
+
 def grpo_config(config: ml_collections.ConfigDict) -> GRPOConfig:
-  """config.rl as a GRPOConfig; the schedule's total_steps defaults to the run's optimizer steps."""
+  """config.rl (with model.freeze_vision_tower) as a GRPOConfig; the schedule's total_steps defaults to the
+  run's optimizer steps."""
   fields = config.rl.to_dict()
   fields.setdefault("total_steps", config.train.num_steps * fields.get("num_iterations", 1))
+  fields["temperature"] = policy_temperature(config)
+  fields["freeze_vision_tower"] = config.model.get("freeze_vision_tower", "none")
   try:
     return GRPOConfig.from_mapping(fields)
   except (TypeError, ValueError) as e:
@@ -190,6 +210,8 @@ def _library_error(config: ml_collections.ConfigDict, section: str, error: Excep
   named = re.match(r"\w+Config\.(\w+) ", str(error))
   if named and named.group(1) in config[section]:
     return ConfigError(f"{section}.{named.group(1)}", str(error))
+  if named and named.group(1) == "freeze_vision_tower":
+    return ConfigError("model.freeze_vision_tower", str(error))
   return ConfigError(section, str(error))
 
 

@@ -12,6 +12,7 @@ Batch geometry (one micro-batch):
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 PRESETS = ("demo", "3b", "7b")
 DEFAULT_PRESET = "7b"  # the real recipe: needs --config.model.path and --config.data.data_dir
@@ -30,6 +31,7 @@ def base_config(stage: int) -> ml_collections.ConfigDict:
   c.model.dtype = "bfloat16"      # compute dtype
   c.model.param_dtype = "float32"  # master weights
   c.model.remat = False           # recompute activations in the backward pass (long stage-2 prompts)
+  c.model.freeze_vision_tower = "none"  # none | tower (blocks frozen, merger trains) | tower_and_merger
   c.model.build_tiny = False      # demo: write a tiny random model + tokenizer into WORKDIR/tiny_model
 
   c.data = ml_collections.ConfigDict()
@@ -69,6 +71,12 @@ def base_config(stage: int) -> ml_collections.ConfigDict:
   c.rl.max_grad_norm = 1.0
   c.rl.weight_decay = 0.0
   c.rl.logprob_chunk_size = 256
+  c.rl.temperature = config_dict.placeholder(float)  # the trained policy's; None = sampler.temperature
+  c.rl.ratio_level = "token"      # token (GRPO) | sequence (GSPO)
+  c.rl.importance_correction = "none"  # none | tis | token-mask | sequence-mask (sampler vs trainer)
+  c.rl.importance_cap = 2.0       # C of the importance correction
+  c.rl.dynamic_sampling = False   # DAPO: drop constant-reward groups, refill from more prompts
+  c.rl.max_refill_batches = 4     # extra pipeline batches per loop step at most
 
   c.sampler = ml_collections.ConfigDict()
   c.sampler.method = "top_p"      # greedy | categorical | top_k | top_p

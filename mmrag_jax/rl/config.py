@@ -21,6 +21,9 @@ from mmrag_jax.rl.advantages import ADVANTAGE_SCALINGS
 from mmrag_jax.rl.losses import PolicyLossConfig
 
 OLD_LOGPROB_SOURCES = ("trainer", "sampler")
+# Which parameters GRPO leaves untouched: none, the vision blocks (merger and language model train), or
+# the whole vision tower with its merger (only the language model trains).
+FROZEN_VISION = ("none", "tower", "tower_and_merger")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +44,11 @@ class GRPOConfig:
   learning_rate, warmup_steps, total_steps, final_lr_fraction: linear warmup from 0, then cosine decay
     to learning_rate * final_lr_fraction at optimizer step total_steps.
   adam_b1, adam_b2, adam_eps, weight_decay: AdamW; max_grad_norm: global-norm clipping (0 = off).
+  ratio_level, importance_correction, importance_cap: see `losses.PolicyLossConfig` (GSPO; rollout
+    importance correction against the sampler's `sampling_logprobs`).
+  dynamic_sampling: DAPO's dynamic sampling: groups whose rewards are all equal are dropped and refilled
+    from further prompts; max_refill_batches: at most this many extra pipeline batches per loop step.
+  freeze_vision_tower: one of FROZEN_VISION; frozen parameters get no gradient and no optimizer state.
   """
 
   group_size: int = 8
@@ -66,6 +74,12 @@ class GRPOConfig:
   adam_eps: float = 1e-8
   weight_decay: float = 0.0
   max_grad_norm: float = 1.0
+  ratio_level: str = "token"
+  importance_correction: str = "none"
+  importance_cap: float = 2.0
+  dynamic_sampling: bool = False
+  max_refill_batches: int = 4
+  freeze_vision_tower: str = "none"
 
   def __post_init__(self) -> None:
     positive_ints = ("group_size", "num_iterations", "logprob_chunk_size", "max_new_tokens", "total_steps")
@@ -90,6 +104,14 @@ class GRPOConfig:
     if self.advantage_scaling not in ADVANTAGE_SCALINGS:
       raise ValueError(f"GRPOConfig.advantage_scaling must be one of {ADVANTAGE_SCALINGS}, "
                        f"got {self.advantage_scaling!r}")
+    if not isinstance(self.dynamic_sampling, bool):
+      raise ValueError(f"GRPOConfig.dynamic_sampling must be a bool, got {self.dynamic_sampling!r}")
+    if isinstance(self.max_refill_batches, bool) or not isinstance(self.max_refill_batches, int) or (
+        self.max_refill_batches < 0):
+      raise ValueError(f"GRPOConfig.max_refill_batches must be a non-negative int, got {self.max_refill_batches!r}")
+    if self.freeze_vision_tower not in FROZEN_VISION:
+      raise ValueError(f"GRPOConfig.freeze_vision_tower must be one of {FROZEN_VISION}, "
+                       f"got {self.freeze_vision_tower!r}")
     if self.old_logprobs not in OLD_LOGPROB_SOURCES:
       raise ValueError(f"GRPOConfig.old_logprobs must be one of {OLD_LOGPROB_SOURCES}, got {self.old_logprobs!r}")
     try:
@@ -100,7 +122,8 @@ class GRPOConfig:
   def loss_config(self) -> PolicyLossConfig:
     return PolicyLossConfig(eps_low=self.eps_low, eps_high=self.eps_high, beta=self.beta,
                             kl_estimator=self.kl_estimator, aggregation=self.aggregation,
-                            norm_length=self.norm_length or self.max_new_tokens)
+                            norm_length=self.norm_length or self.max_new_tokens, ratio_level=self.ratio_level,
+                            importance_correction=self.importance_correction, importance_cap=self.importance_cap)
 
   def learning_rate_schedule(self) -> optax.Schedule:
     """Learning rate per optimizer step: linear warmup from 0, cosine decay to the final fraction."""

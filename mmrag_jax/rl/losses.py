@@ -29,6 +29,9 @@ import jax.numpy as jnp
 from mmrag_jax.rl.kl import KL_ESTIMATORS, kl_estimator
 
 AGGREGATIONS = ("token-mean", "sequence-mean-token-mean", "sequence-mean-token-sum-normalized")
+# Rollout importance correction between the distribution the sampler drew from and the trainer's.
+IMPORTANCE_CORRECTIONS = ("none", "tis", "token-mask", "sequence-mask")
+RATIO_LEVELS = ("token", "sequence")  # GRPO's per-token ratio, or GSPO's per-sequence one
 
 # name -> (sum, count): every metric is accumulated as a pair so micro-batches combine exactly.
 MetricSums = dict[str, tuple[jax.Array, jax.Array]]
@@ -42,6 +45,8 @@ class PolicyLossConfig:
   beta: KL coefficient (0 = no KL term and no reference model). kl_estimator: 'k1', 'k2' or 'k3'.
   aggregation: one of AGGREGATIONS. norm_length: the constant token count of
   'sequence-mean-token-sum-normalized' (usually the maximum completion length).
+  ratio_level: 'token' (GRPO) or 'sequence' (GSPO). importance_correction: one of
+  IMPORTANCE_CORRECTIONS ('none': off); importance_cap: its C >= 1.
   """
 
   eps_low: float = 0.2
@@ -50,8 +55,19 @@ class PolicyLossConfig:
   kl_estimator: str = "k3"
   aggregation: str = "token-mean"
   norm_length: int | None = None
+  ratio_level: str = "token"
+  importance_correction: str = "none"
+  importance_cap: float = 2.0
 
   def __post_init__(self) -> None:
+    if self.ratio_level not in RATIO_LEVELS:
+      raise ValueError(f"PolicyLossConfig.ratio_level must be one of {RATIO_LEVELS}, got {self.ratio_level!r}")
+    if self.importance_correction not in IMPORTANCE_CORRECTIONS:
+      raise ValueError(f"PolicyLossConfig.importance_correction must be one of {IMPORTANCE_CORRECTIONS}, "
+                       f"got {self.importance_correction!r}")
+    if isinstance(self.importance_cap, bool) or not isinstance(self.importance_cap, (int, float)) or not (
+        self.importance_cap >= 1 and self.importance_cap < float("inf")):
+      raise ValueError(f"PolicyLossConfig.importance_cap must be a finite number >= 1, got {self.importance_cap!r}")
     for name in ("eps_low", "eps_high", "beta"):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
