@@ -54,6 +54,13 @@ CASES = [
     ("unknown GRPO field", lambda: _demo(1, rl__clip=0.3), "rl", ["clip"]),
     ("bad reward policy", lambda: _demo(2, reward__think="sometimes"), "reward.think", ["sometimes"]),
     ("negative KL weight", lambda: _demo(1, rl__beta=-0.1), "rl.beta", ["non-negative"]),
+    ("trainer temperature unlike the sampler's", lambda: _demo(1, sampler__temperature=0.7, rl__temperature=1.0),
+     "rl.temperature", ["sampler.temperature=0.7"]),
+    ("unknown frozen part", lambda: _demo(2, model__freeze_vision_tower="merger"), "model.freeze_vision_tower",
+     ["tower_and_merger"]),
+    ("unknown importance correction", lambda: _demo(1, rl__importance_correction="is"), "rl.importance_correction",
+     ["tis"]),
+    ("importance cap below one", lambda: _demo(1, rl__importance_cap=0.5), "rl.importance_cap", [">= 1"]),
     ("nan learning rate", lambda: _demo(1, rl__learning_rate=float("nan")), "rl.learning_rate", ["finite", "nan"]),
     ("infinite learning rate", lambda: _demo(2, rl__learning_rate=float("inf")), "rl.learning_rate", ["inf"]),
     ("infinite warm-up rate", lambda: _demo(1, warmup__learning_rate=float("inf")), "warmup.learning_rate",
@@ -144,3 +151,11 @@ def test_readme_mmqa_flags_score_the_train_and_dev_splits(stage, preset):
 def test_unknown_preset_lists_the_presets():
   with pytest.raises(ValueError, match=r"unknown preset 'huge'.*'demo', '3b', '7b'"):
     load_config("stage2", "huge")
+
+
+def test_the_trained_temperature_follows_the_sampler():
+  from mmrag_jax.recipe.checks import grpo_config
+
+  assert grpo_config(_demo(1, sampler__temperature=0.7)).temperature == 0.7
+  assert grpo_config(_demo(1, sampler__temperature=0.7, rl__temperature=0.7)).temperature == 0.7
+  assert grpo_config(_demo(1, sampler__method="greedy", sampler__temperature=0.7)).temperature == 1.0
