@@ -3,7 +3,9 @@
 One loop step:
 
   M pipeline batches of prompts  --sampler-->  G completions each   (rollout: sample, decode, reward)
-    --> group advantages over all M * B * G completions (jitted)
+    [--> dynamic sampling: drop equal-reward groups, refill from further batches, M micro-batches of the
+         informative ones; the refill batches belong to the step (data position, RNG); `dynamic_sampling.py`]
+    --> group advantages over all M * B * G trained completions (jitted)
     --> reference log-probs when beta > 0                             (reference)
     --> mu optimizer steps, each accumulating over the M micro-batches (update)
     --> metrics row (metrics.jsonl + TensorBoard), progress bar, eval hook, checkpoint
@@ -43,6 +45,7 @@ from mmrag_jax.rl.advantages import group_advantages
 from mmrag_jax.rl.batch import TrainBatch
 from mmrag_jax.rl.checkpointing import CheckpointSaveFailed, CheckpointStore, iterator_state, restore_iterator_state
 from mmrag_jax.rl.config import GRPOConfig
+from mmrag_jax.rl.dynamic_sampling import DynamicSample, dynamic_sample
 from mmrag_jax.rl.interrupts import NonFiniteTraining, StopSignals, TrainingInterrupted, signal_name
 from mmrag_jax.rl.metrics_log import MetricsWriter, ProgressBar
 from mmrag_jax.rl.policy import LogprobFn
@@ -128,17 +131,31 @@ class GRPOTrainer:
 
   # -- one step ------------------------------------------------------------------------------------
 
+  def _rollout(self, batch: Mapping[str, Any], key: jax.Array) -> Rollout:
+    return collect_rollout(
+        self.updater.model(), batch, key, sampler_config=self.sampler_config, group_size=self.grpo.group_size,
+        reward_fn=self.reward_fn, detokenize=self.detokenize, mesh=self.mesh)
+
   def _rollouts(self, keys: jax.Array) -> list[Rollout]:
-    rollouts = []
-    for index in range(self.config.micro_batches):
+    return [self._rollout(next(self.data), keys[index]) for index in range(self.config.micro_batches)]
+
+  def _dynamic_rollouts(self, rollout_key: jax.Array) -> DynamicSample:
+    """DAPO dynamic sampling (see `dynamic_sampling.py`): the step's M batches, refills beyond them."""
+    keys = jax.random.split(rollout_key, self.config.micro_batches)
+
+    def draw(index: int) -> tuple[Mapping[str, Any], Rollout]:
+      # The first M keys are those of a step without the switch; refill keys are folded in by index.
+      key = keys[index] if index < self.config.micro_batches else jax.random.fold_in(rollout_key, index)
       batch = next(self.data)
-      rollouts.append(collect_rollout(
-          self.updater.model(), batch, keys[index], sampler_config=self.sampler_config,
-          group_size=self.grpo.group_size, reward_fn=self.reward_fn, detokenize=self.detokenize, mesh=self.mesh))
-    return rollouts
+      return batch, self._rollout(batch, key)
+
+    return dynamic_sample(
+        draw, micro_batches=self.config.micro_batches, max_refill_batches=self.grpo.max_refill_batches,
+        group_size=self.grpo.group_size, model_config=self.updater.model().config,
+        length_buckets=self.sampler_config.length_buckets, patch_buckets=self.sampler_config.patch_buckets)
 
   def _with_advantages(self, rollouts: list[Rollout]) -> tuple[list[TrainBatch], dict[str, float]]:
-    """Advantages over the whole rollout batch (batch-level std sees every micro-batch); host batches."""
+    """Advantages over the trained rollout batch (batch-level std sees every micro-batch); host batches."""
     totals = np.concatenate([r.rewards["total"] for r in rollouts])
     valid = np.concatenate([r.valid for r in rollouts])
     advantages = group_advantages(totals, valid, group_size=self.grpo.group_size,
@@ -155,9 +172,13 @@ class GRPOTrainer:
     """One loop step (rollout, advantages, reference, mu updates); returns its metrics."""
     started = time.perf_counter()
     self.rng, rollout_key = jax.random.split(self.rng)
-    keys = jax.random.split(rollout_key, self.config.micro_batches)
-    rollouts = self._rollouts(keys)
-    host_batches, advantage_stats = self._with_advantages(rollouts)
+    if self.grpo.dynamic_sampling:
+      dynamic = self._dynamic_rollouts(rollout_key)
+      rollouts, trained, sampling_metrics = dynamic.sampled, dynamic.kept, dynamic.metrics
+    else:
+      rollouts = trained = self._rollouts(jax.random.split(rollout_key, self.config.micro_batches))
+      sampling_metrics = {}
+    host_batches, advantage_stats = self._with_advantages(trained)
     batches = [self.updater.place_batch(b) for b in host_batches]
     rollout_done = time.perf_counter()
     ref = None
@@ -167,7 +188,8 @@ class GRPOTrainer:
     update = self.updater.train_on_rollout(batches, ref)
     finished = time.perf_counter()
 
-    metrics = rollout_metrics(rollouts)
+    metrics = rollout_metrics(rollouts)  # what the policy sampled, trained on or not
+    metrics.update(sampling_metrics)
     metrics.update(advantage_stats)
     metrics.update({f"update/{k}": v for k, v in update.first.items()})
     if self.grpo.num_iterations > 1:
