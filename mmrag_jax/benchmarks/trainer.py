@@ -1,7 +1,7 @@
 """GRPO trainer benchmark: update throughput and achieved FLOP/s against the machine's own matmul peak,
 and the step-time breakdown of a full GRPO iteration.
 
-    python -m mmrag_jax.benchmarks.trainer [--quick] [--dtype bfloat16]
+    python -m mmrag_jax.benchmarks.trainer [--quick] [--dtype bfloat16] [--freeze_vision_tower [MODE]]
 
 All figures come from the same run on the same machine; compilation and first calls are warm-up, never
 timed; each figure is the median of several runs.
@@ -17,6 +17,9 @@ timed; each figure is the median of several runs.
                update_flops_fraction_of_matmul_peak = model FLOPs / step time / matmul peak (MFU).
   iteration    `GRPOTrainer.train_step` with the real sampler, a token reward and a KL reference (beta > 0):
                rollout (sampling + reward + host assembly) / reference / update seconds.
+  frozen vision  with --freeze_vision_tower: the same text policy with a 4-block vision tower, one image
+               per prompt, one optimizer step per mode in ('none', and 'tower' / 'tower_and_merger'):
+               step time, XLA's FLOP count and optimizer-state bytes side by side (ratios to 'none').
 
 On a GPU the default dtype is bfloat16 compute with float32 master weights and optimizer state.
 Prints a table, then `RESULT {json}` as the last line.
@@ -39,11 +42,12 @@ from flax import nnx
 
 from mmrag_jax.benchmarks.report import print_result, print_table  # noqa: E402
 from mmrag_jax.model import Qwen25VL, Qwen25VLConfig, TextConfig, VisionConfig, prepare_inputs, tiny
+from mmrag_jax.model.synthetic_batch import random_processor_batch
 from mmrag_jax.parallel import make_mesh
 from mmrag_jax.rl.batch import build_train_batch
 from mmrag_jax.rl.config import GRPOConfig
 from mmrag_jax.rl.trainer import GRPOTrainer, TrainerConfig
-from mmrag_jax.rl.update import PolicyUpdater
+from mmrag_jax.rl.update import PolicyUpdater, split_trainable
 from mmrag_jax.sampling import Categorical, SamplerConfig
 
 
@@ -148,6 +152,86 @@ def measure_update(work: Workload, grpo: GRPOConfig, mesh) -> dict[str, float]:
   return {"compile_s": compile_s, "step_s": median_seconds(step, work.runs), "xla_flops": updater.update_flops(batch)}
 
 
+def vision_workload(work: Workload, on_accelerator: bool) -> tuple[Workload, tuple[int, int, int]]:
+  """The update workload with a 4-block vision tower (one full-attention block, as every 8th of the
+  real 32) and the image grid (t, h, w) in patches that each prompt carries."""
+  big = on_accelerator and work.prompt_tokens >= 512
+  width = 512 if big else 128
+  vision = VisionConfig(depth=4, hidden_size=width, intermediate_size=2 * width, num_heads=max(width // 64, 2),
+                        out_hidden_size=work.config.text.hidden_size, fullatt_block_indexes=(3,))
+  grid = (1, 32, 32) if big else (1, 16, 16)
+  return dataclasses.replace(work, config=work.config.replace(vision=vision)), grid
+
+
+def image_update_batch(work: Workload, grid: tuple[int, int, int]):
+  """N = B * G rows; each prompt: text, one image of `grid` patches, text (prompt_tokens text ids in all)."""
+  text = work.prompt_tokens // 2
+  prompts = random_processor_batch([[text, grid, work.prompt_tokens - text]] * work.prompts, work.config, seed=1)
+  rng = np.random.default_rng(2)
+  rows = work.prompts * work.group_size
+  tokens = rng.integers(0, 400, (rows, work.completion_tokens))
+  batch = build_train_batch(prepare_inputs(prompts, work.config), tokens, np.full(rows, work.completion_tokens),
+                            np.full(tokens.shape, -6.0, np.float32), group_size=work.group_size,
+                            pad_token_id=work.config.pad_token_id)
+  return dataclasses.replace(batch, advantages=rng.normal(size=rows).astype(np.float32))
+
+
+def measure_frozen_vision(work: Workload, grpo: GRPOConfig, mesh, modes: tuple[str, ...], on_accelerator: bool
+                          ) -> tuple[dict[str, dict[str, float]], Workload, tuple[int, int, int]]:
+  """mode -> {step_s, xla_flops, opt_state_bytes, trainable_params, params} of one optimizer step on
+  an image batch, for 'none' and each of `modes`."""
+  vision_work, grid = vision_workload(work, on_accelerator)
+  host_batch = image_update_batch(vision_work, grid)
+  out = {}
+  for mode in ("none", *modes):
+    updater = PolicyUpdater(random_policy(vision_work.config), dataclasses.replace(grpo, freeze_vision_tower=mode),
+                            mesh)
+    batch = updater.place_batch(host_batch)
+
+    def step() -> None:
+      updater.optimizer_update([batch])
+      jax.block_until_ready(updater.params)
+
+    step()  # compilation
+    sizes = lambda tree: [leaf.size for leaf in jax.tree.leaves(tree)]
+    out[mode] = {"step_s": median_seconds(step, work.runs), "xla_flops": updater.update_flops(batch),
+                 "opt_state_bytes": float(sum(leaf.nbytes for leaf in jax.tree.leaves(updater.opt_state))),
+                 "trainable_params": float(sum(sizes(split_trainable(updater.params, mode)[0]))),
+                 "params": float(sum(sizes(updater.params)))}
+  return out, vision_work, grid
+
+
+def frozen_vision_rows(frozen: dict[str, dict[str, float]], work: Workload, grid: tuple[int, int, int]
+                       ) -> list[tuple[str, str]]:
+  v = work.config.vision
+  rows = [("frozen vision: policy", f"vision {v.depth}x{v.hidden_size} (mlp {v.intermediate_size}), one image of "
+                                    f"{grid[1]}x{grid[2]} patches per prompt")]
+  base = frozen["none"]
+  for mode, m in frozen.items():
+    rows.append((f"frozen vision: {mode}",
+                 f"step {m['step_s'] * 1e3:.1f} ms ({m['step_s'] / base['step_s']:.3f}x), XLA {m['xla_flops'] / 1e9:.3f} G "
+                 f"({m['xla_flops'] / base['xla_flops']:.3f}x), opt state {m['opt_state_bytes'] / 2**20:.2f} MiB "
+                 f"({m['opt_state_bytes'] / base['opt_state_bytes']:.3f}x), trains {m['trainable_params']:.0f} "
+                 f"of {m['params']:.0f} params"))
+  return rows
+
+
+def frozen_vision_result(frozen: dict[str, dict[str, float]]) -> dict[str, float]:
+  """RESULT entries: per frozen mode (key prefix frozen_tower_ / frozen_tower_and_merger_) the ratios to
+  'none' of XLA FLOPs, optimizer-state bytes and step time, and the raw figures of every mode."""
+  base, out = frozen["none"], {}
+  for mode, m in frozen.items():
+    prefix = "unfrozen" if mode == "none" else f"frozen_{mode}"
+    if mode != "none":
+      out[f"{prefix}_update_flops_ratio"] = round(m["xla_flops"] / base["xla_flops"], 4)
+      out[f"{prefix}_opt_state_bytes_ratio"] = round(m["opt_state_bytes"] / base["opt_state_bytes"], 4)
+      out[f"{prefix}_step_time_ratio"] = round(m["step_s"] / base["step_s"], 4)
+    out[f"{prefix}_update_step_ms"] = round(m["step_s"] * 1e3, 2)
+    out[f"{prefix}_xla_gflops_per_step"] = round(m["xla_flops"] / 1e9, 4)
+    out[f"{prefix}_opt_state_bytes"] = int(m["opt_state_bytes"])
+  return out
+
+
 def measure_iteration(work: Workload, grpo: GRPOConfig, mesh) -> dict[str, float]:
   """Median rollout / reference / update seconds of full GRPO iterations (after one warm-up step)."""
   target = 137
@@ -177,6 +261,10 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="a smaller policy and batch (seconds, for CI)")
   parser.add_argument("--dtype", default=None, help="compute dtype (default: bfloat16 on GPU/TPU, else float32)")
+  parser.add_argument("--freeze_vision_tower", nargs="?", const="both", default=None,
+                      choices=("tower", "tower_and_merger", "both"),
+                      help="also time an image update with the vision tower frozen against unfrozen "
+                           "(without a value: both frozen modes)")
   args = parser.parse_args()
   backend = jax.default_backend()
   on_accelerator = backend in ("gpu", "tpu")
@@ -189,6 +277,11 @@ def main() -> None:
   peak = matmul_peak(work.matmul_size, dtype, work.runs)
   update = measure_update(work, dataclasses.replace(grpo, beta=0.0), mesh)  # no reference pass in the step
   iteration = measure_iteration(work, grpo, mesh)
+  frozen = None
+  if args.freeze_vision_tower:
+    modes = ("tower", "tower_and_merger") if args.freeze_vision_tower == "both" else (args.freeze_vision_tower,)
+    frozen, vision_work, grid = measure_frozen_vision(work, dataclasses.replace(grpo, beta=0.0), mesh, modes,
+                                                      on_accelerator)
   flops = model_flops_per_step(work)
   achieved = flops / update["step_s"]
   rows_per_step = work.prompts * work.group_size
@@ -217,6 +310,8 @@ def main() -> None:
       ("iteration: total (s)", f"{iteration['time/step']:.3f}  ({iteration['completion_tokens']:.0f} "
                                "completion tokens)"),
   ]
+  if frozen is not None:
+    table += frozen_vision_rows(frozen, vision_work, grid)
   print_table(f"GRPO trainer benchmark ({work.runs} timed runs each)", table)
   print_result({
       "update_flops_fraction_of_matmul_peak": round(achieved / peak, 4),
@@ -234,6 +329,7 @@ def main() -> None:
       "dtype": dtype,
       "load_average": round(load, 2),
       "quick": args.quick,
+      **(frozen_vision_result(frozen) if frozen is not None else {}),
   })
 
 

@@ -14,6 +14,13 @@ and updaters with equal model / optimizer / loss settings share compilations.
 Old log-probs: with `old_logprobs='trainer'` the first of the mu updates uses the trainer's own log-probs
 at the rollout parameters (ratio exactly 1) and keeps them as the denominator for updates 2..mu, so no
 separate forward pass is spent on them.
+
+Frozen vision (`config.freeze_vision_tower`): the parameters split into trainable and frozen ones
+(`trainable_filter`); gradients, the accumulator and the optimizer state cover only the trainable part,
+and the apply step leaves the frozen arrays untouched (not donated, so the KL reference shares them).
+Differentiating only the trainable part is what saves the compute: no weight gradients of the frozen
+blocks and no backward pass below the first trainable layer (the merger in 'tower', the language model
+in 'tower_and_merger').
 """
 
 from __future__ import annotations
@@ -77,6 +84,40 @@ def put_global(tree: Any, shardings: Any) -> Any:
   return jax.tree.map(place, tree, shardings)
 
 
+# Path prefixes of the parameters each `GRPOConfig.freeze_vision_tower` setting leaves untouched.
+_FROZEN_PATHS = {
+    "none": (),
+    "tower": (("visual", "patch_embed"), ("visual", "blocks")),
+    "tower_and_merger": (("visual",),),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _UnderPaths:
+  """nnx filter: Variables whose path from the model root starts with one of `prefixes`."""
+
+  prefixes: tuple[tuple[str, ...], ...]
+
+  def __call__(self, path: tuple[Any, ...], value: Any) -> bool:
+    return any(tuple(path[:len(prefix)]) == prefix for prefix in self.prefixes)
+
+
+def trainable_filter(freeze_vision_tower: str = "none") -> Any:
+  """The nnx filter of the parameters GRPO trains (and keeps optimizer state for).
+
+  'none': every `nnx.Param` (exactly the optimizer of an unfrozen run); 'tower': all but
+  `visual.patch_embed` and `visual.blocks`; 'tower_and_merger': all but `visual`.
+  """
+  frozen = _FROZEN_PATHS[freeze_vision_tower]
+  return nnx.All(nnx.Param, nnx.Not(_UnderPaths(frozen))) if frozen else nnx.Param
+
+
+def split_trainable(state: nnx.State, freeze_vision_tower: str = "none") -> tuple[nnx.State, nnx.State]:
+  """(trainable, frozen) parts of a parameter state (or of a like-structured sharding tree);
+  `nnx.merge_state(trainable, frozen)` is `state` again. The frozen part is empty for 'none'."""
+  return nnx.split_state(state, trainable_filter(freeze_vision_tower), ...)
+
+
 @dataclasses.dataclass(frozen=True)
 class _FrozenTree:
   """A pytree of hashable leaves (e.g. shardings) as a hashable value."""
@@ -102,54 +143,62 @@ class _Steps(NamedTuple):
 
 @functools.lru_cache(maxsize=8)
 def _jitted_model_steps(graphdef: nnx.GraphDef, loss_config: PolicyLossConfig, logprob_fn: LogprobFn,
-                        param_sh: _FrozenTree) -> tuple[Any, Any, Any]:
+                        param_sh: _FrozenTree, freeze: str) -> tuple[Any, Any, Any]:
   """The jitted zeros / accumulate / log-prob functions: they depend on the model and the loss, not on the
   optimizer, so updaters that differ only in their optimizer (e.g. a warm-up and the GRPO run after it)
-  share these compilations, the most expensive ones."""
+  share these compilations, the most expensive ones. zeros and accumulate hold gradients of the trainable
+  parameters only (`split_trainable(params, freeze)[0]`)."""
 
   def accumulate(params: nnx.State, grad_sums: nnx.State, batch: TrainBatch, old_logprobs: jax.Array,
                  ref_logprobs: jax.Array | None, old_is_current: jax.Array
                  ) -> tuple[nnx.State, MetricSums, jax.Array]:
+    trainable, frozen = split_trainable(params, freeze)
+
     def loss_sum(p: nnx.State) -> tuple[jax.Array, tuple[MetricSums, jax.Array]]:
-      logprobs, entropy = logprob_fn(nnx.merge(graphdef, p), batch)
+      logprobs, entropy = logprob_fn(nnx.merge(graphdef, p, frozen), batch)
       # A traced switch rather than None, so the first and later updates share one compilation.
       old = jnp.where(old_is_current, jax.lax.stop_gradient(logprobs), old_logprobs)
       terms = policy_loss(logprobs, old, batch.advantages, batch.completion_mask, loss_config,
                           ref_logprobs=ref_logprobs, entropy=entropy, sampler_logprobs=batch.sampler_logprobs)
       return terms.loss_sum, (terms.metrics, jax.lax.stop_gradient(logprobs))
 
-    grads, (metrics, logprobs) = jax.grad(loss_sum, has_aux=True)(params)
+    # Only the trainable part is differentiated: XLA keeps no backward pass below it.
+    grads, (metrics, logprobs) = jax.grad(loss_sum, has_aux=True)(trainable)
     return jax.tree.map(jnp.add, grad_sums, grads), metrics, logprobs
 
   def logprobs(params: nnx.State, batch: TrainBatch) -> jax.Array:
     return logprob_fn(nnx.merge(graphdef, params), batch)[0]
 
-  zeros = jax.jit(lambda params: jax.tree.map(jnp.zeros_like, params), out_shardings=param_sh.tree())
+  zeros = jax.jit(lambda params: jax.tree.map(jnp.zeros_like, split_trainable(params, freeze)[0]),
+                  out_shardings=split_trainable(param_sh.tree(), freeze)[0])
   return zeros, jax.jit(accumulate, donate_argnums=(1,)), jax.jit(logprobs)
 
 
 @functools.lru_cache(maxsize=8)
 def _jitted_apply(graphdef: nnx.GraphDef, opt_graphdef: nnx.GraphDef, param_sh: _FrozenTree,
-                  opt_sh: _FrozenTree) -> Any:
-  """The jitted optimizer step of one (model, optimizer) setting."""
+                  opt_sh: _FrozenTree, freeze: str) -> Any:
+  """The jitted optimizer step of one (model, optimizer) setting:
+  (trainable, frozen, opt_state, grad_sums, denominator) -> (trainable, opt_state, grad_norm)."""
 
-  def apply(params: nnx.State, opt_state: nnx.State, grad_sums: nnx.State, denominator: jax.Array
-            ) -> tuple[nnx.State, nnx.State, jax.Array]:
-    model = nnx.merge(graphdef, params)
+  def apply(trainable: nnx.State, frozen: nnx.State, opt_state: nnx.State, grad_sums: nnx.State,
+            denominator: jax.Array) -> tuple[nnx.State, nnx.State, jax.Array]:
+    model = nnx.merge(graphdef, trainable, frozen)
     optimizer = nnx.merge(opt_graphdef, opt_state)
     grads = jax.tree.map(lambda g: g / jnp.maximum(denominator, 1e-30), grad_sums)
     optimizer.update(model, grads)
-    return nnx.state(model), nnx.state(optimizer), optax.tree.norm(grads)
+    return split_trainable(nnx.state(model), freeze)[0], nnx.state(optimizer), optax.tree.norm(grads)
 
-  return jax.jit(apply, donate_argnums=(0, 1), out_shardings=(param_sh.tree(), opt_sh.tree(), None))
+  # The frozen part is read, never donated: its buffers stay valid (and shared with the KL reference).
+  return jax.jit(apply, donate_argnums=(0, 2),
+                 out_shardings=(split_trainable(param_sh.tree(), freeze)[0], opt_sh.tree(), None))
 
 
 def _jitted_steps(graphdef: nnx.GraphDef, opt_graphdef: nnx.GraphDef, loss_config: PolicyLossConfig,
-                  logprob_fn: LogprobFn, param_sh: _FrozenTree, opt_sh: _FrozenTree) -> _Steps:
-  """The jitted accumulate / apply / log-prob functions of one (model, optimizer, loss) setting."""
-  zeros, accumulate, logprobs = _jitted_model_steps(graphdef, loss_config, logprob_fn, param_sh)
-  return _Steps(zeros=zeros, accumulate=accumulate, apply=_jitted_apply(graphdef, opt_graphdef, param_sh, opt_sh),
-                logprobs=logprobs)
+                  logprob_fn: LogprobFn, param_sh: _FrozenTree, opt_sh: _FrozenTree, freeze: str) -> _Steps:
+  """The jitted accumulate / apply / log-prob functions of one (model, optimizer, loss, freeze) setting."""
+  zeros, accumulate, logprobs = _jitted_model_steps(graphdef, loss_config, logprob_fn, param_sh, freeze)
+  return _Steps(zeros=zeros, accumulate=accumulate,
+                apply=_jitted_apply(graphdef, opt_graphdef, param_sh, opt_sh, freeze), logprobs=logprobs)
 
 
 @jax.jit
@@ -187,17 +236,23 @@ class PolicyUpdater:
     self.loss_config = config.loss_config()
     self.schedule = config.learning_rate_schedule() if tx is None else None
     tx = tx or config.optimizer()
+    self.freeze = config.freeze_vision_tower
     self.graphdef, params = nnx.split(model)
     self.param_shardings = param_shardings(params, mesh, rules)
     self.params = jax.device_put(params, self.param_shardings)
-    self.opt_graphdef, self.opt_state, self.opt_shardings = _init_optimizer(self.graphdef, self.params, tx, mesh,
-                                                                            rules)
-    # The reference policy is the initial one; a copy, because the live parameters are donated.
-    self.reference_params = (jax.device_put(self.params, self.param_shardings, may_alias=False)
-                             if self.loss_config.beta > 0 else None)
+    self.opt_graphdef, self.opt_state, self.opt_shardings = _init_optimizer(
+        self.graphdef, self.params, tx, mesh, rules, trainable_filter(self.freeze))
+    # The reference policy is the initial one: a copy of the trainable part, because the live one is
+    # donated; the frozen part never changes, so it is shared.
+    self.reference_params = None
+    if self.loss_config.beta > 0:
+      trainable, frozen = split_trainable(self.params, self.freeze)
+      self.reference_params = nnx.merge_state(
+          jax.device_put(trainable, split_trainable(self.param_shardings, self.freeze)[0], may_alias=False), frozen)
     self._steps = _jitted_steps(self.graphdef, self.opt_graphdef, self.loss_config,
                                 logprob_fn or QwenLogprobs(config.temperature, config.logprob_chunk_size),
-                                _FrozenTree.of(self.param_shardings), _FrozenTree.of(self.opt_shardings))
+                                _FrozenTree.of(self.param_shardings), _FrozenTree.of(self.opt_shardings),
+                                self.freeze)
     self._host_step = self.optimizer_step  # mirrors the device counter without a sync per step
     # Optimizer steps begun (counted before the apply step donates the parameters): a caller that saw
     # this count at a consistent point knows whether the parameters have moved since, even partly.
@@ -236,7 +291,8 @@ class PolicyUpdater:
     return bool(_all_finite((self.params, self.opt_state)))
 
   def update_flops(self, batch: TrainBatch) -> float:
-    """XLA's FLOP count of one micro-batch's forward + backward pass (recomputation included)."""
+    """XLA's FLOP count of one micro-batch's forward + backward pass (recomputation included; with a
+    frozen vision tower, no backward through the frozen part)."""
     compiled = self._steps.accumulate.lower(self.params, self._steps.zeros(self.params), batch,
                                             batch.sampler_logprobs, self.reference_logprobs(batch),
                                             np.asarray(True)).compile()
@@ -267,7 +323,10 @@ class PolicyUpdater:
       current.append(logprobs)
     denominator = metric_sums["loss"][1]
     self.updates_started += 1
-    self.params, self.opt_state, grad_norm = self._steps.apply(self.params, self.opt_state, grad_sums, denominator)
+    trainable, frozen = split_trainable(self.params, self.freeze)
+    trainable, self.opt_state, grad_norm = self._steps.apply(trainable, frozen, self.opt_state, grad_sums,
+                                                             denominator)
+    self.params = nnx.merge_state(trainable, frozen)
     metrics = {**_finalize_metrics(metric_sums), "grad_norm": grad_norm}
     if self.schedule is not None:
       metrics["learning_rate"] = jnp.asarray(self.schedule(self._host_step), jnp.float32)
@@ -296,21 +355,23 @@ class PolicyUpdater:
 
 
 def _init_optimizer(graphdef: nnx.GraphDef, params: nnx.State, tx: optax.GradientTransformation, mesh: Mesh,
-                    rules: LogicalRules) -> tuple[nnx.GraphDef, nnx.State, Any]:
-  """An `nnx.Optimizer(model, tx, wrt=nnx.Param)` state created directly on its shardings.
+                    rules: LogicalRules, wrt: Any = nnx.Param) -> tuple[nnx.GraphDef, nnx.State, Any]:
+  """An `nnx.Optimizer(model, tx, wrt=wrt)` state created directly on its shardings (state only for the
+  parameters `wrt` selects, see `trainable_filter`).
 
   Adam moments carry their parameter's logical axes, so they shard like the parameter; scalars replicate.
   """
-  abstract = nnx.eval_shape(lambda: nnx.Optimizer(nnx.merge(graphdef, params), tx, wrt=nnx.Param))
+  abstract = nnx.eval_shape(lambda: nnx.Optimizer(nnx.merge(graphdef, params), tx, wrt=wrt))
   opt_graphdef, abstract_state = nnx.split(abstract)
   shardings = param_shardings(abstract_state, mesh, rules)
-  init = _jitted_optimizer_init(graphdef, tx, _FrozenTree.of(shardings))
+  init = _jitted_optimizer_init(graphdef, tx, _FrozenTree.of(shardings), wrt)
   return opt_graphdef, init(params), shardings
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted_optimizer_init(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, shardings: _FrozenTree) -> Any:
+def _jitted_optimizer_init(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, shardings: _FrozenTree,
+                           wrt: Any) -> Any:
   def optimizer_state(params: nnx.State) -> nnx.State:
-    return nnx.state(nnx.Optimizer(nnx.merge(graphdef, params), tx, wrt=nnx.Param))
+    return nnx.state(nnx.Optimizer(nnx.merge(graphdef, params), tx, wrt=wrt))
 
   return jax.jit(optimizer_state, out_shardings=shardings.tree())

@@ -58,7 +58,8 @@ class WarmupConfig:
   def grpo_config(self, base: GRPOConfig | None = None) -> GRPOConfig:
     """The update settings: `base` (the GRPO run that follows, whose loss settings the warm-up keeps so
     that both share the compiled gradient step) with a constant learning rate, token-mean aggregation,
-    no KL and one update per batch."""
+    no KL and one update per batch. Its `freeze_vision_tower` is kept too: the warm-up trains exactly
+    the parameters GRPO will."""
     base = base or GRPOConfig(group_size=2)  # group_size only matters for advantages, set here directly
     return dataclasses.replace(
         base, learning_rate=self.learning_rate, warmup_steps=0, total_steps=max(self.steps, 1),
