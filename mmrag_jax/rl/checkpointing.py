@@ -281,8 +281,9 @@ class CheckpointStore:
     Returns (rng, meta). With the default, a step that fails its checksums or whose restore raises is
     moved aside (`<step>.corrupt`, one warning) and the previous one is tried. Raises FileNotFoundError
     when nothing was committed, `CheckpointCorrupted` when no step restores (or `step` does not), and
-    `CheckpointError` when the KL reference does not fit the updater (checkpoint written with beta = 0,
-    restored with beta > 0; the other way round the saved reference is not read).
+    `CheckpointError` when a sound step does not fit the updater (it passed its checksums but has another
+    structure: other model or optimizer settings, or no KL reference while beta > 0; the other way round
+    the saved reference is not read). Nothing is moved aside then.
     """
     self._finish_pending()
     steps = self.all_steps()
@@ -305,6 +306,12 @@ class CheckpointStore:
             self._set_aside(bad, candidate)
           return restored
         self._verdicts[candidate] = self._verdicts[candidate] or "restoring it failed on another process"
+        if os.path.isfile(os.path.join(self.step_dir(candidate), CHECKSUMS)):
+          # Its bytes are as written: the checkpoint is sound and this run's state has another structure.
+          raise CheckpointError(
+              f"checkpoint {self.step_dir(candidate)} passed its checksums but does not fit this run "
+              f"({self._verdicts[candidate]}): it was written with other model or optimizer settings (e.g. "
+              "model.freeze_vision_tower, rl.beta, the model); rerun with those settings or use a new workdir")
       bad.append(candidate)
     raise self._corrupted(bad)
 

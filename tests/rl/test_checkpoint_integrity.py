@@ -304,3 +304,23 @@ def test_a_save_failing_before_the_background_write_names_the_step(tmp_path, mon
   restored, _, meta = restore_fresh(str(tmp_path))
   assert meta["step"] == 1
   assert_equal_trees(host(restored.params), saved[1])
+
+
+class WiderToy(nnx.Module):
+  """Toy with another structure: a checkpoint of Toy does not fit it."""
+
+  def __init__(self, seed: int):
+    rngs = nnx.Rngs(seed)
+    self.first = nnx.Linear(64, 32, rngs=rngs)
+    self.second = nnx.Linear(32, 3, rngs=rngs)
+
+
+def test_a_sound_checkpoint_of_other_settings_is_an_error_not_corruption(tmp_path):
+  save_steps(str(tmp_path), [1, 2])
+  other = PolicyUpdater(WiderToy(0), GRPOConfig(), make_mesh((1, 1, 1), jax.devices()[:1]))
+  with pytest.raises(CheckpointError, match="passed its checksums but does not fit this run") as error:
+    CheckpointStore(str(tmp_path)).restore(other)
+  assert not isinstance(error.value, CheckpointCorrupted)
+  assert sorted(os.listdir(tmp_path)) == ["1", "2"]  # nothing moved aside
+  updater, _, meta = restore_fresh(str(tmp_path))  # the run with the right settings still resumes
+  assert meta["step"] == 2
