@@ -36,6 +36,9 @@ class TrainBatch:
   completion_mask:   [N, T] bool, True on loss tokens (generated tokens up to and including the stop).
   sampler_logprobs:  [N, T] float32 log-probs the sampler reported for the completion tokens.
   advantages:        [N] float32 (zeros until computed for the whole rollout batch).
+  sampling_logprobs: [N, T] float32 log-probs of the distribution the tokens were drawn from (after
+                     temperature / top-k / top-p; the rollout importance correction's pi_samp), 0 off the
+                     mask. None where nothing was sampled (the teacher-forced warm-up).
   """
 
   inputs: ModelInputs | None
@@ -44,6 +47,7 @@ class TrainBatch:
   completion_mask: jax.Array
   sampler_logprobs: jax.Array
   advantages: jax.Array
+  sampling_logprobs: jax.Array | None = None
 
   @property
   def completion_length(self) -> int:
@@ -71,11 +75,13 @@ def group_image_slots(image_scatter: np.ndarray, num_prompts: int, prompt_length
 
 def build_train_batch(prompt_inputs: ModelInputs, completion_ids: np.ndarray, completion_lengths: np.ndarray,
                       sampler_logprobs: np.ndarray, *, group_size: int, pad_token_id: int,
-                      prompt_valid: np.ndarray | None = None) -> TrainBatch:
+                      prompt_valid: np.ndarray | None = None,
+                      sampling_logprobs: np.ndarray | None = None) -> TrainBatch:
   """Joins prompts [B, Lp] (host `ModelInputs` from `prepare_inputs`) with their completions [B * G, T].
 
   completion_lengths: [B * G] tokens generated per row, the stop token included. prompt_valid: [B] bool,
-  False for padding prompts, whose completions get an all-zero mask. Advantages start at zero.
+  False for padding prompts, whose completions get an all-zero mask. sampler_logprobs, sampling_logprobs
+  [B * G, T]: see `TrainBatch` (sampling_logprobs optional). Advantages start at zero.
   """
   input_ids = np.asarray(prompt_inputs.input_ids)
   num_prompts, prompt_length = input_ids.shape
@@ -89,6 +95,8 @@ def build_train_batch(prompt_inputs: ModelInputs, completion_ids: np.ndarray, co
     raise ValueError(f"completion_lengths must be [{num_rows}] in [0, {width}], got {lengths}")
   if np.shape(sampler_logprobs) != (num_rows, width):
     raise ValueError(f"sampler_logprobs has shape {np.shape(sampler_logprobs)}, expected {(num_rows, width)}")
+  if sampling_logprobs is not None and np.shape(sampling_logprobs) != (num_rows, width):
+    raise ValueError(f"sampling_logprobs has shape {np.shape(sampling_logprobs)}, expected {(num_rows, width)}")
   mask = np.arange(width)[None, :] < lengths[:, None]
   if prompt_valid is not None:
     mask &= _repeat_rows(np.asarray(prompt_valid, bool), group_size)[:, None]
@@ -114,4 +122,6 @@ def build_train_batch(prompt_inputs: ModelInputs, completion_ids: np.ndarray, co
                                     prompt_length + width, group_size)
   return TrainBatch(inputs=inputs, image_slots=image_slots, completion_ids=completion_ids,
                     completion_mask=mask, sampler_logprobs=np.asarray(sampler_logprobs, np.float32) * mask,
-                    advantages=np.zeros((num_rows,), np.float32))
+                    advantages=np.zeros((num_rows,), np.float32),
+                    sampling_logprobs=None if sampling_logprobs is None else
+                    np.asarray(sampling_logprobs, np.float32) * mask)

@@ -9,6 +9,27 @@ Per completion token t of completion i, with rho = exp(log pi_theta - log pi_old
 generated tokens up to and including the stop token, 0 on prompt, image and padding positions, which are
 never part of the [N, T] completion window in the first place.
 
+Sequence-level ratio (GSPO, arXiv 2507.18071; ratio_level='sequence'): rho is replaced on every token of
+completion i by the geometric mean of its token ratios, clipped once per sequence,
+
+  s_i = exp( (1 / |y_i|) sum_t m_it (log pi_theta_it - log pi_old_it) ),   d s_i / d log pi_theta_it = s_i / |y_i|
+  l_it = -min(s_i A_i, clip(s_i, 1 - eps_low, 1 + eps_high) A_i) + beta * KL_t
+
+so 'sequence-mean-token-mean' gives exactly GSPO's objective mean_i -min(s_i A_i, clip(s_i) A_i), while
+'token-mean' weights sequence i by its length |y_i|.
+
+Rollout importance correction (importance_correction; TRL's vllm_importance_sampling, verl's
+rollout_correction): tokens were drawn from the sampler's processed distribution pi_samp (temperature,
+top-k, top-p), not from pi_old. With r_t = exp(log pi_old_t - log pi_samp_t) and cap C >= 1, the clipped
+surrogate term (not the KL term) of token t is multiplied by a constant weight
+
+  'tis'            w_t = min(r_t, C)
+  'token-mask'     w_t = 1[1/C <= r_t <= C]
+  'sequence-mask'  w_t = 1[1/C <= exp(mean_t' log r_t') <= C]   (mean over the tokens of t's completion)
+
+Dropped tokens (w_t = 0) stay in the aggregation denominators below (as TRL does): the weight scales the
+per-token loss, the token and sequence counts are those of the mask.
+
 Aggregation returns a (sum, denominator) pair per micro-batch, so that accumulating sums and
 denominators separately over micro-batches gives exactly the loss (and gradient) of the whole batch:
 
@@ -22,6 +43,7 @@ denominators separately over micro-batches gives exactly the loss (and gradient)
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +55,8 @@ AGGREGATIONS = ("token-mean", "sequence-mean-token-mean", "sequence-mean-token-s
 IMPORTANCE_CORRECTIONS = ("none", "tis", "token-mask", "sequence-mask")
 RATIO_LEVELS = ("token", "sequence")  # GRPO's per-token ratio, or GSPO's per-sequence one
 
-# name -> (sum, count): every metric is accumulated as a pair so micro-batches combine exactly.
+# name -> (sum, count): every metric is accumulated as a pair so micro-batches combine exactly. Names
+# ending in '_max' hold (max, 1) instead (count 0 without tokens) and combine by maximum.
 MetricSums = dict[str, tuple[jax.Array, jax.Array]]
 
 
@@ -103,20 +126,60 @@ def aggregate(per_token: jax.Array, mask: jax.Array, mode: str, norm_length: int
   raise ValueError(f"unknown loss aggregation {mode!r}; choose one of {AGGREGATIONS}")
 
 
-def clipped_surrogate(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Array, eps_low: float,
-                      eps_high: float) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-  """Per-token -min(rho A, clip(rho) A) [N, T] for logprobs, old_logprobs [N, T] and advantages [N].
+def clip_objective(ratio: jax.Array, advantages: jax.Array, eps_low: float, eps_high: float
+                   ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """Per-token -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A) [N, T] of ratios [N, T], advantages [N].
 
   Returns (loss, rho, clipped_low, clipped_high); clipped_* [N, T] bool mark tokens whose gradient the
   clip removes (rho < 1 - eps_low with A < 0, rho > 1 + eps_high with A > 0).
   """
-  ratio = jnp.exp(logprobs - jax.lax.stop_gradient(old_logprobs))
   adv = advantages[:, None]
   unclipped = ratio * adv
   clipped = jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
   clipped_low = (ratio < 1.0 - eps_low) & (adv < 0)
   clipped_high = (ratio > 1.0 + eps_high) & (adv > 0)
   return -jnp.minimum(unclipped, clipped), ratio, clipped_low, clipped_high
+
+
+def clipped_surrogate(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Array, eps_low: float,
+                      eps_high: float) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """`clip_objective` of the token ratio rho_it = exp(log pi_theta_it - log pi_old_it), inputs [N, T]."""
+  ratio = jnp.exp(logprobs - jax.lax.stop_gradient(old_logprobs))
+  return clip_objective(ratio, advantages, eps_low, eps_high)
+
+
+def sequence_ratio(logprobs: jax.Array, old_logprobs: jax.Array, mask: jax.Array) -> jax.Array:
+  """GSPO's s_i = exp(sum_t m_it (log pi_theta_it - log pi_old_it) / |y_i|) [N] of [N, T] inputs.
+
+  Computed directly (not as GSPO-token's sg[s_i] pi / sg[pi]), so autodiff gives d s_i / d log pi_theta_it
+  = s_i m_it / |y_i| and the gradient stays exact when per-token weights vary along a sequence.
+  Rows without tokens get s = 1.
+  """
+  log_ratio = jnp.where(mask, logprobs - jax.lax.stop_gradient(old_logprobs), 0.0)  # padding may be -inf
+  lengths = jnp.maximum(jnp.sum(mask.astype(jnp.float32), axis=-1), 1.0)
+  return jnp.exp(jnp.sum(log_ratio, axis=-1) / lengths)
+
+
+def importance_weights(old_logprobs: jax.Array, sampling_logprobs: jax.Array, mask: jax.Array, correction: str,
+                       cap: float) -> tuple[jax.Array, jax.Array]:
+  """Rollout importance weights w [N, T] (constant) and ratios r = pi_old / pi_samp [N, T] (module doc).
+
+  old_logprobs: log pi_old, the ratio's denominator; sampling_logprobs: log pi_samp, what the sampler drew
+  from; correction: 'tis' | 'token-mask' | 'sequence-mask'; cap: C >= 1. r is 1 off the mask.
+  """
+  log_r = jax.lax.stop_gradient(jnp.where(mask, old_logprobs - sampling_logprobs, 0.0))
+  ratio = jnp.exp(log_r)
+  if correction == "tis":
+    return jnp.minimum(ratio, cap), ratio
+  if correction == "token-mask":
+    keep = jnp.abs(log_r) <= math.log(cap)  # r in [1/C, C], symmetric in log space
+  elif correction == "sequence-mask":
+    lengths = jnp.maximum(jnp.sum(mask.astype(jnp.float32), axis=-1, keepdims=True), 1.0)
+    keep = jnp.broadcast_to(jnp.abs(jnp.sum(log_r, axis=-1, keepdims=True) / lengths) <= math.log(cap),
+                            log_r.shape)
+  else:
+    raise ValueError(f"unknown importance correction {correction!r}; choose one of {IMPORTANCE_CORRECTIONS[1:]}")
+  return keep.astype(jnp.float32), ratio
 
 
 @jax.tree_util.register_dataclass
@@ -131,23 +194,38 @@ class LossTerms:
 
 def policy_loss(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Array, mask: jax.Array,
                 config: PolicyLossConfig, *, ref_logprobs: jax.Array | None = None,
-                entropy: jax.Array | None = None, sampler_logprobs: jax.Array | None = None) -> LossTerms:
-  """The GRPO loss pair and metric sums of one micro-batch.
+                entropy: jax.Array | None = None, sampler_logprobs: jax.Array | None = None,
+                sampling_logprobs: jax.Array | None = None) -> LossTerms:
+  """The GRPO loss pair and metric sums of one micro-batch (the equations: module doc).
 
   logprobs [N, T]: log pi_theta of the completion tokens (differentiated); old_logprobs [N, T]: rollout
   policy (treated as constant); advantages [N]; mask [N, T]; ref_logprobs [N, T] (needed iff beta > 0);
   entropy [N, T]: policy entropy per position, nats (metric only); sampler_logprobs [N, T]: what the
-  sampler reported for the same tokens, to measure sampler / trainer drift (metric only).
+  sampler reported for the same tokens, to measure sampler / trainer drift (metric only);
+  sampling_logprobs [N, T]: log-probs of the distribution the sampler drew from, for the importance
+  correction (without them, e.g. teacher-forced warm-up batches, nothing was sampled and none applies).
 
   Metrics (token means unless stated): loss and policy_loss (in the configured aggregation), kl,
-  clip_fraction, clip_fraction_low, clip_fraction_high, ratio, entropy, sampler_logprob_abs_diff
-  (|log pi_theta - log pi_sampler|), sampler_kl (k3 estimate of KL(pi_sampler || pi_theta)).
+  clip_fraction, clip_fraction_low, clip_fraction_high, ratio (s_i on every token with the sequence
+  ratio, whose clip decision the clip fractions count per token), entropy, sampler_logprob_abs_diff
+  (|log pi_theta - log pi_sampler|), sampler_kl (k3 estimate of KL(pi_sampler || pi_theta)); with the
+  importance correction is_weight_mean (w), is_masked_fraction (w = 0) and is_ratio_max (max_t r_t).
   """
   if config.beta > 0 and ref_logprobs is None:
     raise ValueError("beta > 0 needs ref_logprobs")
   mask_f = mask.astype(jnp.float32)
-  surrogate, ratio, clipped_low, clipped_high = clipped_surrogate(
-      logprobs, old_logprobs, advantages, config.eps_low, config.eps_high)
+  if config.ratio_level == "sequence":
+    seq_ratio = jnp.broadcast_to(sequence_ratio(logprobs, old_logprobs, mask)[:, None], logprobs.shape)
+    surrogate, ratio, clipped_low, clipped_high = clip_objective(
+        seq_ratio, advantages, config.eps_low, config.eps_high)
+  else:
+    surrogate, ratio, clipped_low, clipped_high = clipped_surrogate(
+        logprobs, old_logprobs, advantages, config.eps_low, config.eps_high)
+  correct = config.importance_correction != "none" and sampling_logprobs is not None
+  if correct:
+    weight, is_ratio = importance_weights(old_logprobs, sampling_logprobs, mask, config.importance_correction,
+                                          config.importance_cap)
+    surrogate = surrogate * weight
   per_token = surrogate
   tokens = jnp.sum(mask_f)
 
@@ -160,6 +238,10 @@ def policy_loss(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Ar
       "clip_fraction": token_mean(clipped_low | clipped_high),
       "ratio": token_mean(ratio),
   }
+  if correct:
+    metrics["is_weight_mean"] = token_mean(weight)
+    metrics["is_masked_fraction"] = token_mean(weight == 0)
+    metrics["is_ratio_max"] = (jnp.max(jnp.where(mask, is_ratio, 0.0)), (tokens > 0).astype(jnp.float32))
   if ref_logprobs is not None:
     kl = kl_estimator(config.kl_estimator)(logprobs, jax.lax.stop_gradient(ref_logprobs))
     metrics["kl"] = token_mean(kl)
@@ -184,5 +266,10 @@ def finalize_metrics(sums: MetricSums) -> dict[str, jax.Array]:
 
 
 def add_metric_sums(a: MetricSums, b: MetricSums) -> MetricSums:
-  """Elementwise sum of two metric-sum dicts with the same keys."""
-  return {name: (a[name][0] + b[name][0], a[name][1] + b[name][1]) for name in a}
+  """Elementwise sum of two metric-sum dicts with the same keys ('_max' metrics: elementwise maximum)."""
+  def combine(name: str) -> tuple[jax.Array, jax.Array]:
+    if name.endswith("_max"):
+      return jnp.maximum(a[name][0], b[name][0]), jnp.maximum(a[name][1], b[name][1])
+    return a[name][0] + b[name][0], a[name][1] + b[name][1]
+
+  return {name: combine(name) for name in a}

@@ -122,7 +122,7 @@ def collect_rollout(model: Qwen25VL, batch: Mapping[str, Any], key: jax.Array, *
   prompt_inputs = prepare_bucketed(prompts, model.config, sampler_config.length_buckets, sampler_config.patch_buckets)
   train_batch = build_train_batch(prompt_inputs, samples.tokens, samples.lengths, samples.policy_logprobs,
                                   group_size=group_size, pad_token_id=model.config.pad_token_id,
-                                  prompt_valid=valid)
+                                  prompt_valid=valid, sampling_logprobs=samples.sampling_logprobs)
   return Rollout(batch=train_batch, rewards=rewards, valid=np.repeat(valid, group_size), lengths=samples.lengths,
                  truncated=samples.truncated, texts=texts)
 

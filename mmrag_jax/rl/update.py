@@ -66,7 +66,8 @@ def train_batch_shardings(batch: TrainBatch, mesh: Mesh, rules: LogicalRules = D
       completion_ids=rows(batch.completion_ids, ("batch", "length")),
       completion_mask=rows(batch.completion_mask, ("batch", "length")),
       sampler_logprobs=rows(batch.sampler_logprobs, ("batch", "length")),
-      advantages=rows(batch.advantages, ("batch",)))
+      advantages=rows(batch.advantages, ("batch",)),
+      sampling_logprobs=rows(batch.sampling_logprobs, ("batch", "length")))
 
 
 def put_global(tree: Any, shardings: Any) -> Any:
@@ -159,7 +160,8 @@ def _jitted_model_steps(graphdef: nnx.GraphDef, loss_config: PolicyLossConfig, l
       # A traced switch rather than None, so the first and later updates share one compilation.
       old = jnp.where(old_is_current, jax.lax.stop_gradient(logprobs), old_logprobs)
       terms = policy_loss(logprobs, old, batch.advantages, batch.completion_mask, loss_config,
-                          ref_logprobs=ref_logprobs, entropy=entropy, sampler_logprobs=batch.sampler_logprobs)
+                          ref_logprobs=ref_logprobs, entropy=entropy, sampler_logprobs=batch.sampler_logprobs,
+                          sampling_logprobs=batch.sampling_logprobs)
       return terms.loss_sum, (terms.metrics, jax.lax.stop_gradient(logprobs))
 
     # Only the trainable part is differentiated: XLA keeps no backward pass below it.

@@ -66,27 +66,62 @@ def np_token_weights(mask, aggregation, norm_length):
   return mask / norm_length / num_sequences
 
 
+def np_importance_weights(old, sampling, mask, correction, cap):
+  """(w, r) [N, T] of the rollout importance correction: r_t = pi_old / pi_samp, w from `correction`."""
+  mask_f = np.asarray(mask, np.float64)
+  log_r = (np.asarray(old, np.float64) - np.asarray(sampling, np.float64)) * mask_f
+  r = np.exp(log_r)
+  if correction == "tis":
+    return np.minimum(r, cap), r
+  if correction == "token-mask":
+    return ((r >= 1 / cap) & (r <= cap)).astype(np.float64), r
+  assert correction == "sequence-mask", correction
+  geometric_mean = np.exp(log_r.sum(axis=1) / np.maximum(mask_f.sum(axis=1), 1))
+  keep = (geometric_mean >= 1 / cap) & (geometric_mean <= cap)
+  return np.broadcast_to(keep[:, None], r.shape).astype(np.float64), r
+
+
 def np_policy_loss(logp, old, adv, mask, *, eps_low, eps_high, beta, estimator, aggregation, norm_length,
-                   ref=None):
-  """(loss, d loss / d logp [N, T], metrics dict) of the GRPO objective."""
+                   ref=None, ratio_level="token", sampling=None, correction="none", cap=2.0):
+  """(loss, d loss / d logp [N, T], metrics dict) of the GRPO objective.
+
+  ratio_level='sequence': GSPO's s_i = exp(sum_t m_it (logp - old)_it / n_i) replaces rho on each token of
+  completion i. sampling [N, T] with correction 'tis' | 'token-mask' | 'sequence-mask' (cap C): the
+  surrogate of token t is multiplied by the weight w_t of `np_importance_weights`.
+  """
   logp, old, adv = (np.asarray(x, np.float64) for x in (logp, old, adv))
   mask_f = np.asarray(mask, np.float64)
   ratio = np.exp(logp - old)
+  lengths = np.maximum(mask_f.sum(axis=1, keepdims=True), 1)
+  if ratio_level == "sequence":
+    ratio = np.broadcast_to(np.exp((mask_f * (logp - old)).sum(axis=1, keepdims=True) / lengths), logp.shape)
   a = adv[:, None]
   unclipped, clipped = ratio * a, np.clip(ratio, 1 - eps_low, 1 + eps_high) * a
   surrogate = -np.minimum(unclipped, clipped)
   in_range = (ratio >= 1 - eps_low) & (ratio <= 1 + eps_high)
   # d/dlogp of -min(.): -rho*A where the unclipped term is the minimum or the clip is inactive, else 0.
   d_surrogate = np.where((unclipped <= clipped) | in_range, -ratio * a, 0.0)
+  is_weight = np.ones_like(ratio)
+  if correction != "none":
+    is_weight, is_ratio = np_importance_weights(old, sampling, mask_f, correction, cap)
+  # The sequence ratio: each of the n_i copies of f(s_i) feeds d s_i / d logp_it = s_i / n_i; the
+  # aggregation weights are uniform along a completion, so token t gets W_it mean_t'(w_it') f'(s_i) s_i.
+  grad_weight = is_weight
+  if ratio_level == "sequence":
+    grad_weight = np.broadcast_to((is_weight * mask_f).sum(axis=1, keepdims=True) / lengths, ratio.shape)
   weights = np_token_weights(mask_f, aggregation, norm_length)
-  per_token, d_per_token = surrogate, d_surrogate
+  per_token, d_per_token = is_weight * surrogate, grad_weight * d_surrogate
   tokens = mask_f.sum()
   metrics = {
       "clip_fraction_low": ((ratio < 1 - eps_low) & (a < 0) & (mask_f > 0)).sum() / tokens,
       "clip_fraction_high": ((ratio > 1 + eps_high) & (a > 0) & (mask_f > 0)).sum() / tokens,
       "ratio": (ratio * mask_f).sum() / tokens,
-      "policy_loss": (weights * surrogate).sum(),
+      "policy_loss": (weights * is_weight * surrogate).sum(),
   }
+  if correction != "none":
+    metrics["is_weight_mean"] = (is_weight * mask_f).sum() / tokens
+    metrics["is_masked_fraction"] = ((is_weight == 0) & (mask_f > 0)).sum() / tokens
+    metrics["is_ratio_max"] = is_ratio[mask_f > 0].max()
   metrics["clip_fraction"] = metrics["clip_fraction_low"] + metrics["clip_fraction_high"]
   if ref is not None:
     kl, d_kl = np_kl(logp, np.asarray(ref, np.float64), estimator)
