@@ -4,8 +4,11 @@
 field on any error. Defaults are plain GRPO; the common variants are switches:
 
   Dr.GRPO      advantage_scaling='none', aggregation='sequence-mean-token-sum-normalized'
-  DAPO         eps_high=0.28 (clip-higher), aggregation='token-mean'
+  DAPO         eps_high=0.28 (clip-higher), aggregation='token-mean', dynamic_sampling=True
+  GSPO         ratio_level='sequence', aggregation='sequence-mean-token-mean'
   KL penalty   beta > 0 with kl_estimator 'k1' | 'k2' | 'k3' (a frozen reference policy is kept)
+  TIS / MIS    importance_correction='tis' | 'token-mask' | 'sequence-mask' with importance_cap C
+  frozen ViT   freeze_vision_tower='tower' | 'tower_and_merger'
 """
 
 from __future__ import annotations
