@@ -84,6 +84,19 @@ def _metric_steps(workdir):
     return [json.loads(line)["step"] for line in f if line.strip()]
 
 
+def before_step(step, act):
+  """`GRPOTrainer.train_step` that calls `act()` when loop step `step` (counted in this run) begins."""
+  original, calls = GRPOTrainer.train_step, []
+
+  def train_step(self):
+    calls.append(1)
+    if len(calls) == step:
+      act()
+    return original(self)
+
+  return train_step
+
+
 @pytest.fixture(scope="module")
 def straight(inputs, tmp_path_factory):
   return train(inputs, tmp_path_factory.mktemp("straight"))
@@ -108,19 +121,13 @@ def test_the_straight_run_uses_the_kl_term_and_both_updates(straight):
 
 
 def test_resume_after_the_warm_up_keeps_the_warmed_up_reference(inputs, straight, tmp_path, monkeypatch):
-  original = GRPOTrainer.train_step
-  calls = []
+  def worker_lost():
+    raise RuntimeError("rollout worker lost")  # before any update of step 3
 
-  def fails_in_step_3(self):
-    calls.append(1)
-    if len(calls) == 3:
-      raise RuntimeError("rollout worker lost")  # before any update of step 3
-    return original(self)
-
-  monkeypatch.setattr(GRPOTrainer, "train_step", fails_in_step_3)
+  monkeypatch.setattr(GRPOTrainer, "train_step", before_step(3, worker_lost))
   with pytest.raises(RuntimeError, match="rollout worker lost"):
     train(inputs, tmp_path)
-  monkeypatch.setattr(GRPOTrainer, "train_step", original)
+  monkeypatch.undo()
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
   assert_same_run(train(inputs, tmp_path), straight)
 
@@ -168,16 +175,8 @@ def test_a_failure_between_the_updates_of_a_step_saves_nothing_from_it(inputs, s
 
 
 def test_sigterm_finishes_the_step_checkpoints_it_and_stops(inputs, straight, tmp_path, monkeypatch):
-  original = GRPOTrainer.train_step
-  calls = []
-
-  def preempted_in_step_3(self):
-    calls.append(1)
-    if len(calls) == 3:
-      os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-step, as a preemption notice does
-    return original(self)
-
-  monkeypatch.setattr(GRPOTrainer, "train_step", preempted_in_step_3)
+  # Arrives mid-step, as a preemption notice does.
+  monkeypatch.setattr(GRPOTrainer, "train_step", before_step(3, lambda: os.kill(os.getpid(), signal.SIGTERM)))
   with pytest.raises(TrainingInterrupted, match="SIGTERM after loop step 3") as stopped:
     train(inputs, tmp_path)
   monkeypatch.undo()

@@ -142,8 +142,18 @@ def test_metrics_go_to_jsonl_and_tensorboard(straight_run):
   np.testing.assert_allclose([v for _, v in scalars["update/loss"]], [row["update/loss"] for row in rows], rtol=1e-6)
 
 
-def test_a_failing_step_leaves_a_checkpoint_that_resumes_exactly(make_tiny_policy, straight_run, tmp_path):
+def assert_resumes_from_step_1_like(straight_run, make_tiny_policy, workdir):
+  """A rerun in `workdir` resumes after step 1 and ends with the straight run's metric rows and parameters."""
   straight_dir, straight_params = straight_run
+  resumed = make_trainer(make_tiny_policy, workdir, num_steps=2)
+  assert resumed.step == 1
+  resumed.run()
+  assert [without_timings(r) for r in read_metrics(workdir)] == [without_timings(r) for r in read_metrics(straight_dir)]
+  for a, b in zip(jax.tree.leaves(jax.tree.map(np.asarray, resumed.updater.params)), jax.tree.leaves(straight_params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_failing_step_leaves_a_checkpoint_that_resumes_exactly(make_tiny_policy, straight_run, tmp_path):
   calls = []
 
   def fails_in_step_2(completions, metadata):
@@ -157,12 +167,7 @@ def test_a_failing_step_leaves_a_checkpoint_that_resumes_exactly(make_tiny_polic
   with pytest.raises(RuntimeError, match="reward server down"):
     trainer.run()
   assert sorted(os.listdir(os.path.join(tmp_path, "checkpoints"))) == ["1"]
-  resumed = make_trainer(make_tiny_policy, tmp_path, num_steps=2)
-  assert resumed.step == 1
-  resumed.run()
-  assert [without_timings(r) for r in read_metrics(tmp_path)] == [without_timings(r) for r in read_metrics(straight_dir)]
-  for a, b in zip(jax.tree.leaves(jax.tree.map(np.asarray, resumed.updater.params)), jax.tree.leaves(straight_params)):
-    np.testing.assert_array_equal(a, b)
+  assert_resumes_from_step_1_like(straight_run, make_tiny_policy, tmp_path)
 
 
 def test_a_diverging_run_stops_before_anything_non_finite_is_saved(make_tiny_policy, tmp_path):
@@ -195,7 +200,6 @@ def test_a_full_disk_stops_at_the_first_failed_save_and_the_earlier_checkpoint_r
 
   from mmrag_jax.rl.checkpointing import CheckpointSaveFailed
 
-  straight_dir, straight_params = straight_run
   original = GRPOTrainer.save
 
   def disk_full_from_step_2(self, *args, **kwargs):
@@ -210,9 +214,4 @@ def test_a_full_disk_stops_at_the_first_failed_save_and_the_earlier_checkpoint_r
   with pytest.raises(CheckpointSaveFailed, match="step 2 .*No space left on device.*step 1 is the latest"):
     make_trainer(make_tiny_policy, tmp_path, num_steps=2, checkpoint_every=1).run()
   monkeypatch.undo()
-  resumed = make_trainer(make_tiny_policy, tmp_path, num_steps=2)
-  assert resumed.step == 1
-  resumed.run()
-  assert [without_timings(r) for r in read_metrics(tmp_path)] == [without_timings(r) for r in read_metrics(straight_dir)]
-  for a, b in zip(jax.tree.leaves(jax.tree.map(np.asarray, resumed.updater.params)), jax.tree.leaves(straight_params)):
-    np.testing.assert_array_equal(a, b)
+  assert_resumes_from_step_1_like(straight_run, make_tiny_policy, tmp_path)
