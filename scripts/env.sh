@@ -11,6 +11,6 @@ source .venv/bin/activate
 installed=.venv/.mmrag_jax-installed
 if [ ! -f "$installed" ] || [ pyproject.toml -nt "$installed" ]; then
   echo "installing mmrag_jax and its test extra into .venv (a few minutes the first time)"
-  python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+  python -m pip install --quiet --disable-pip-version-check -e '.[test,tpu]'
   touch "$installed"
 fi

@@ -1,0 +1,206 @@
+"""The run's jitted programs with abstract arguments at the config's largest shapes, on an abstract mesh.
+
+Each program family is a small builder returning `Program`s (name, bucket, jitted fn, abstract args): the
+GRPO update's `accumulate` and `apply` steps and, with a KL term (rl.beta > 0), the reference log-prob
+pass. The jitted functions are the updater's own (`rl/update.py`); arguments are `jax.ShapeDtypeStruct`s
+carrying the rule-table shardings, so nothing is allocated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from mmrag_jax.model import ModelInputs, Qwen25VLConfig, VisionIndex, abstract_model, preset
+from mmrag_jax.model.vision_index import window_block_bound
+from mmrag_jax.parallel import DEFAULT_RULES, make_mesh, param_shardings
+from mmrag_jax.recipe.checks import grpo_config
+from mmrag_jax.rl import update
+from mmrag_jax.rl.batch import TrainBatch
+from mmrag_jax.rl.policy import QwenLogprobs
+
+_MODEL_PRESETS = {"demo": "tiny", "3b": "qwen2.5-vl-3b", "7b": "qwen2.5-vl-7b"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+  """One compiled program of the run.
+
+  in_resident: the resident state entries ('params', 'optimizer', 'accumulators', 'reference') that are
+  among its arguments (the rest stay in HBM beside it). per_update: how often one optimizer step runs it.
+  """
+
+  name: str
+  bucket: str
+  fn: Any
+  args: tuple[Any, ...]
+  in_resident: tuple[str, ...]
+  per_update: int
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateGeometry:
+  """Shapes of one GRPO micro-batch: rows N = prompts x G, prompt length Lp, completion length T, pixel rows P."""
+
+  rows: int
+  group_size: int
+  prompt_length: int
+  completion_length: int
+  num_patches: int
+  micro_batches: int
+
+  @property
+  def bucket(self) -> str:
+    return f"N{self.rows}xL{self.prompt_length}+{self.completion_length}xP{self.num_patches}"
+
+  @property
+  def tokens(self) -> int:
+    return self.rows * (self.prompt_length + self.completion_length)
+
+  @classmethod
+  def of(cls, config: ml_collections.ConfigDict) -> "UpdateGeometry":
+    """The largest micro-batch the run builds: the largest length and patch buckets."""
+    return cls(rows=config.train.batch_size, group_size=config.rl.group_size,
+               prompt_length=max(config.sampler.length_buckets), completion_length=config.rl.max_new_tokens,
+               num_patches=max(config.sampler.patch_buckets), micro_batches=config.train.micro_batches)
+
+
+def model_config(config: ml_collections.ConfigDict) -> Qwen25VLConfig:
+  """The policy's architecture: MODEL.PATH/config.json when it exists, else the preset's (demo = tiny);
+  dtypes and remat from config.model."""
+  path = os.path.join(config.model.path or "", "config.json")
+  if config.model.path and os.path.isfile(path):
+    with open(path) as f:
+      base = Qwen25VLConfig.from_hf_dict(json.load(f))
+  else:
+    base = preset(_MODEL_PRESETS.get(config.preset, "qwen2.5-vl-7b"))
+  return base.replace(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
+                      remat=bool(config.model.remat))
+
+
+def _with_shardings(tree: Any, shardings: Any) -> Any:
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def abstract_train_batch(model: Qwen25VLConfig, geometry: UpdateGeometry, mesh: Mesh) -> TrainBatch:
+  """A TrainBatch of ShapeDtypeStructs shaped as `build_train_batch` makes them, on the updater's shardings."""
+  g, v = geometry, model.vision
+  n, length, t, p = g.rows, g.prompt_length + g.completion_length, g.completion_length, g.num_patches
+  i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
+  f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  merged = p // v.merge_unit
+  block_size = (v.window_size // v.spatial_merge_size // v.patch_size * v.spatial_merge_size) ** 2  # patches
+  blocks = window_block_bound(p, block_size)
+  vision_index = VisionIndex(position_ids=i32(p, 2), segment_ids=i32(p), window_index=i32(merged),
+                             reverse_window_index=i32(merged), block_patches=i32(blocks, block_size),
+                             block_window_ids=i32(blocks, block_size), patch_slots=i32(p))
+  inputs = ModelInputs(input_ids=i32(n, length), attention_mask=i32(n, length), positions=i32(3, n, length),
+                       rope_deltas=i32(n), pixel_values=f32(p, v.patch_dim) if p else None,
+                       vision_index=vision_index if p else None)
+  batch = TrainBatch(inputs=inputs, image_slots=i32(g.group_size, merged) if p else None,
+                     completion_ids=i32(n, t), completion_mask=jax.ShapeDtypeStruct((n, t), jnp.bool_),
+                     sampler_logprobs=f32(n, t), advantages=f32(n), sampling_logprobs=f32(n, t))
+  return _with_shardings(batch, update.train_batch_shardings(batch, mesh))
+
+
+@dataclasses.dataclass
+class PlanSetup:
+  """The abstract run: mesh, model graph, parameters and optimizer state (ShapeDtypeStructs, sharded)."""
+
+  config: ml_collections.ConfigDict
+  model: Qwen25VLConfig
+  mesh: Mesh
+  geometry: UpdateGeometry
+  graphdef: Any
+  params: Any
+  param_shardings: Any
+  opt_graphdef: Any
+  opt_state: Any
+  opt_shardings: Any
+  freeze: str
+  num_params: int
+  num_trainable: int
+
+  def resident(self) -> dict[str, Any]:
+    """The state that lives in HBM for the whole run (abstract trees): params, optimizer, gradient
+    accumulators (the trainable part) and the KL reference (a copy of the trainable part, when beta > 0)."""
+    trainable = update.split_trainable(self.params, self.freeze)[0]
+    state = {"params": self.params, "optimizer": self.opt_state, "accumulators": trainable}
+    if grpo_config(self.config).beta > 0:
+      state["reference"] = trainable
+    return state
+
+
+def _count(tree: Any) -> int:
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+def build_setup(config: ml_collections.ConfigDict, devices: Any) -> PlanSetup:
+  """Abstract model and optimizer of `config` on a ('data', 'fsdp', 'tensor') mesh of `devices`."""
+  model = model_config(config)
+  mesh = make_mesh(tuple(config.mesh.shape), devices=list(devices))
+  grpo = grpo_config(config)
+  graphdef, abstract_state = nnx.split(abstract_model(model))
+  shardings = param_shardings(abstract_state, mesh, DEFAULT_RULES)
+  params = _with_shardings(abstract_state, shardings)
+  freeze = grpo.freeze_vision_tower
+  wrt = update.trainable_filter(freeze)
+  optimizer = nnx.eval_shape(lambda p: nnx.Optimizer(nnx.merge(graphdef, p), grpo.optimizer(), wrt=wrt),
+                             abstract_state)
+  opt_graphdef, opt_abstract = nnx.split(optimizer)
+  opt_shardings = param_shardings(opt_abstract, mesh, DEFAULT_RULES)
+  return PlanSetup(config=config, model=model, mesh=mesh, geometry=UpdateGeometry.of(config), graphdef=graphdef,
+                   params=params, param_shardings=shardings, opt_graphdef=opt_graphdef,
+                   opt_state=_with_shardings(opt_abstract, opt_shardings), opt_shardings=opt_shardings,
+                   freeze=freeze, num_params=_count(params),
+                   num_trainable=_count(update.split_trainable(params, freeze)[0]))
+
+
+def _scalar(mesh: Mesh, dtype: Any) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct((), dtype, sharding=NamedSharding(mesh, PartitionSpec()))
+
+
+def _logprob_fn(setup: PlanSetup) -> QwenLogprobs:
+  grpo = grpo_config(setup.config)
+  return QwenLogprobs(grpo.temperature, grpo.logprob_chunk_size)
+
+
+def update_programs(setup: PlanSetup) -> list[Program]:
+  """The GRPO optimizer step: `accumulate` (once per micro-batch) and `apply` (once), as `PolicyUpdater` runs
+  them; and the reference log-prob pass (once per micro-batch) when the loss has a KL term."""
+  grpo = grpo_config(setup.config)
+  frozen_sh = update._FrozenTree.of(setup.param_shardings)
+  _, accumulate, logprobs = update._jitted_model_steps(setup.graphdef, grpo.loss_config(), _logprob_fn(setup),
+                                                       frozen_sh, setup.freeze)
+  apply = update._jitted_apply(setup.graphdef, setup.opt_graphdef, frozen_sh,
+                               update._FrozenTree.of(setup.opt_shardings), setup.freeze)
+  g = setup.geometry
+  batch = abstract_train_batch(setup.model, g, setup.mesh)
+  trainable, frozen = update.split_trainable(setup.params, setup.freeze)
+  per_token = batch.sampler_logprobs  # [N, T] float32 on the row sharding: old / reference log-probs
+  with_kl = grpo.beta > 0
+  programs = [
+      Program("accumulate", g.bucket, accumulate,
+              (setup.params, trainable, batch, per_token, per_token if with_kl else None,
+               _scalar(setup.mesh, jnp.bool_)), ("params", "accumulators"), g.micro_batches),
+      Program("apply", "all", apply,
+              (trainable, frozen, setup.opt_state, trainable, _scalar(setup.mesh, jnp.float32)),
+              ("params", "optimizer", "accumulators"), 1),
+  ]
+  if with_kl:
+    # The reference's frozen part is the live one (shared), so its arguments are parameter-sized.
+    programs.append(Program("reference_logprobs", g.bucket, logprobs, (setup.params, batch),
+                            ("params",), g.micro_batches))
+  return programs
+
+
+PROGRAM_FAMILIES = {"update": update_programs}

@@ -1,0 +1,90 @@
+"""From compiled programs to the plan: HBM per device against the chip, roofline times, the verdict.
+
+    peak HBM  = resident state outside the program's arguments + arguments + unaliased outputs
+                + temporaries + generated code
+    roofline  = max(FLOPs / peak FLOP/s, bytes accessed / HBM bandwidth, collective bytes / ICI bandwidth)
+    MFU       = 6 N tokens / (predicted update time x chips x peak FLOP/s per chip)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mmrag_jax.plan.analysis import CompiledProgram
+from mmrag_jax.plan.topology import GIB, Slice
+
+KNOBS = ("model.remat=True", "a smaller train.batch_size with more train.micro_batches",
+         "another mesh.shape", "a bigger slice")
+
+
+def roofline(program: CompiledProgram, tpu: Slice) -> dict[str, Any]:
+  """Seconds per run of the program bounded by compute, HBM traffic and ICI traffic, and which bounds it."""
+  times = {"compute_s": program.flops / tpu.per_device("peak_bf16_flops"),
+           "hbm_s": program.bytes_accessed / tpu.per_device("hbm_bytes_per_s"),
+           "ici_s": program.collective_bytes / tpu.per_device("ici_bytes_per_s")}
+  if any(t != t for t in times.values()):  # not compiled (out of HBM): no cost figures
+    return {**times, "time_s": float("nan"), "bound": "unknown"}
+  bound = max(times, key=times.get)
+  return {**times, "time_s": times[bound], "bound": bound[:-2]}
+
+
+def program_record(name: str, bucket: str, per_update: int, program: CompiledProgram,
+                   outside: dict[str, int], tpu: Slice, hbm_bytes: float) -> dict[str, Any]:
+  """Everything the plan says about one program on one device of `tpu` (HBM of `hbm_bytes` per device)."""
+  peak = sum(outside.values()) + program.program_bytes + program.code_bytes
+  return {
+      "name": name, "bucket": bucket, "per_update": per_update,
+      "argument_bytes": program.argument_bytes, "output_bytes": program.output_bytes,
+      "temp_bytes": program.temp_bytes, "alias_bytes": program.alias_bytes, "code_bytes": program.code_bytes,
+      "resident_outside_bytes": outside, "peak_bytes": peak, "hbm_bytes": hbm_bytes,
+      "headroom_fraction": 1.0 - peak / hbm_bytes, "fits": program.error is None and peak <= hbm_bytes,
+      "compile_error": program.error,
+      "flops": program.flops, "bytes_accessed": program.bytes_accessed,
+      "collective_bytes": program.collectives, "collective_bytes_total": program.collective_bytes,
+      "compile_s": program.compile_s, "lower_s": program.lower_s,
+      "flops_imbalance": (program.flops * len(tpu.devices) / program.global_flops
+                          if program.global_flops == program.global_flops and program.global_flops > 0 else None),
+      "roofline": roofline(program, tpu),
+  }
+
+
+def verdict(records: list[dict[str, Any]]) -> list[str]:
+  """One line per program that does not fit: program, bucket, GiB over, and the knobs to turn."""
+  lines = []
+  for r in records:
+    if not r["fits"]:
+      rejected = " (the TPU compiler refused it: temporaries exceed HBM)" if r["compile_error"] else ""
+      lines.append(f"{r['name']} [{r['bucket']}] does not fit: {r['peak_bytes'] / GIB:.2f} GiB of "
+                   f"{r['hbm_bytes'] / GIB:.2f} GiB per device, {(r['peak_bytes'] - r['hbm_bytes']) / GIB:.2f} GiB "
+                   f"over{rejected}; try {', '.join(KNOBS)}")
+  return lines
+
+
+def summary(records: list[dict[str, Any]], tpu: Slice, model_flops: float) -> dict[str, Any]:
+  """The RESULT figures: fits, headroom, compile time, predicted update time and MFU, FLOPs imbalance."""
+  update_s = sum(r["per_update"] * r["roofline"]["time_s"] for r in records)
+  update_s = update_s if update_s == update_s else None  # unknown when a program did not compile
+  imbalances = [r["flops_imbalance"] for r in records if r["flops_imbalance"] is not None]
+  return {
+      "fits": all(r["fits"] for r in records),
+      "min_headroom_fraction": min(r["headroom_fraction"] for r in records),
+      "total_compile_s": sum(r["compile_s"] + r["lower_s"] for r in records),
+      "predicted_update_s": update_s,
+      "predicted_update_mfu": model_flops / (update_s * tpu.num_chips * tpu.chip.peak_bf16_flops)
+                              if update_s else None,
+      "max_flops_imbalance": max(imbalances) if imbalances else None,
+      "topology": tpu.topology, "slice": tpu.name, "devices": len(tpu.devices), "chips": tpu.num_chips,
+  }
+
+
+def table(records: list[dict[str, Any]]) -> str:
+  """A readable per-program table (GiB per device, TFLOP per device, milliseconds)."""
+  head = (f"{'program':<20} {'bucket':<28} {'args':>7} {'temp':>7} {'peak':>7} {'HBM':>6} {'fits':>5} "
+          f"{'TFLOP':>8} {'coll GiB':>8} {'roof ms':>9} {'bound':>7} {'compile s':>9}")
+  rows = [head, "-" * len(head)]
+  for r in records:
+    rows.append(f"{r['name']:<20} {r['bucket']:<28} {r['argument_bytes'] / GIB:7.2f} {r['temp_bytes'] / GIB:7.2f} "
+                f"{r['peak_bytes'] / GIB:7.2f} {r['hbm_bytes'] / GIB:6.1f} {str(r['fits']):>5} "
+                f"{r['flops'] / 1e12:8.3f} {r['collective_bytes_total'] / GIB:8.3f} "
+                f"{r['roofline']['time_s'] * 1e3:9.2f} {r['roofline']['bound']:>7} {r['compile_s']:9.1f}")
+  return "\n".join(rows)
