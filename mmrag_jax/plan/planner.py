@@ -49,7 +49,8 @@ def make_plan(config: ml_collections.ConfigDict, slice_name: str, *, hbm_bytes: 
     compiled, _ = analysis.compile_program(p.fn, p.args)
     compiled = dataclasses.replace(compiled, global_flops=whole.get(p.name, float("nan")))
     outside = {k: v for k, v in resident.items() if k not in p.in_resident}
-    records.append(report.program_record(p.name, p.bucket, p.per_update, compiled, outside, tpu, hbm))
+    records.append(report.program_record(p.name, p.bucket, p.per_update, compiled, outside, tpu, hbm,
+                                         family=p.family, loop_steps=p.loop_steps))
   g = setup.geometry
   model_flops = 6.0 * setup.num_params * g.tokens * g.micro_batches
   return {

@@ -1,9 +1,12 @@
 """The run's jitted programs with abstract arguments at the config's largest shapes, on an abstract mesh.
 
-Each program family is a small builder returning `Program`s (name, bucket, jitted fn, abstract args): the
-GRPO update's `accumulate` and `apply` steps and, with a KL term (rl.beta > 0), the reference log-prob
-pass. The jitted functions are the updater's own (`rl/update.py`); arguments are `jax.ShapeDtypeStruct`s
-carrying the rule-table shardings, so nothing is allocated.
+Each program family is a small builder returning `Program`s (name, bucket, jitted fn, abstract args):
+  update   the GRPO update's `accumulate` and `apply` steps and, with a KL term (rl.beta > 0), the reference
+           log-prob pass (`rl/update.py`);
+  sampler  the rollout's group-shared `prefill` and the `decode` loop (`sampling/sampler.py`);
+  scorer   stage 1's P(yes) forward (`sampling/scorer.py`), for stage-1 configs.
+The jitted functions are the library's own; arguments are `jax.ShapeDtypeStruct`s carrying the rule-table
+shardings, so nothing is allocated.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ class Program:
   """One compiled program of the run.
 
   in_resident: the resident state entries ('params', 'optimizer', 'accumulators', 'reference') that are
-  among its arguments (the rest stay in HBM beside it). per_update: how often one optimizer step runs it.
+  among its arguments or not live while it runs (the rest stay in HBM beside it). per_update: runs per
+  optimizer step (per rollout batch for the sampler). loop_steps: trips of the loop whose body XLA's cost
+  analysis counts once (the decode while-loop: one token step per trip).
   """
 
   name: str
@@ -45,6 +50,8 @@ class Program:
   args: tuple[Any, ...]
   in_resident: tuple[str, ...]
   per_update: int
+  family: str = "update"
+  loop_steps: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,4 +210,121 @@ def update_programs(setup: PlanSetup) -> list[Program]:
   return programs
 
 
-PROGRAM_FAMILIES = {"update": update_programs}
+
+
+def abstract_prompt_inputs(model: Qwen25VLConfig, rows: int, length: int, num_patches: int, mesh: Mesh
+                           ) -> ModelInputs:
+  """Prompt `ModelInputs` [rows, length] with `num_patches` pixel rows as `place_inputs` shards them:
+  rows over the batch axes, vision arrays replicated."""
+  from mmrag_jax.parallel import logical_sharding
+
+  v = model.vision
+  i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
+  merged = num_patches // v.merge_unit
+  block_size = (v.window_size // v.spatial_merge_size // v.patch_size * v.spatial_merge_size) ** 2
+  blocks = window_block_bound(num_patches, block_size)
+  vision = num_patches > 0
+  inputs = ModelInputs(
+      input_ids=i32(rows, length), attention_mask=i32(rows, length), positions=i32(3, rows, length),
+      rope_deltas=i32(rows),
+      pixel_values=jax.ShapeDtypeStruct((num_patches, v.patch_dim), jnp.float32) if vision else None,
+      vision_index=VisionIndex(position_ids=i32(num_patches, 2), segment_ids=i32(num_patches),
+                               window_index=i32(merged), reverse_window_index=i32(merged),
+                               block_patches=i32(blocks, block_size), block_window_ids=i32(blocks, block_size),
+                               patch_slots=i32(num_patches)) if vision else None,
+      image_scatter=i32(merged) if vision else None)
+  names = {"input_ids": ("batch", "length"), "attention_mask": ("batch", "length"),
+           "positions": (None, "batch", "length"), "rope_deltas": ("batch",)}
+  shard = lambda x, n: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=logical_sharding(mesh, n, shape=x.shape))
+  replicate = lambda tree: jax.tree.map(lambda x: shard(x, (None,) * len(x.shape)), tree)
+  return dataclasses.replace(
+      inputs, **{k: shard(getattr(inputs, k), n) for k, n in names.items()},
+      pixel_values=replicate(inputs.pixel_values), vision_index=replicate(inputs.vision_index),
+      image_scatter=replicate(inputs.image_scatter))
+
+
+def sampler_programs(setup: PlanSetup) -> list[Program]:
+  """The rollout: the group-shared `prefill` of train.batch_size / G prompts at the largest length and patch
+  buckets, and the `decode` loop of rl.max_new_tokens steps over the B * G rows (the sampler's own jits)."""
+  from mmrag_jax.recipe.context import RunContext
+  from mmrag_jax.sampling import sampler as sampling
+  from mmrag_jax.sampling.decode import DecodeSettings
+  from mmrag_jax.sampling.keys import row_keys
+
+  g = setup.geometry
+  prompts = g.rows // g.group_size
+  inputs = abstract_prompt_inputs(setup.model, prompts, g.prompt_length, g.num_patches, setup.mesh)
+  cache_size = g.prompt_length + g.completion_length
+  prefill_jit = _Bound(sampling._prefill, dict(graphdef=setup.graphdef, cache_size=cache_size,
+                                              group_size=g.group_size, mesh=setup.mesh))
+  logits, cache = prefill_jit.lower(setup.params, inputs).out_info
+  # As the prefill leaves them: the cache pinned by `constrain_cache`, logits rows over the batch axes.
+  from mmrag_jax.model.kv_cache import KVCache
+  from mmrag_jax.parallel import logical_sharding
+
+  shard = lambda x, n: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=logical_sharding(setup.mesh, n, shape=x.shape))
+  kv = (None, "batch", "length", "kv_heads", None)
+  cache = KVCache(k=shard(cache.k, kv), v=shard(cache.v, kv), valid=shard(cache.valid, ("batch", "length")),
+                  index=shard(cache.index, ()), rope_deltas=shard(cache.rope_deltas, ("batch",)))
+  logits = shard(logits, ("batch", None))
+  c = setup.model
+  config = setup.config
+  method = RunContext.sampling_method(_ConfigHolder(config))
+  suppressed = (c.image_token_id, c.video_token_id, c.vision_start_token_id, c.vision_end_token_id)
+  settings = DecodeSettings(max_new_tokens=g.completion_length, pad_token_id=c.pad_token_id,
+                            suppressed_ids=suppressed)
+
+  keys = jax.eval_shape(lambda: row_keys(jax.random.key(0), jnp.arange(prompts), g.group_size))
+  keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype,
+                              sharding=logical_sharding(setup.mesh, ("batch",), shape=keys.shape))
+  stop_ids = jax.ShapeDtypeStruct((2,), jnp.int32, sharding=NamedSharding(setup.mesh, PartitionSpec()))
+  decode_jit = _Bound(sampling._decode, dict(graphdef=setup.graphdef, method=method, settings=settings,
+                                            mesh=setup.mesh))
+  return [
+      # The gradient accumulators are not live during the rollout.
+      Program("prefill", f"B{prompts}xL{g.prompt_length}xP{g.num_patches}", prefill_jit, (setup.params, inputs),
+              ("params", "accumulators"), g.micro_batches, family="sampler"),
+      Program("decode", f"N{g.rows}xS{cache_size}xT{g.completion_length}", decode_jit,
+              (setup.params, logits, cache, keys, stop_ids, None), ("params", "accumulators"), g.micro_batches,
+              family="sampler", loop_steps=g.completion_length),
+  ]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Bound:
+  """A jitted function with its static keyword arguments bound: `.lower(*args)` like a plain jit."""
+
+  fn: Any
+  static: dict[str, Any]
+
+  def lower(self, *args: Any) -> Any:
+    if "graphdef" in self.static:
+      static = {k: v for k, v in self.static.items() if k != "graphdef"}
+      return self.fn.lower(self.static["graphdef"], *args, **static)
+    return self.fn.lower(*args, **self.static)
+
+
+class _ConfigHolder:
+  """The `config` attribute `RunContext.sampling_method` reads."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+
+
+def scorer_programs(setup: PlanSetup) -> list[Program]:
+  """Stage-1 inference: the scorer's P(yes) forward over scorer.batch_size candidates at the largest length
+  and patch buckets (stage-1 configs only; the judgment token ids do not change the program's shape)."""
+  if setup.config.stage != 1:
+    return []
+  from mmrag_jax.sampling import scorer
+
+  c, g = setup.config, setup.geometry
+  inputs = abstract_prompt_inputs(setup.model, c.scorer.batch_size, g.prompt_length, g.num_patches, setup.mesh)
+  forward = _Bound(scorer._yes_probability, dict(graphdef=setup.graphdef, yes_token_id=0, no_token_id=1))
+  # Inference after training: only the parameters are live.
+  return [Program("scorer", f"B{c.scorer.batch_size}xL{g.prompt_length}xP{g.num_patches}", forward,
+                  (setup.params, inputs), ("params", "optimizer", "accumulators", "reference"), 1,
+                  family="scorer")]
+
+
+PROGRAM_FAMILIES = {"update": update_programs, "sampler": sampler_programs, "scorer": scorer_programs}

@@ -17,23 +17,27 @@ KNOBS = ("model.remat=True", "a smaller train.batch_size with more train.micro_b
          "another mesh.shape", "a bigger slice")
 
 
-def roofline(program: CompiledProgram, tpu: Slice) -> dict[str, Any]:
-  """Seconds per run of the program bounded by compute, HBM traffic and ICI traffic, and which bounds it."""
+def roofline(program: CompiledProgram, tpu: Slice, loop_steps: int = 1) -> dict[str, Any]:
+  """Seconds per run of the program bounded by compute, HBM traffic and ICI traffic, and which bounds it.
+
+  loop_steps: trips of a loop XLA's cost analysis counts once (step_s is one trip, time_s all of them).
+  """
   times = {"compute_s": program.flops / tpu.per_device("peak_bf16_flops"),
            "hbm_s": program.bytes_accessed / tpu.per_device("hbm_bytes_per_s"),
            "ici_s": program.collective_bytes / tpu.per_device("ici_bytes_per_s")}
   if any(t != t for t in times.values()):  # not compiled (out of HBM): no cost figures
-    return {**times, "time_s": float("nan"), "bound": "unknown"}
+    return {**times, "step_s": float("nan"), "time_s": float("nan"), "bound": "unknown"}
   bound = max(times, key=times.get)
-  return {**times, "time_s": times[bound], "bound": bound[:-2]}
+  return {**times, "step_s": times[bound], "time_s": times[bound] * loop_steps, "bound": bound[:-2]}
 
 
 def program_record(name: str, bucket: str, per_update: int, program: CompiledProgram,
-                   outside: dict[str, int], tpu: Slice, hbm_bytes: float) -> dict[str, Any]:
+                   outside: dict[str, int], tpu: Slice, hbm_bytes: float, *, family: str = "update",
+                   loop_steps: int = 1) -> dict[str, Any]:
   """Everything the plan says about one program on one device of `tpu` (HBM of `hbm_bytes` per device)."""
   peak = sum(outside.values()) + program.program_bytes + program.code_bytes
   return {
-      "name": name, "bucket": bucket, "per_update": per_update,
+      "name": name, "bucket": bucket, "family": family, "per_update": per_update, "loop_steps": loop_steps,
       "argument_bytes": program.argument_bytes, "output_bytes": program.output_bytes,
       "temp_bytes": program.temp_bytes, "alias_bytes": program.alias_bytes, "code_bytes": program.code_bytes,
       "resident_outside_bytes": outside, "peak_bytes": peak, "hbm_bytes": hbm_bytes,
@@ -44,7 +48,7 @@ def program_record(name: str, bucket: str, per_update: int, program: CompiledPro
       "compile_s": program.compile_s, "lower_s": program.lower_s,
       "flops_imbalance": (program.flops * len(tpu.devices) / program.global_flops
                           if program.global_flops == program.global_flops and program.global_flops > 0 else None),
-      "roofline": roofline(program, tpu),
+      "roofline": roofline(program, tpu, loop_steps),
   }
 
 
@@ -61,9 +65,13 @@ def verdict(records: list[dict[str, Any]]) -> list[str]:
 
 
 def summary(records: list[dict[str, Any]], tpu: Slice, model_flops: float) -> dict[str, Any]:
-  """The RESULT figures: fits, headroom, compile time, predicted update time and MFU, FLOPs imbalance."""
-  update_s = sum(r["per_update"] * r["roofline"]["time_s"] for r in records)
-  update_s = update_s if update_s == update_s else None  # unknown when a program did not compile
+  """The RESULT figures: fits, headroom, compile time, predicted update (and rollout) time, update MFU, FLOPs
+  imbalance, and for the decode loop its predicted step time over the time to read its arguments once."""
+  def predicted(family: str) -> float | None:
+    total = sum(r["per_update"] * r["roofline"]["time_s"] for r in records if r["family"] == family)
+    return total if total == total and any(r["family"] == family for r in records) else None
+
+  update_s = predicted("update")
   imbalances = [r["flops_imbalance"] for r in records if r["flops_imbalance"] is not None]
   return {
       "fits": all(r["fits"] for r in records),
@@ -73,8 +81,21 @@ def summary(records: list[dict[str, Any]], tpu: Slice, model_flops: float) -> di
       "predicted_update_mfu": model_flops / (update_s * tpu.num_chips * tpu.chip.peak_bf16_flops)
                               if update_s else None,
       "max_flops_imbalance": max(imbalances) if imbalances else None,
+      "predicted_rollout_s": predicted("sampler"),
+      **_decode_vs_roofline(records, tpu),
       "topology": tpu.topology, "slice": tpu.name, "devices": len(tpu.devices), "chips": tpu.num_chips,
   }
+
+
+def _decode_vs_roofline(records: list[dict[str, Any]], tpu: Slice) -> dict[str, Any]:
+  """decode_vs_roofline: one decode step's roofline time over reading its arguments (weights, cache) once from
+  HBM, the floor of a memory-bound token step; 1.0 is ideal."""
+  decode = next((r for r in records if r["name"] == "decode"), None)
+  if decode is None:
+    return {}
+  floor = decode["argument_bytes"] / tpu.per_device("hbm_bytes_per_s")
+  step = decode["roofline"]["step_s"]
+  return {"decode_vs_roofline": step / floor if floor > 0 and step == step else None}
 
 
 def table(records: list[dict[str, Any]]) -> str:

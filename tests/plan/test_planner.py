@@ -20,7 +20,7 @@ from mmrag_jax.plan import (  # noqa: E402
     make_plan)
 from mmrag_jax.plan.__main__ import main  # noqa: E402
 from mmrag_jax.plan.analysis import collective_bytes  # noqa: E402
-from mmrag_jax.plan.programs import update_programs  # noqa: E402
+from mmrag_jax.plan.programs import PROGRAM_FAMILIES, update_programs  # noqa: E402
 from mmrag_jax.plan.topology import GIB, topology_name  # noqa: E402
 from mmrag_jax.rl import update  # noqa: E402
 from mmrag_jax.rl.batch import build_train_batch  # noqa: E402
@@ -110,8 +110,10 @@ def test_abstract_batch_has_the_structure_shapes_and_dtypes_of_a_built_batch(tpu
 def test_byte_counts_are_those_of_the_program_compiled_directly(plan, tpu):
   setup = build_setup(_config(), tpu.devices)
   direct = {}
-  for program in update_programs(setup):
-    direct[program.name] = program.fn.lower(*program.args).compile().memory_analysis()
+  for family in PROGRAM_FAMILIES.values():
+    for program in family(setup):
+      direct[program.name] = program.fn.lower(*program.args).compile().memory_analysis()
+  assert set(direct) == {r["name"] for r in plan["programs"]}
   for record in plan["programs"]:
     memory = direct[record["name"]]
     assert (record["argument_bytes"], record["output_bytes"], record["temp_bytes"], record["alias_bytes"],
@@ -175,7 +177,9 @@ def test_summary_holds_the_result_fields(plan):
   summary = plan["summary"]
   assert summary["fits"] and 0 < summary["min_headroom_fraction"] <= 1
   assert summary["total_compile_s"] > 0 and 0 < summary["predicted_update_mfu"] < 1
-  assert {r["name"] for r in plan["programs"]} == {"accumulate", "apply"}  # beta = 0: no reference pass
+  # beta = 0: no reference pass; stage 2: no scorer.
+  assert [r["name"] for r in plan["programs"]] == ["accumulate", "apply", "prefill", "decode"]
+  assert summary["predicted_rollout_s"] > 0 and summary["decode_vs_roofline"] >= 1.0
   accumulate = next(r for r in plan["programs"] if r["name"] == "accumulate")
   assert accumulate["collective_bytes"]["all-gather"] > 0  # FSDP gathers the weights
   assert accumulate["roofline"]["time_s"] == max(accumulate["roofline"][k] for k in ("compute_s", "hbm_s", "ici_s"))
@@ -195,7 +199,8 @@ def test_collectives_are_read_from_result_shapes_with_async_pairs_counted_once()
 
 def test_a_kl_term_adds_the_reference_pass_and_its_resident_copy(tpu):
   plan = make_plan(_config(**{"rl.beta": 0.04}), TOPOLOGY, flops_balance=False)
-  assert [r["name"] for r in plan["programs"]] == ["accumulate", "apply", "reference_logprobs"]
+  names = [r["name"] for r in plan["programs"] if r["family"] == "update"]
+  assert names == ["accumulate", "apply", "reference_logprobs"]
   assert plan["resident_bytes"]["reference"] == plan["resident_bytes"]["accumulators"]
 
 
@@ -223,3 +228,19 @@ def test_a_program_the_compiler_refuses_for_hbm_does_not_fit_with_the_bytes_it_a
   assert not record["fits"] and record["roofline"]["bound"] == "unknown"
   assert "accumulate [N64xL4608] does not fit" in verdict([record])[0]
   assert "compiler refused" in verdict([record])[0]
+
+
+def test_the_decode_loop_is_timed_per_token_step(plan):
+  decode = next(r for r in plan["programs"] if r["name"] == "decode")
+  # XLA's cost analysis counts the while-loop body once: the loop's time is one step x max_new_tokens.
+  assert decode["loop_steps"] == SMALL["rl.max_new_tokens"]
+  assert decode["roofline"]["time_s"] == pytest.approx(decode["roofline"]["step_s"] * decode["loop_steps"])
+
+
+def test_a_stage1_plan_includes_the_scorer_forward():
+  config = load_config("configs/stage1.py:demo")
+  config.mesh.shape, config.rl.max_new_tokens = (1, -1, 1), 16
+  plan = make_plan(config, TOPOLOGY, flops_balance=False)
+  scorer = next(r for r in plan["programs"] if r["name"] == "scorer")
+  assert scorer["bucket"] == f"B{config.scorer.batch_size}xL256xP256" and scorer["fits"]
+  assert set(scorer["resident_outside_bytes"]) == set()  # inference: only the parameters are live
