@@ -1,7 +1,11 @@
 """Check a run against a TPU slice before you start it: compile its programs ahead of time, see if they fit.
 
   python -m mmrag_jax.plan --config=configs/stage2.py:7b --topology=v5p-8 [--config.FIELD=VALUE ...]
-      [--output=plan.json] [--hbm_gib=GIB] [--flops_balance=auto|true|false]
+      [--output=plan.json] [--hbm_gib=GIB] [--flops_balance=auto|true|false] [--programs=update,sampler,scorer]
+
+--hbm_gib plans against that much HBM per device instead of the chip's; --flops_balance also compiles each
+program for one device to measure how evenly the slice splits its FLOPs (auto: for models under 1B
+parameters); --programs picks program families (default: all).
 
 Prints a per-program table, one line per program that does not fit, and as the last line `RESULT {json}`.
 Exit status: 0 everything fits, 1 something does not, 2 a bad command line, config or slice name, or no libtpu.
@@ -24,7 +28,7 @@ def _parse(argv: list[str]) -> dict[str, Any]:
   from mmrag_jax.sweep.grid import parse_assignment, parse_value
 
   opts: dict[str, Any] = {"overrides": [], "output": None, "hbm_gib": None, "flops_balance": "auto",
-                          "config": None, "topology": None}
+                          "config": None, "topology": None, "programs": None}
   for arg in argv:
     if not arg.startswith("--") or "=" not in arg:
       raise ValueError(f"unexpected argument {arg!r}: expected --NAME=VALUE")
@@ -32,11 +36,11 @@ def _parse(argv: list[str]) -> dict[str, Any]:
     if name.startswith("config."):
       field, text = parse_assignment(arg[len("--config."):], "config")
       opts["overrides"].append((field, parse_value(text)))
-    elif name in ("config", "topology", "output", "hbm_gib", "flops_balance"):
+    elif name in ("config", "topology", "output", "hbm_gib", "flops_balance", "programs"):
       opts[name] = value
     else:
       raise ValueError(f"unknown flag --{name} (flags: --config, --config.FIELD, --topology, --output, "
-                       "--hbm_gib, --flops_balance)")
+                       "--hbm_gib, --flops_balance, --programs)")
   if not opts["config"]:
     raise ValueError("--config is required, e.g. --config=configs/stage2.py:7b")
   if not opts["topology"]:
@@ -45,7 +49,7 @@ def _parse(argv: list[str]) -> dict[str, Any]:
 
 
 def _load_config(spec: str, overrides: list[tuple[str, Any]]) -> Any:
-  from mmrag_jax.recipe.checks import validate, validate_batch_division
+  from mmrag_jax.recipe.checks import validate
   from mmrag_jax.sweep.grid import check_field, load_config
 
   config = load_config(spec)
@@ -85,18 +89,22 @@ def main(argv: list[str]) -> int:
   if not libtpu_available():
     return _fail(INSTALL_HINT)
 
+  from mmrag_jax.parallel import resolve_mesh_shape
   from mmrag_jax.plan.planner import make_plan
   from mmrag_jax.plan.report import table
+  from mmrag_jax.plan.topology import load_slice
   from mmrag_jax.recipe.checks import validate_batch_division
 
   try:
-    from mmrag_jax.plan.topology import load_slice
-
     tpu = load_slice(opts["topology"])
-    mesh_shape = __import__("mmrag_jax.parallel", fromlist=["resolve_mesh_shape"]).resolve_mesh_shape(
-        tuple(config.mesh.shape), len(tpu.devices))
-    validate_batch_division(config, mesh_shape[0] * mesh_shape[1])
-    plan = make_plan(config, opts["topology"], hbm_bytes=hbm, flops_balance=balance)
+    try:
+      data, fsdp, _ = resolve_mesh_shape(tuple(config.mesh.shape), len(tpu.devices))
+    except ValueError as error:
+      raise ValueError(f"config.mesh.shape on {tpu.name} ({len(tpu.devices)} devices): {error}; e.g. "
+                       "--config.mesh.shape='(1,-1,1)' (FSDP over the slice)") from None
+    validate_batch_division(config, data * fsdp)
+    families = None if opts["programs"] is None else [f.strip() for f in opts["programs"].split(",") if f.strip()]
+    plan = make_plan(config, opts["topology"], hbm_bytes=hbm, flops_balance=balance, families=families)
   except (TopologyError, RunError, ValueError) as error:
     return _fail(error)
   print(f"{plan['summary']['slice']} ({plan['summary']['topology']}): {plan['summary']['devices']} devices on "

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
@@ -17,33 +18,39 @@ from mmrag_jax.plan.topology import GIB, load_slice
 _BALANCE_CHECK_MAX_PARAMS = 1e9
 
 
-def _single_device_flops(config: ml_collections.ConfigDict, devices: Any) -> dict[str, float]:
+def _build(setup: programs.PlanSetup, families: Sequence[str]) -> list[programs.Program]:
+  unknown = sorted(set(families) - set(programs.PROGRAM_FAMILIES))
+  if unknown:
+    raise ValueError(f"unknown program families {unknown}; choose from {sorted(programs.PROGRAM_FAMILIES)}")
+  return [p for name in families for p in programs.PROGRAM_FAMILIES[name](setup)]
+
+
+def _single_device_flops(config: ml_collections.ConfigDict, devices: Any, families: Sequence[str]
+                         ) -> dict[str, float]:
   """Each program's FLOPs compiled for one device: the whole computation, unsplit."""
   single = ml_collections.ConfigDict(config.to_dict())
   single.mesh.shape = (1, 1, 1)
   setup = programs.build_setup(single, devices[:1])
-  out = {}
-  for family in programs.PROGRAM_FAMILIES.values():
-    for p in family(setup):
-      out[p.name] = analysis.compile_program(p.fn, p.args)[0].flops
-  return out
+  return {p.name: analysis.compile_program(p.fn, p.args)[0].flops for p in _build(setup, families)}
 
 
 def make_plan(config: ml_collections.ConfigDict, slice_name: str, *, hbm_bytes: float | None = None,
-              flops_balance: bool | None = None) -> dict[str, Any]:
+              flops_balance: bool | None = None, families: Sequence[str] | None = None) -> dict[str, Any]:
   """Compiles the run's programs for slice `slice_name` and returns the plan (see `report.py`).
 
   hbm_bytes: HBM per device to plan against (default: the chip table's). flops_balance: also compile on one
   device to compare per-device FLOPs with the whole program's (default: for models under 1B parameters).
+  families: the program families to compile (default: all of `programs.PROGRAM_FAMILIES`).
   """
+  families = tuple(programs.PROGRAM_FAMILIES) if families is None else tuple(families)
   tpu = load_slice(slice_name)
   hbm = float(hbm_bytes) if hbm_bytes is not None else tpu.per_device("hbm_bytes")
   setup = programs.build_setup(config, tpu.devices)
   resident = {name: analysis.device_bytes(tree) for name, tree in setup.resident().items()}
-  built = [p for family in programs.PROGRAM_FAMILIES.values() for p in family(setup)]
+  built = _build(setup, families)
   if flops_balance is None:
     flops_balance = setup.num_params < _BALANCE_CHECK_MAX_PARAMS
-  whole = _single_device_flops(config, tpu.devices) if flops_balance else {}
+  whole = _single_device_flops(config, tpu.devices, families) if flops_balance else {}
   records = []
   for p in built:
     compiled, _ = analysis.compile_program(p.fn, p.args)
@@ -63,7 +70,7 @@ def make_plan(config: ml_collections.ConfigDict, slice_name: str, *, hbm_bytes: 
       "resident_bytes": resident, "resident_gib": sum(resident.values()) / GIB,
       "model_flops_per_update": model_flops,
       "programs": records,
-      "families": sorted(programs.PROGRAM_FAMILIES),
+      "families": list(families),
       "verdict": report.verdict(records),
       "summary": report.summary(records, tpu, model_flops),
   }

@@ -198,16 +198,15 @@ def test_collectives_are_read_from_result_shapes_with_async_pairs_counted_once()
 
 
 def test_a_kl_term_adds_the_reference_pass_and_its_resident_copy(tpu):
-  plan = make_plan(_config(**{"rl.beta": 0.04}), TOPOLOGY, flops_balance=False)
-  names = [r["name"] for r in plan["programs"] if r["family"] == "update"]
-  assert names == ["accumulate", "apply", "reference_logprobs"]
+  plan = make_plan(_config(**{"rl.beta": 0.04}), TOPOLOGY, flops_balance=False, families=["update"])
+  assert [r["name"] for r in plan["programs"]] == ["accumulate", "apply", "reference_logprobs"]
   assert plan["resident_bytes"]["reference"] == plan["resident_bytes"]["accumulators"]
 
 
 def test_a_program_over_the_chips_hbm_is_named_and_exits_non_zero(tmp_path, capsys):
   output = tmp_path / "plan.json"
   code = main(["--config=configs/stage2.py:demo", f"--topology={TOPOLOGY}", *SMALL_ARGS,
-               "--hbm_gib=0.001", "--flops_balance=false", f"--output={output}"])
+               "--hbm_gib=0.001", "--flops_balance=false", "--programs=update", f"--output={output}"])
   out = capsys.readouterr().out
   assert code == 1
   assert "accumulate [N16xL64+16xP64] does not fit" in out and "model.remat=True" in out
@@ -240,7 +239,13 @@ def test_the_decode_loop_is_timed_per_token_step(plan):
 def test_a_stage1_plan_includes_the_scorer_forward():
   config = load_config("configs/stage1.py:demo")
   config.mesh.shape, config.rl.max_new_tokens = (1, -1, 1), 16
-  plan = make_plan(config, TOPOLOGY, flops_balance=False)
+  plan = make_plan(config, TOPOLOGY, flops_balance=False, families=["scorer"])
   scorer = next(r for r in plan["programs"] if r["name"] == "scorer")
   assert scorer["bucket"] == f"B{config.scorer.batch_size}xL256xP256" and scorer["fits"]
   assert set(scorer["resident_outside_bytes"]) == set()  # inference: only the parameters are live
+
+
+def test_a_mesh_that_does_not_cover_the_slice_is_a_one_line_error(capsys):
+  assert main(["--config=configs/stage2.py:demo", f"--topology={TOPOLOGY}"]) == 2  # demo mesh is (1, 1, 1)
+  err = capsys.readouterr().err
+  assert err.startswith("error: config.mesh.shape on v5e:2x2 (4 devices)") and "(1,-1,1)" in err
