@@ -74,6 +74,9 @@ def _finite(tree: Any) -> Any:
 
 
 def main(argv: list[str]) -> int:
+  if any(arg in ("-h", "--help") for arg in argv):
+    print(__doc__.strip())
+    return 0
   os.environ.setdefault("JAX_PLATFORMS", "cpu")  # plan on the host; a TPU here stays free for the run
   from mmrag_jax.errors import RunError
   from mmrag_jax.plan.topology import INSTALL_HINT, TopologyError, libtpu_available, topology_name

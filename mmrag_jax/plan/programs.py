@@ -24,8 +24,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mmrag_jax.model import ModelInputs, Qwen25VLConfig, VisionIndex, abstract_model, preset
+from mmrag_jax.model.kv_cache import KVCache
 from mmrag_jax.model.vision_index import window_block_bound
-from mmrag_jax.parallel import DEFAULT_RULES, make_mesh, param_shardings
+from mmrag_jax.parallel import DEFAULT_RULES, logical_sharding, make_mesh, param_shardings
 from mmrag_jax.recipe.checks import grpo_config
 from mmrag_jax.rl import update
 from mmrag_jax.rl.batch import TrainBatch
@@ -98,6 +99,17 @@ def _with_shardings(tree: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
+def _abstract_vision_index(v: Any, num_patches: int) -> VisionIndex:
+  """The `VisionIndex` shapes `VisionIndex.build` gives a patch budget (worst-case window blocks)."""
+  i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
+  merged = num_patches // v.merge_unit
+  block_size = (v.window_size // v.spatial_merge_size // v.patch_size * v.spatial_merge_size) ** 2  # patches
+  blocks = window_block_bound(num_patches, block_size)
+  return VisionIndex(position_ids=i32(num_patches, 2), segment_ids=i32(num_patches), window_index=i32(merged),
+                     reverse_window_index=i32(merged), block_patches=i32(blocks, block_size),
+                     block_window_ids=i32(blocks, block_size), patch_slots=i32(num_patches))
+
+
 def abstract_train_batch(model: Qwen25VLConfig, geometry: UpdateGeometry, mesh: Mesh) -> TrainBatch:
   """A TrainBatch of ShapeDtypeStructs shaped as `build_train_batch` makes them, on the updater's shardings."""
   g, v = geometry, model.vision
@@ -105,14 +117,9 @@ def abstract_train_batch(model: Qwen25VLConfig, geometry: UpdateGeometry, mesh: 
   i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
   f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
   merged = p // v.merge_unit
-  block_size = (v.window_size // v.spatial_merge_size // v.patch_size * v.spatial_merge_size) ** 2  # patches
-  blocks = window_block_bound(p, block_size)
-  vision_index = VisionIndex(position_ids=i32(p, 2), segment_ids=i32(p), window_index=i32(merged),
-                             reverse_window_index=i32(merged), block_patches=i32(blocks, block_size),
-                             block_window_ids=i32(blocks, block_size), patch_slots=i32(p))
   inputs = ModelInputs(input_ids=i32(n, length), attention_mask=i32(n, length), positions=i32(3, n, length),
                        rope_deltas=i32(n), pixel_values=f32(p, v.patch_dim) if p else None,
-                       vision_index=vision_index if p else None)
+                       vision_index=_abstract_vision_index(v, p) if p else None)
   batch = TrainBatch(inputs=inputs, image_slots=i32(g.group_size, merged) if p else None,
                      completion_ids=i32(n, t), completion_mask=jax.ShapeDtypeStruct((n, t), jnp.bool_),
                      sampler_logprobs=f32(n, t), advantages=f32(n), sampling_logprobs=f32(n, t))
@@ -216,22 +223,15 @@ def abstract_prompt_inputs(model: Qwen25VLConfig, rows: int, length: int, num_pa
                            ) -> ModelInputs:
   """Prompt `ModelInputs` [rows, length] with `num_patches` pixel rows as `place_inputs` shards them:
   rows over the batch axes, vision arrays replicated."""
-  from mmrag_jax.parallel import logical_sharding
-
   v = model.vision
   i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
   merged = num_patches // v.merge_unit
-  block_size = (v.window_size // v.spatial_merge_size // v.patch_size * v.spatial_merge_size) ** 2
-  blocks = window_block_bound(num_patches, block_size)
   vision = num_patches > 0
   inputs = ModelInputs(
       input_ids=i32(rows, length), attention_mask=i32(rows, length), positions=i32(3, rows, length),
       rope_deltas=i32(rows),
       pixel_values=jax.ShapeDtypeStruct((num_patches, v.patch_dim), jnp.float32) if vision else None,
-      vision_index=VisionIndex(position_ids=i32(num_patches, 2), segment_ids=i32(num_patches),
-                               window_index=i32(merged), reverse_window_index=i32(merged),
-                               block_patches=i32(blocks, block_size), block_window_ids=i32(blocks, block_size),
-                               patch_slots=i32(num_patches)) if vision else None,
+      vision_index=_abstract_vision_index(v, num_patches) if vision else None,
       image_scatter=i32(merged) if vision else None)
   names = {"input_ids": ("batch", "length"), "attention_mask": ("batch", "length"),
            "positions": (None, "batch", "length"), "rope_deltas": ("batch",)}
@@ -259,9 +259,6 @@ def sampler_programs(setup: PlanSetup) -> list[Program]:
                                               group_size=g.group_size, mesh=setup.mesh))
   logits, cache = prefill_jit.lower(setup.params, inputs).out_info
   # As the prefill leaves them: the cache pinned by `constrain_cache`, logits rows over the batch axes.
-  from mmrag_jax.model.kv_cache import KVCache
-  from mmrag_jax.parallel import logical_sharding
-
   shard = lambda x, n: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=logical_sharding(setup.mesh, n, shape=x.shape))
   kv = (None, "batch", "length", "kv_heads", None)
   cache = KVCache(k=shard(cache.k, kv), v=shard(cache.v, kv), valid=shard(cache.valid, ("batch", "length")),
