@@ -3,5 +3,5 @@
 # e.g. ./scripts/test.sh tests/recipe -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/env.sh
+EXTRAS=test,tpu source scripts/env.sh
 exec python -m pytest "$@"
