@@ -194,11 +194,6 @@ class CheckpointStore:
     """Committed steps, ascending (verified or not)."""
     return committed_steps(self.directory)
 
-  def has_checkpoint(self) -> bool:
-    """Whether a step was committed (verified or not): a run then resumes with `restore`, which skips
-    corrupt steps or raises `CheckpointCorrupted`, and never starts over next to them."""
-    return bool(self.all_steps())
-
   def latest_step(self) -> int | None:
     """The newest committed step that passes its checksums (or has none, see the module docstring).
 

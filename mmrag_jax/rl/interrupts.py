@@ -41,7 +41,7 @@ class StopNow(KeyboardInterrupt):
   """A second SIGTERM / SIGINT: stop at once (the trainer still keeps the last consistent checkpoint)."""
 
   def __init__(self, signum: int):
-    super().__init__(f"second {signal.Signals(signum).name}")
+    super().__init__(f"second {signal_name(signum)}")
     self.signum = signum
     self.exit_code = 128 + signum
 
@@ -76,7 +76,7 @@ class StopSignals:
       raise StopNow(signum)
     self.requested = signum
     _log.warning("received %s: finishing the current step, then saving a checkpoint (send it again to stop "
-                 "at once)", signal.Signals(signum).name)
+                 "at once)", signal_name(signum))
 
   def agreed(self) -> int | None:
     """The signal any process received (the same answer on every process), or None.

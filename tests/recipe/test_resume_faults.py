@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 import signal
 
 import jax
@@ -204,4 +203,3 @@ def test_a_nan_loss_stops_the_run_before_it_reaches_a_checkpoint(inputs, tmp_pat
     train(inputs, tmp_path)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
   assert not os.path.exists(tmp_path / "export")
-  shutil.rmtree(tmp_path)

@@ -116,8 +116,7 @@ def test_a_step_folder_that_was_never_committed_is_no_checkpoint(tmp_path):
   # What a job killed during its first save leaves: orbax's tmp folder, all files, no rename.
   os.rename(tmp_path / "1", tmp_path / f"1{ocp.path.step.TMP_DIR_SUFFIX}")
   store = CheckpointStore(str(tmp_path))
-  assert store.latest_step() is None and not store.has_checkpoint()
-  assert latest_committed_step(str(tmp_path)) is None
+  assert store.latest_step() is None and latest_committed_step(str(tmp_path)) is None
   with pytest.raises(FileNotFoundError, match=str(tmp_path)):
     store.restore(make_updater())
 
@@ -227,7 +226,7 @@ def test_all_steps_corrupt_raise_instead_of_starting_over(two_steps, tmp_path):
   random_bytes_into_a_weight_file(os.path.join(directory, "2"))
   garbled_meta_without_checksums(os.path.join(directory, "1"))
   store = CheckpointStore(directory)
-  assert store.has_checkpoint()
+  assert latest_committed_step(store.directory) is not None
   with pytest.raises(CheckpointCorrupted, match=directory) as raised:
     store.restore(make_updater())
   assert isinstance(raised.value, RunError)
@@ -286,7 +285,7 @@ def test_a_synchronous_store_raises_from_the_failing_save(tmp_path, monkeypatch)
     store.save(1, make_updater(), jax.random.key_data(jax.random.key(1)), {"data": None})
   # A first save that never committed: no checkpoint, so nothing to resume.
   assert glob.glob(str(tmp_path / f"1{ocp.path.step.TMP_DIR_SUFFIX}*"))
-  assert store.latest_step() is None and not store.has_checkpoint()
+  assert store.latest_step() is None and latest_committed_step(store.directory) is None
 
 
 @pytest.mark.filterwarnings("ignore:coroutine .* was never awaited")  # the meta write, never started
