@@ -8,7 +8,7 @@ completion is `<answer>yes</answer>` or `<answer>no</answer>`. Rewards: format +
 label. After training, stage-1 inference scores every candidate of every question (P("yes") in one
 forward pass), writes `ranking_<split>.jsonl` (the stage-2 input) and reports recall@k of the gold
 sources. Modes: train (then inference on `stage1.score_splits`, by default the train and eval splits),
-eval / predict (inference only, from WORKDIR/export or model.path). Presets after ':': demo, 3b, 7b (default: 7b).
+eval / predict (inference only, from WORKDIR/export or model.path). Presets after ':': demo, toy, 3b, 7b (default: 7b).
 """
 
 from mmrag_jax.recipe import presets
@@ -31,4 +31,9 @@ def get_config(arg: str | None = None):
     c.sampler.patch_buckets = (256,)    # 16 one-image prompts x 16 patches
     c.train.num_steps = 4
     c.warmup.steps = 60
+  if c.preset == "toy":
+    c.pipeline.length_buckets = (160,)  # toy prompts are 110-145 tokens
+    c.sampler.length_buckets = (160,)
+    c.sampler.patch_buckets = (128, 1024)  # training: 8 one-image prompts x 16 patches; scoring: 64
+    c.train.num_steps = 40
   return c

@@ -13,7 +13,8 @@ writes predictions.jsonl, the official submission file, metrics.json and report.
 
 Modes: train, eval (pipeline + metrics from WORKDIR/export), predict (the same; metrics when the split is
 labeled). Presets after ':': demo (runs stage 1 first inside WORKDIR/stage1: the whole method on a tiny
-random model and synthetic data in minutes), 3b, 7b (default: 7b).
+random model and synthetic data in minutes), toy (from the pretrained stand-in base model of
+`python -m mmrag_jax.pretrain`), 3b, 7b (default: 7b).
 """
 
 import importlib.util
@@ -36,7 +37,7 @@ def get_config(arg: str | None = None):
   c.reward = dict(format_weight=0.5, ranking_weight=1.0, answer_weight=1.0, set_f1_fraction=0.5,
                   mmqa_em_fraction=0.0, think="required", gate_on_format=False, round_mmqa_f1=True,
                   mmqa_span_separator=";")  # the prompt asks for semicolon-separated MultimodalQA answers
-  c.prompt = dict(stage1_think=False, max_text_words=200, system_prompt=None)
+  c.prompt = dict(stage1_think=False, stage2_think=True, max_text_words=200, system_prompt=None)
   c.stage2 = dict(
       k=5,                    # candidates per prompt: the top-k of the stage-1 ranking
       stage1_workdir="",      # a finished stage-1 run: its export/ and ranking_<split>.jsonl files
@@ -56,4 +57,12 @@ def get_config(arg: str | None = None):
     c.predict.max_new_tokens = 64
     c.train.num_steps = 4
     c.warmup.steps = 150  # a random model needs ~150 steps to write the whole format reliably
+  if c.preset == "toy":
+    c.stage2.k = 3
+    c.pipeline.length_buckets = (320,)  # toy prompts with 3 candidates are 250-300 tokens
+    c.sampler.length_buckets = (320,)
+    c.sampler.patch_buckets = (384, 768)  # training: 8 prompts x 3 images x 16 patches; prediction: 16
+    c.rl.max_new_tokens = 64  # the base model's answers in the format are 30-55 tokens
+    c.predict.max_new_tokens = 64
+    c.train.num_steps = 40
   return c

@@ -38,6 +38,11 @@ STAGE2_INSTRUCTION = (
     "Then list the numbers of the candidates you used as evidence, most relevant first, inside "
     "<evidence></evidence>, for example <evidence>[2], [1]</evidence>. "
     "Finally write the answer inside <answer></answer>.")
+# The same without reasoning (the "think off" ablation).
+STAGE2_INSTRUCTION_NO_THINK = (
+    "Use the candidates to answer the question. List the numbers of the candidates you used as evidence, "
+    "most relevant first, inside <evidence></evidence>, for example <evidence>[2], [1]</evidence>. "
+    "Then write the answer inside <answer></answer>.")
 # WebQA references are full sentences, MultimodalQA references short spans.
 ANSWER_STYLE = {
     "webqa": "The answer is one complete sentence.",
@@ -58,11 +63,13 @@ class PromptConfig:
   """Prompt choices (ours; the paper's prompts are not public).
 
   stage1_think: ask stage 1 for a short <think> before the answer.
+  stage2_think: ask stage 2 to reason inside <think> first (off: evidence and answer only).
   max_text_words: text facts and captions are cut to this many words.
   system_prompt: a system turn; None keeps the chat template's default ("You are a helpful assistant.").
   """
 
   stage1_think: bool = False
+  stage2_think: bool = True
   max_text_words: int = 200
   system_prompt: str | None = None
 
@@ -120,7 +127,8 @@ def stage2_messages(question: str, candidates: Sequence[CandidateLike], config: 
       text = (f" Caption: {body}" if body else "") + "\n"
     else:
       text += f": {body}\n"
-  text += STAGE2_INSTRUCTION + (f" {answer_style}" if answer_style else "")
+  text += (STAGE2_INSTRUCTION if config.stage2_think else STAGE2_INSTRUCTION_NO_THINK) + (
+      f" {answer_style}" if answer_style else "")
   content.append({"type": "text", "text": text})
   return _with_system(content, config)
 

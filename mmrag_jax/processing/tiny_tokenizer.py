@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -113,8 +114,12 @@ def _base_tokenizer() -> Tokenizer:
   return tokenizer
 
 
-def build_tiny_tokenizer(out_dir: str | os.PathLike[str] | None = None) -> PreTrainedTokenizerFast:
+def build_tiny_tokenizer(out_dir: str | os.PathLike[str] | None = None,
+                         extra_corpus: Sequence[str] = ()) -> PreTrainedTokenizerFast:
   """Trains the tiny Qwen-style tokenizer (deterministic) and saves it to `out_dir` when given.
+
+  extra_corpus: more training text for the merges (e.g. a synthetic world's names), so that its words
+  come out as few tokens; the vocabulary size and special ids do not change.
 
   Ids 0..495 are byte-level BPE entries (256 byte symbols + 240 merges); ids 496..502 are the Qwen
   special tokens of `TINY_SPECIAL_IDS`. eos is `<|im_end|>`, padding uses `<|endoftext|>`.
@@ -127,7 +132,7 @@ def build_tiny_tokenizer(out_dir: str | os.PathLike[str] | None = None) -> PreTr
       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
       special_tokens=[],
   )
-  tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
+  tokenizer.train_from_iterator((*_CORPUS, *extra_corpus), trainer=trainer)
   if tokenizer.get_vocab_size() != NUM_REGULAR_TOKENS:
     raise RuntimeError(f"tiny BPE training produced {tokenizer.get_vocab_size()} entries, "
                        f"expected {NUM_REGULAR_TOKENS}: the built-in corpus is too small")
@@ -173,12 +178,13 @@ _PREPROCESSOR_CONFIG = {
 }
 
 
-def build_tiny_processor_dir(out_dir: str | os.PathLike[str]) -> str:
+def build_tiny_processor_dir(out_dir: str | os.PathLike[str], extra_corpus: Sequence[str] = ()) -> str:
   """Writes a checkpoint-like processor directory: tokenizer files, `preprocessor_config.json` and
-  `chat_template.json`, loadable with `mmrag_jax.processing.load_processor`. Returns the path."""
+  `chat_template.json`, loadable with `mmrag_jax.processing.load_processor`. Returns the path.
+  extra_corpus: see `build_tiny_tokenizer`."""
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
-  build_tiny_tokenizer(out_dir)
+  build_tiny_tokenizer(out_dir, extra_corpus)
   with open(os.path.join(out_dir, "preprocessor_config.json"), "w") as f:
     json.dump(_PREPROCESSOR_CONFIG, f, indent=2)
   with open(os.path.join(out_dir, "chat_template.json"), "w") as f:

@@ -1,4 +1,4 @@
-"""The fields both stage configs share, and the presets `demo`, `3b`, `7b`.
+"""The fields both stage configs share, and the presets `demo`, `toy`, `3b`, `7b`.
 
 `configs/stage1.py` and `configs/stage2.py` start from `base_config(stage)`, set their own stage fields and
 end with `apply_preset(config, arg)`. Every field is overridable on the command line
@@ -14,7 +14,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-PRESETS = ("demo", "3b", "7b")
+PRESETS = ("demo", "toy", "3b", "7b")
 DEFAULT_PRESET = "7b"  # the real recipe: needs --config.model.path and --config.data.data_dir
 
 
@@ -85,6 +85,7 @@ def base_config(stage: int) -> ml_collections.ConfigDict:
   c.sampler.top_k = 50
   c.sampler.length_buckets = (512, 1024, 2048, 4096)
   c.sampler.patch_buckets = (4096, 16384, 65536)
+  c.sampler.decode_weights = "gathered"  # gathered (a compute-dtype copy laid out for decoding) | training
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 64         # completions per micro-batch (prompts = batch_size / rl.group_size)
@@ -134,6 +135,25 @@ def _demo(c: ml_collections.ConfigDict) -> None:
   c.predict.batch_size = 16
 
 
+def _toy(c: ml_collections.ConfigDict) -> None:
+  """The real recipe at toy scale, from the base model of `python -m mmrag_jax.pretrain --workdir=BASE`:
+  --config.model.path=BASE/model --config.data.data_dir=BASE/data (its synthetic world). No format warm-up."""
+  c.model.dtype = "float32"
+  c.pipeline.min_pixels = 28 * 28  # the pretraining's image budget: 56 x 56 pictures are 4 merged tokens
+  c.pipeline.max_pixels = 56 * 56
+  c.pipeline.read_threads = 2
+  c.mesh.shape = (1, 1, 1)
+  c.rl.group_size = 8
+  c.rl.learning_rate = 5e-4
+  c.rl.warmup_steps = 0
+  c.train.batch_size = 64
+  c.train.checkpoint_every = 0
+  c.train.progress_bar = False
+  c.scorer.batch_size = 64
+  c.scorer.recall_ks = (1, 2, 3, 5)
+  c.predict.batch_size = 16
+
+
 def _3b(c: ml_collections.ConfigDict) -> None:
   c.mesh.shape = (1, -1, 1)  # FSDP over every device: 3.75B params + AdamW in float32 is ~60 GB
   c.model.remat = True       # stage-2 activations without remat are ~70 GB per 4 rows (tpu/README.md)
@@ -146,7 +166,7 @@ def _7b(c: ml_collections.ConfigDict) -> None:
   c.train.batch_size = 64
 
 
-_APPLY = {"demo": _demo, "3b": _3b, "7b": _7b}
+_APPLY = {"demo": _demo, "toy": _toy, "3b": _3b, "7b": _7b}
 
 
 def apply_preset(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:

@@ -112,10 +112,10 @@ class _WebQAWriter:
     image_question = bool(gold_images)
     n_neg_img = self.num_neg_images if image_question else max(1, self.num_neg_images // 2)
     n_neg_txt = self.num_neg_texts
-    neg_images = w.others(self.rng, self.entities, gold_images, n_neg_img)
+    neg_images = w.confusable(self.rng, self.entities, gold_images, n_neg_img, like=gold_entities)
     hard_texts = [(e, k) for e in gold_entities for k in w.FACT_KINDS if (e, k) not in gold_texts]
-    easy_texts = [(e, self.rng.choice(w.FACT_KINDS)) for e in w.others(self.rng, self.entities, gold_entities,
-                                                                         n_neg_txt)]
+    easy_texts = [(e, self.rng.choice(w.FACT_KINDS)) for e in w.confusable(self.rng, self.entities, gold_entities,
+                                                                             n_neg_txt)]
     neg_texts = (hard_texts + easy_texts)[:n_neg_txt]
     pos_txt = [self.text_fact(e, k) for e, k in gold_texts]
     neg_txt = [self.text_fact(e, k) for e, k in neg_texts]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 
 from mmrag_jax.data.synthetic.scenes import COLORS, SHAPES, SIDES, Scene
 
@@ -16,6 +17,8 @@ _SYLLABLES = ("va", "lor", "ken", "mi", "dra", "zu", "tor", "bel", "qui", "sa", 
               "fe", "lun", "ca", "mor", "ti")
 _KINDS = ("Tower", "Bridge", "Gate", "Temple", "Fountain", "Castle", "Arch", "Hall")
 FACT_KINDS = ("city", "year")
+_FACT_PATTERNS = {"city": re.compile(r"(.+) is a landmark located in the city of (\w+)\."),
+                  "year": re.compile(r"(.+) was founded in (\d+) and is visited by many tourists\.")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +38,15 @@ class Entity:
     if kind == "year":
       return f"{self.name} was founded in {self.year} and is visited by many tourists."
     raise ValueError(kind)
+
+  @staticmethod
+  def parse_fact(text: str) -> tuple[str, str, str] | None:
+    """(landmark name, fact kind, value) of a sentence written by `fact`; None for any other text."""
+    for kind, pattern in _FACT_PATTERNS.items():
+      match = pattern.fullmatch(text)
+      if match:
+        return match.group(1), kind, match.group(2)
+    return None
 
   @property
   def url(self) -> str:
@@ -74,6 +86,21 @@ def others(rng: random.Random, entities: list[Entity], exclude: list[Entity], n:
   """`n` distinct entities not in `exclude`, in random order."""
   pool = [e for e in entities if e not in exclude]
   return rng.sample(pool, min(n, len(pool)))
+
+
+def confusable(rng: random.Random, entities: list[Entity], exclude: list[Entity], n: int,
+               like: list[Entity] | None = None) -> list[Entity]:
+  """`n` distinct entities not in `exclude`, about half of them hard: their names share a word or the
+  first syllable with a name in `like` (default `exclude`), so one shared word does not decide relevance."""
+  like = exclude if like is None else like
+  words = {part for e in like for part in e.name.split()[1:]}
+  heads = {e.name[:3] for e in like}
+  pool = [e for e in entities if e not in exclude]
+  similar = [e for e in pool if words & set(e.name.split()[1:]) or e.name[:3] in heads]
+  hard = rng.sample(similar, min(len(similar), (n + 1) // 2))
+  rest = [e for e in pool if e not in hard]
+  chosen = hard + rng.sample(rest, min(n - len(hard), len(rest)))
+  return rng.sample(chosen, len(chosen))
 
 
 def plural(shape: str) -> str:
