@@ -4,9 +4,10 @@
     save_pretrained(model, "/out/policy", dtype="bfloat16")  # transformers / vLLM can serve it
 
 Loading is strict: every checkpoint tensor is consumed exactly once and every parameter is found, with
-the expected shape; anything else raises `CheckpointError` naming the key. Tensors are read one at a
-time into host memory and put straight onto their final sharding, so the model is never whole on one
-device.
+the expected shape; anything else raises `CheckpointError` naming the key. Tensors are read one
+parameter at a time into host memory (a decoder parameter stacked over layers gathers its
+`model.layers.{i}` tensors first) and put straight onto their final sharding, so the model is never
+whole on one device or on the host.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from safetensors import safe_open
 from safetensors.flax import save_file
 
 from mmrag_jax.model.config import Qwen25VLConfig, VisionConfig
-from mmrag_jax.model.hf_keys import HFParam, canonical_key, model_params, to_flax, to_torch, torch_shape
+from mmrag_jax.model.hf_keys import HFParam, Path, canonical_key, model_params, to_flax, to_torch, torch_shape
 from mmrag_jax.model.qwen25vl import Qwen25VL, abstract_model
 from mmrag_jax.parallel import DEFAULT_RULES, LogicalRules, param_shardings
 
@@ -142,18 +143,33 @@ def assign_hf_tensors(state: nnx.State, tensors: "TensorReader | Mapping[str, An
   uncovered = sorted(str(path) for path in flat if path not in table_paths)
   if uncovered:
     raise CheckpointError(f"model parameters without a checkpoint key: {uncovered[:8]}")
+  by_path: dict[Path, list[HFParam]] = {}
   for param in table:
-    variable = flat.get(param.path)
+    by_path.setdefault(param.path, []).append(param)
+  for path, params in by_path.items():
+    variable = flat.get(path)
     if variable is None:
-      raise CheckpointError(f"key {param.key!r} maps to {param.path}, which is not a parameter of the model")
+      raise CheckpointError(f"key {params[0].key!r} maps to {path}, which is not a parameter of the model")
     target = variable.get_value()
-    want = torch_shape(param, tuple(target.shape), vision_config)
-    got = reader.shape(param.key)
-    if got != want:
-      raise CheckpointError(f"wrong shape for key {param.key!r}: checkpoint has {got}, the model needs {want}")
-    value = to_flax(reader.read(param.key), param.kind).astype(target.dtype)
-    sharding = flat_shardings[param.path].get_value() if param.path in flat_shardings else None
-    flat[param.path] = variable.replace(jax.device_put(value, sharding))
+
+    def read(param: HFParam) -> np.ndarray:
+      want = torch_shape(param, tuple(target.shape), vision_config)
+      got = reader.shape(param.key)
+      if got != want:
+        raise CheckpointError(f"wrong shape for key {param.key!r}: checkpoint has {got}, the model needs {want}")
+      return to_flax(reader.read(param.key), param.kind).astype(target.dtype)
+
+    if params[0].layer is None:
+      value = read(params[0])
+    else:  # a stacked parameter: its layers' tensors are assembled on the host, one parameter at a time
+      layers = sorted(p.layer for p in params)
+      if layers != list(range(target.shape[0])):
+        raise CheckpointError(f"{path} stacks {target.shape[0]} layers but the key table covers layers {layers}")
+      value = np.empty(target.shape, target.dtype)
+      for param in params:
+        value[param.layer] = read(param)
+    sharding = flat_shardings[path].get_value() if path in flat_shardings else None
+    flat[path] = variable.replace(jax.device_put(value, sharding))
   for key in extra:
     embedding = reader.read("model.embed_tokens.weight")
     if reader.shape(key) != embedding.shape or not np.array_equal(reader.read(key), embedding):
@@ -240,7 +256,7 @@ def save_pretrained(model: Qwen25VL, path: str, *, dtype: str | None = None,
   shards: list[list[HFParam]] = [[]]
   shard_bytes = 0
   for param in table:
-    size = int(np.prod(flat[param.path].get_value().shape)) * out_dtype.itemsize
+    size = int(np.prod(torch_shape(param, flat[param.path].get_value().shape, config.vision))) * out_dtype.itemsize
     if shards[-1] and shard_bytes + size > max_shard_bytes:
       shards.append([])
       shard_bytes = 0
@@ -257,8 +273,9 @@ def save_pretrained(model: Qwen25VL, path: str, *, dtype: str | None = None,
   for name, shard in zip(names, shards):
     tensors = {}
     for param in shard:
-      value = _to_host(flat[param.path].get_value())
-      value = to_torch(value, param.kind, torch_shape(param, value.shape, config.vision)).astype(out_dtype)
+      stored = flat[param.path].get_value()
+      value = _to_host(param.part(stored))  # a stacked parameter: one layer's slice
+      value = to_torch(value, param.kind, torch_shape(param, stored.shape, config.vision)).astype(out_dtype)
       tensors[param.key] = jax.device_put(np.ascontiguousarray(value), host)
       weight_map[param.key] = name
       total += value.nbytes

@@ -2,7 +2,10 @@
 
 One table, used both ways (import and export). Keys are in the published layout (`visual.*`,
 `model.*`, `lm_head.weight`); `canonical_key` maps the newer `model.visual.*` /
-`model.language_model.*` layout onto it. Conversions between torch and Flax layouts:
+`model.language_model.*` layout onto it. The decoder's parameters are stacked over layers, so each
+`model.layers.{i}.*` key is slice i of one parameter: `HFParam.layer` = i, e.g.
+`model.layers.3.mlp.up_proj.weight` -> up_proj.kernel[3] of path ('language_model', 'layers', 'mlp',
+'up_proj', 'kernel'). Conversions between torch and Flax layouts (of one slice):
 
   linear: torch Linear weight [out, in]            <-> Flax kernel [in, out] (transpose)
   conv:   torch Conv3d weight [out, C, T, P, P]    <-> Flax kernel [C*T*P*P, out] (flatten + transpose)
@@ -12,7 +15,7 @@ One table, used both ways (import and export). Keys are in the published layout 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 
@@ -20,6 +23,7 @@ from mmrag_jax.model.config import Qwen25VLConfig, VisionConfig
 
 Kind = Literal["linear", "conv", "copy"]
 Path = tuple[str | int, ...]
+A = TypeVar("A")
 
 # Newer transformers saves nest both towers under `model.`; the published checkpoints do not.
 _NEWER_PREFIXES = (("model.visual.", "visual."), ("model.language_model.", "model."))
@@ -27,11 +31,19 @@ _NEWER_PREFIXES = (("model.visual.", "visual."), ("model.language_model.", "mode
 
 @dataclasses.dataclass(frozen=True)
 class HFParam:
-  """One checkpoint tensor: its key (published layout), our parameter path, and the layout change."""
+  """One checkpoint tensor: its key (published layout), our parameter path, and the layout change.
+
+  layer: for a parameter stacked over layers ([layers, ...]), the slice this tensor is; None otherwise.
+  """
 
   key: str
   path: Path
   kind: Kind
+  layer: int | None = None
+
+  def part(self, array: A) -> A:
+    """This tensor's part of the parameter `array`: slice [layer] when stacked, else all of it."""
+    return array if self.layer is None else array[self.layer]
 
 
 def canonical_key(key: str) -> str:
@@ -42,15 +54,15 @@ def canonical_key(key: str) -> str:
   return key
 
 
-def _linear(key: str, path: Path, bias: bool) -> list[HFParam]:
-  params = [HFParam(f"{key}.weight", (*path, "kernel"), "linear")]
+def _linear(key: str, path: Path, bias: bool, layer: int | None = None) -> list[HFParam]:
+  params = [HFParam(f"{key}.weight", (*path, "kernel"), "linear", layer)]
   if bias:
-    params.append(HFParam(f"{key}.bias", (*path, "bias"), "copy"))
+    params.append(HFParam(f"{key}.bias", (*path, "bias"), "copy", layer))
   return params
 
 
-def _norm(key: str, path: Path) -> HFParam:
-  return HFParam(f"{key}.weight", (*path, "weight"), "copy")
+def _norm(key: str, path: Path, layer: int | None = None) -> HFParam:
+  return HFParam(f"{key}.weight", (*path, "weight"), "copy", layer)
 
 
 def vision_params(config: VisionConfig, key_prefix: str = "", path_prefix: Path = ()) -> list[HFParam]:
@@ -71,18 +83,20 @@ def vision_params(config: VisionConfig, key_prefix: str = "", path_prefix: Path 
 
 
 def text_params(config: Qwen25VLConfig) -> list[HFParam]:
-  """Table of the decoder and the LM head (absent when tied to the embedding)."""
+  """Table of the decoder (layer i: slice i of the stacked layer parameters) and the LM head (absent
+  when tied to the embedding)."""
   lm = ("language_model",)
   params = [HFParam("model.embed_tokens.weight", (*lm, "embed_tokens", "embedding"), "copy")]
+  pl = (*lm, "layers")
   for i in range(config.text.num_hidden_layers):
-    kl, pl = f"model.layers.{i}", (*lm, "layers", i)
-    params += [_norm(f"{kl}.input_layernorm", (*pl, "input_layernorm")),
-               _norm(f"{kl}.post_attention_layernorm", (*pl, "post_attention_layernorm"))]
+    kl = f"model.layers.{i}"
+    params += [_norm(f"{kl}.input_layernorm", (*pl, "input_layernorm"), i),
+               _norm(f"{kl}.post_attention_layernorm", (*pl, "post_attention_layernorm"), i)]
     for name in ("q_proj", "k_proj", "v_proj"):
-      params += _linear(f"{kl}.self_attn.{name}", (*pl, "self_attn", name), bias=True)
-    params += _linear(f"{kl}.self_attn.o_proj", (*pl, "self_attn", "o_proj"), bias=False)
+      params += _linear(f"{kl}.self_attn.{name}", (*pl, "self_attn", name), bias=True, layer=i)
+    params += _linear(f"{kl}.self_attn.o_proj", (*pl, "self_attn", "o_proj"), bias=False, layer=i)
     for name in ("gate_proj", "up_proj", "down_proj"):
-      params += _linear(f"{kl}.mlp.{name}", (*pl, "mlp", name), bias=False)
+      params += _linear(f"{kl}.mlp.{name}", (*pl, "mlp", name), bias=False, layer=i)
   params.append(_norm("model.norm", (*lm, "norm")))
   if not config.text.tie_word_embeddings:
     params += _linear("lm_head", ("lm_head",), bias=False)
@@ -115,7 +129,10 @@ def to_torch(array: np.ndarray, kind: Kind, torch_shape: tuple[int, ...] | None 
 
 
 def torch_shape(param: HFParam, flax_shape: tuple[int, ...], config: VisionConfig) -> tuple[int, ...]:
-  """The checkpoint shape of a parameter whose Flax shape is `flax_shape`."""
+  """The checkpoint shape of `param` when the parameter at `param.path` has Flax shape `flax_shape`
+  (for a stacked parameter, [layers, ...]: the shape of one slice is converted)."""
+  if param.layer is not None:
+    flax_shape = tuple(flax_shape[1:])
   if param.kind == "linear":
     return tuple(reversed(flax_shape))
   if param.kind == "conv":

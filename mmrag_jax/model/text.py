@@ -3,6 +3,11 @@
 Pre-norm blocks: RMSNorm -> GQA self-attention (q/k/v with bias, o without) -> residual -> RMSNorm ->
 SwiGLU MLP (no biases) -> residual; a final RMSNorm. Attribute names mirror the Hugging Face modules.
 
+The layers are one `DecoderLayer` whose parameters are stacked, [layers, ...] (logical axis 'layers'),
+and the forward pass is a `jax.lax.scan` over that axis: XLA compiles one layer body, not
+`num_hidden_layers` copies of it, so compile time does not grow with depth. (XLA's `cost_analysis()`
+counts a loop body once: a compiled program's FLOPs and bytes include one layer, not all of them.)
+
 The decoder runs in two modes with one code path per layer:
   * plain: keys/values are the sequence's own, mask [B, L, L];
   * cached: new keys/values are written into per-layer buffers [layers, B, S, KVH, Dh] at slot
@@ -17,7 +22,8 @@ import numpy as np
 from flax import nnx
 
 from mmrag_jax.model.config import Qwen25VLConfig
-from mmrag_jax.model.layers import DEFAULT_KERNEL_INIT, RMSNorm, apply_rotary, linear, logical_partitioning
+from mmrag_jax.model.layers import (DEFAULT_KERNEL_INIT, RMSNorm, apply_rotary, attention, linear,
+                                    logical_partitioning)
 
 KVBuffers = tuple[jax.Array, jax.Array]  # (k, v), each [layers, B, S, KVH, Dh]
 
@@ -77,6 +83,7 @@ class TextAttention(nnx.Module):
   def __init__(self, config: Qwen25VLConfig, *, rngs: nnx.Rngs):
     t = config.text
     self.num_heads, self.num_kv_heads, self.head_dim = t.num_attention_heads, t.num_key_value_heads, t.head_dim
+    self.query_chunk = config.attention_query_chunk
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"num_attention_heads={self.num_heads} is not a multiple of "
                        f"num_key_value_heads={self.num_kv_heads}")
@@ -88,7 +95,7 @@ class TextAttention(nnx.Module):
     self.o_proj = linear(q_dim, t.hidden_size, use_bias=False, axes=("q_heads", "embed"), **kw)
 
   def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, *,
-               cache: KVBuffers | None = None, layer_index: int = 0,
+               cache: KVBuffers | None = None, layer_index: int | jax.Array = 0,
                write_index: jax.Array | None = None) -> tuple[jax.Array, KVBuffers | None]:
     """x: [B, T, D]; cos, sin: [B, T, Dh]; mask: [B, T, T] (plain) or [B, T, S] (cached).
 
@@ -110,8 +117,8 @@ class TextAttention(nnx.Module):
       k, v, cache = cache_k[layer_index], cache_v[layer_index], (cache_k, cache_v)
     # jax's reference attention groups query heads as (kv_head, group), i.e. repeat-interleave
     # semantics, and runs the softmax in float32.
-    out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask[:, None],
-                                       scale=self.head_dim**-0.5)
+    out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, self.head_dim**-0.5,
+                    query_chunk=self.query_chunk)
     return self.o_proj(out.reshape(batch, steps, self.num_heads * self.head_dim)), cache
 
 
@@ -131,7 +138,7 @@ class TextMLP(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
-  """One pre-norm decoder block."""
+  """One pre-norm decoder block (`TextModel` holds all of them as one, stacked: `stacked_layers`)."""
 
   def __init__(self, config: Qwen25VLConfig, *, rngs: nnx.Rngs):
     t = config.text
@@ -142,7 +149,7 @@ class DecoderLayer(nnx.Module):
     self.mlp = TextMLP(config, rngs=rngs)
 
   def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, *,
-               cache: KVBuffers | None = None, layer_index: int = 0,
+               cache: KVBuffers | None = None, layer_index: int | jax.Array = 0,
                write_index: jax.Array | None = None) -> tuple[jax.Array, KVBuffers | None]:
     """x: [B, T, D] -> ([B, T, D], updated cache); see `TextAttention` for the other arguments."""
     attn_out, cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache=cache,
@@ -151,13 +158,24 @@ class DecoderLayer(nnx.Module):
     return x + self.mlp(self.post_attention_layernorm(x)), cache
 
 
-def _layer_without_cache(layer: DecoderLayer, x: jax.Array, cos: jax.Array, sin: jax.Array,
-                         mask: jax.Array) -> jax.Array:
-  return layer(x, cos, sin, mask)[0]
+def stacked_layers(config: Qwen25VLConfig, *, rngs: nnx.Rngs) -> DecoderLayer:
+  """`num_hidden_layers` decoder layers as one `DecoderLayer` whose parameters are [layers, ...].
+
+  Each layer draws its own initial weights (split RNG streams); the leading dim of every parameter
+  carries the logical axis name 'layers', e.g. q_proj.kernel [layers, D, H * Dh] ('layers', 'embed',
+  'q_heads'). Layer i is the slice [i] of every parameter.
+  """
+  @nnx.split_rngs(splits=config.text.num_hidden_layers)
+  @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+  def build(layer_rngs: nnx.Rngs) -> DecoderLayer:
+    return DecoderLayer(config, rngs=layer_rngs)
+
+  return build(rngs)
 
 
 class TextModel(nnx.Module):
-  """Token embedding, decoder layers and final norm (no head: `Qwen25VL` owns it)."""
+  """Token embedding, decoder layers (stacked, see `stacked_layers`) and final norm (no head: `Qwen25VL`
+  owns it)."""
 
   def __init__(self, config: Qwen25VLConfig, *, rngs: nnx.Rngs):
     t = config.text
@@ -165,7 +183,7 @@ class TextModel(nnx.Module):
     self.embed_tokens = nnx.Embed(
         t.vocab_size, t.hidden_size, dtype=config.compute_dtype, param_dtype=config.storage_dtype,
         embedding_init=logical_partitioning(DEFAULT_KERNEL_INIT, ("vocab", "embed")), rngs=rngs)
-    self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(t.num_hidden_layers)])
+    self.layers = stacked_layers(config, rngs=rngs)
     self.norm = RMSNorm(t.hidden_size, eps=t.rms_norm_eps, dtype=config.compute_dtype,
                         param_dtype=config.storage_dtype, rngs=rngs)
 
@@ -187,11 +205,23 @@ class TextModel(nnx.Module):
     """
     cos, sin = self.rotary(positions)
     x = embeds.astype(self.config.compute_dtype)
+    graphdef, stacked = nnx.split(self.layers)  # every leaf [layers, ...]; the scan hands out slice i
     if cache is None:
-      run = nnx.remat(_layer_without_cache) if self.config.remat else _layer_without_cache
-      for layer in self.layers:
-        x = run(layer, x, cos, sin, mask)
+      def plain(x: jax.Array, layer: nnx.State) -> tuple[jax.Array, None]:
+        return nnx.merge(graphdef, layer)(x, cos, sin, mask)[0], None
+
+      # remat: only each layer's input is kept for the backward pass, the rest is recomputed.
+      body = jax.checkpoint(plain, prevent_cse=False) if self.config.remat else plain
+      x, _ = jax.lax.scan(body, x, stacked)
     else:
-      for index, layer in enumerate(self.layers):
-        x, cache = layer(x, cos, sin, mask, cache=cache, layer_index=index, write_index=write_index)
+      def cached(carry: tuple[jax.Array, KVBuffers], layer: tuple[nnx.State, jax.Array]):
+        (x, buffers), (state, index) = carry, layer
+        x, buffers = nnx.merge(graphdef, state)(x, cos, sin, mask, cache=buffers, layer_index=index,
+                                                write_index=write_index)
+        return (x, buffers), None
+
+      # The whole buffers ride in the carry and each layer writes its row in place (dynamic-update-slice),
+      # so a donated cache is updated without a copy.
+      indices = jnp.arange(self.config.text.num_hidden_layers, dtype=jnp.int32)
+      (x, cache), _ = jax.lax.scan(cached, (x, cache), (stacked, indices))
     return self.norm(x), cache

@@ -26,7 +26,9 @@ DEFAULT_RULES: LogicalRules = (
     # activations
     ("batch", ("data", "fsdp")),
     ("length", None),
-    # text decoder
+    # text decoder ('layers': the leading axis of the stacked decoder parameters, which the layer scan
+    # walks; every chip holds all layers of its shard)
+    ("layers", None),
     ("vocab", "tensor"),
     ("embed", "fsdp"),
     ("mlp", "tensor"),

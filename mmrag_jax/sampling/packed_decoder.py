@@ -81,21 +81,23 @@ def pack_decoder(model: Qwen25VL, row_blocks: int = ROW_BLOCKS) -> PackedDecoder
   def blocks(matrix: jax.Array) -> Blocks:
     return tuple(jnp.array_split(matrix, row_blocks))
 
-  def rows(*linears: nnx.Linear) -> Blocks:  # [in, out] kernels -> one [sum(out), in] matrix
-    return blocks(jnp.concatenate([linear.kernel[...] for linear in linears], axis=1).astype(dtype).T)
+  stack = text.layers  # parameters [layers, ...]: layer i is slice i
+  attention, mlp = stack.self_attn, stack.mlp
+
+  def rows(i: int, *linears: nnx.Linear) -> Blocks:  # layer i's [in, out] kernels -> one [sum(out), in] matrix
+    return blocks(jnp.concatenate([linear.kernel[i] for linear in linears], axis=1).astype(dtype).T)
 
   layers = []
-  for layer in text.layers:
-    attention, mlp = layer.self_attn, layer.mlp
+  for i in range(model.config.text.num_hidden_layers):
     layers.append(PackedLayer(
-        input_norm=layer.input_layernorm.weight[...].astype(dtype),
-        qkv=rows(attention.q_proj, attention.k_proj, attention.v_proj),
-        qkv_bias=jnp.concatenate([attention.q_proj.bias[...], attention.k_proj.bias[...],
-                                  attention.v_proj.bias[...]]).astype(dtype),
-        out=rows(attention.o_proj),
-        post_norm=layer.post_attention_layernorm.weight[...].astype(dtype),
-        gate_up=rows(mlp.gate_proj, mlp.up_proj),
-        down=rows(mlp.down_proj)))
+        input_norm=stack.input_layernorm.weight[i].astype(dtype),
+        qkv=rows(i, attention.q_proj, attention.k_proj, attention.v_proj),
+        qkv_bias=jnp.concatenate([attention.q_proj.bias[i], attention.k_proj.bias[i],
+                                  attention.v_proj.bias[i]]).astype(dtype),
+        out=rows(i, attention.o_proj),
+        post_norm=stack.post_attention_layernorm.weight[i].astype(dtype),
+        gate_up=rows(i, mlp.gate_proj, mlp.up_proj),
+        down=rows(i, mlp.down_proj)))
   return PackedDecoder(embedding=text.embed_tokens.embedding[...].astype(dtype), layers=tuple(layers),
                        norm=text.norm.weight[...].astype(dtype), head=blocks(model.head_weight().T))
 

@@ -92,12 +92,14 @@ def test_loaded_tensors_land_in_the_right_parameters(hf_model, loaded):
   np.testing.assert_array_equal(loaded.visual.merger.fc1.kernel[...], sd[vis + "merger.mlp.0.weight"].T)
   np.testing.assert_array_equal(loaded.visual.merger.fc2.bias[...], sd[vis + "merger.mlp.2.bias"])
   np.testing.assert_array_equal(loaded.language_model.embed_tokens.embedding[...], sd[lm + "embed_tokens.weight"])
-  np.testing.assert_array_equal(loaded.language_model.layers[1].self_attn.k_proj.kernel[...],
+  # The decoder's parameters are stacked over layers: `model.layers.{i}.*` is slice i.
+  np.testing.assert_array_equal(loaded.language_model.layers.self_attn.k_proj.kernel[1],
                                 sd[lm + "layers.1.self_attn.k_proj.weight"].T)
-  np.testing.assert_array_equal(loaded.language_model.layers[0].post_attention_layernorm.weight[...],
+  np.testing.assert_array_equal(loaded.language_model.layers.post_attention_layernorm.weight[0],
                                 sd[lm + "layers.0.post_attention_layernorm.weight"])
   np.testing.assert_array_equal(loaded.lm_head.kernel[...], sd["lm_head.weight"].T)
-  assert len(_flat_params(loaded)) == len(sd) == len(model_params(loaded.config))
+  table = model_params(loaded.config)
+  assert len(sd) == len(table) and len(_flat_params(loaded)) == len({p.path for p in table})
 
 
 def test_loaded_model_logits_match_reference(hf_model, loaded, tiny_config):

@@ -36,9 +36,11 @@ def param_items(model):
 
 @pytest.mark.parametrize(("path", "spec"), [
     (("language_model", "embed_tokens", "embedding"), P("tensor", "fsdp")),
-    (("language_model", "layers", 0, "self_attn", "q_proj", "kernel"), P("fsdp", "tensor")),
-    (("language_model", "layers", 1, "self_attn", "o_proj", "kernel"), P("tensor", "fsdp")),
-    (("language_model", "layers", 0, "mlp", "down_proj", "kernel"), P("tensor", "fsdp")),
+    # decoder parameters are stacked [layers, ...]; the layer axis is not sharded
+    (("language_model", "layers", "self_attn", "q_proj", "kernel"), P(None, "fsdp", "tensor")),
+    (("language_model", "layers", "self_attn", "o_proj", "kernel"), P(None, "tensor", "fsdp")),
+    (("language_model", "layers", "mlp", "down_proj", "kernel"), P(None, "tensor", "fsdp")),
+    (("language_model", "layers", "input_layernorm", "weight"), P(None, None)),
     (("language_model", "norm", "weight"), P(None)),
     (("lm_head", "kernel"), P("fsdp", "tensor")),
     (("visual", "patch_embed", "proj", "kernel"), P(None, "fsdp")),

@@ -94,7 +94,7 @@ def checkpoint_layout(state, config):
   """An NNX state shaped like the parameters (e.g. a parameter step) by checkpoint key, in the checkpoint
   layout: the export's own linear map, so gradients map the same way as parameters."""
   flat = {path: np.asarray(variable.get_value()) for path, variable in nnx.to_flat_state(state)}
-  return {p.key: to_torch(flat[p.path], p.kind, torch_shape(p, flat[p.path].shape, config.vision))
+  return {p.key: to_torch(p.part(flat[p.path]), p.kind, torch_shape(p, flat[p.path].shape, config.vision))
           for p in model_params(config)}
 
 

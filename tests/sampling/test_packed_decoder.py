@@ -27,9 +27,9 @@ def varied_model(model):
   varied = nnx.clone(model)
   rng = np.random.default_rng(11)
   text = varied.language_model
-  norms = [text.norm] + [n for layer in text.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
-  biases = [p.bias for layer in text.layers for p in (layer.self_attn.q_proj, layer.self_attn.k_proj,
-                                                       layer.self_attn.v_proj)]
+  layers = text.layers  # stacked: each weight below is [layers, D]
+  norms = [text.norm, layers.input_layernorm, layers.post_attention_layernorm]
+  biases = [p.bias for p in (layers.self_attn.q_proj, layers.self_attn.k_proj, layers.self_attn.v_proj)]
   for norm in norms:
     norm.weight[...] = jnp.asarray(rng.uniform(0.5, 1.5, norm.weight.shape), jnp.float32)
   for bias in biases:
@@ -82,12 +82,12 @@ def test_layer_cache_round_trip_is_exact(model, prompts, make_config):
 
 def test_pack_blocks_hold_the_transposed_weights(model):
   packed = nnx.jit(pack_decoder, static_argnums=1)(model, 3)
-  layer, attention = packed.layers[1], model.language_model.layers[1].self_attn
+  layer, attention = packed.layers[1], model.language_model.layers.self_attn  # stacked: layer 1 is slice 1
   assert len(layer.qkv) == 3
   qkv = np.concatenate(layer.qkv)
-  q_rows, v_rows = attention.q_proj.kernel.shape[1], attention.v_proj.kernel.shape[1]
-  np.testing.assert_array_equal(qkv[:q_rows], np.asarray(attention.q_proj.kernel[...]).T)
-  np.testing.assert_array_equal(qkv[-v_rows:], np.asarray(attention.v_proj.kernel[...]).T)
+  q_rows, v_rows = attention.q_proj.kernel.shape[-1], attention.v_proj.kernel.shape[-1]
+  np.testing.assert_array_equal(qkv[:q_rows], np.asarray(attention.q_proj.kernel[1]).T)
+  np.testing.assert_array_equal(qkv[-v_rows:], np.asarray(attention.v_proj.kernel[1]).T)
   np.testing.assert_array_equal(np.concatenate(packed.head), np.asarray(model.head_weight()).T)
 
 
