@@ -29,6 +29,7 @@ from safetensors.flax import save_file
 from mmrag_jax.model.config import Qwen25VLConfig, VisionConfig
 from mmrag_jax.model.hf_keys import HFParam, Path, canonical_key, model_params, to_flax, to_torch, torch_shape
 from mmrag_jax.model.qwen25vl import Qwen25VL, abstract_model
+from mmrag_jax.model.vision_index import max_frame_patches
 from mmrag_jax.parallel import DEFAULT_RULES, LogicalRules, param_shardings
 
 CONFIG_FILE = "config.json"
@@ -205,13 +206,17 @@ def _checkpoint_dtype(hf: Mapping[str, Any]) -> str:
 
 def load_pretrained(path: str, *, dtype: str | None = None, param_dtype: str | None = None,
                     mesh: jax.sharding.Mesh | None = None, rules: LogicalRules | None = None,
-                    remat: bool = False) -> Qwen25VL:
+                    remat: bool = False, max_pixels: int | None = None,
+                    attention_query_chunk: int | None = None) -> Qwen25VL:
   """Loads a Hugging Face Qwen2.5-VL checkpoint directory (config.json + safetensors) as `Qwen25VL`.
 
   param_dtype: storage dtype (default: the checkpoint's `dtype` / `torch_dtype`); dtype: compute dtype
   (default: param_dtype). With `mesh`, each parameter goes straight onto the NamedSharding that its
   logical axes get under `rules` (default `mmrag_jax.parallel.DEFAULT_RULES`). remat: recompute each
-  layer's activations in the backward pass (`Qwen25VLConfig.remat`).
+  layer's activations in the backward pass (`Qwen25VLConfig.remat`). max_pixels: the largest image the
+  input pipeline sends; it sizes the vision tower's full-attention frame blocks
+  (`Qwen25VLConfig.frame_block_size`; None = one block of all pixel rows). attention_query_chunk: queries
+  per chunk of the text attention (`Qwen25VLConfig.attention_query_chunk`; None = unchunked).
   """
   config_path = os.path.join(path, CONFIG_FILE)
   if not os.path.exists(config_path):
@@ -219,7 +224,10 @@ def load_pretrained(path: str, *, dtype: str | None = None, param_dtype: str | N
   with open(config_path) as f:
     hf = json.load(f)
   param_dtype = param_dtype or _checkpoint_dtype(hf)
-  config = Qwen25VLConfig.from_hf_dict(hf, param_dtype=param_dtype, dtype=dtype or param_dtype, remat=remat)
+  config = Qwen25VLConfig.from_hf_dict(hf, param_dtype=param_dtype, dtype=dtype or param_dtype, remat=remat,
+                                       attention_query_chunk=attention_query_chunk or None)
+  if max_pixels is not None:
+    config = config.replace(frame_block_size=max_frame_patches(max_pixels, config.vision))
   abstract = abstract_model(config)
   graphdef, abstract_state = nnx.split(abstract)
   shardings = None

@@ -75,6 +75,12 @@ class Qwen25VLConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: bool = False
+  # Slots of a full-attention frame block (`VisionIndex.frames`): the largest frame the input pipeline
+  # sends (`vision_index.max_frame_patches` of its max_pixels). None: one block of all pixel rows.
+  frame_block_size: int | None = None
+  # Queries per chunk of the text attention (`layers.attention`): its scores take memory ~ T x chunk, not
+  # T^2, per layer. None: one chunk.
+  attention_query_chunk: int | None = None
 
   @property
   def compute_dtype(self) -> jnp.dtype:

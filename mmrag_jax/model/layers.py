@@ -79,3 +79,33 @@ def rotate_half(x: jax.Array) -> jax.Array:
 def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
   """Rotary embedding x * cos + rotate_half(x) * sin; cos/sin broadcast against x [..., head_dim]."""
   return x * cos + rotate_half(x) * sin
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float, *,
+              query_chunk: int | None = None) -> jax.Array:
+  """Grouped-query softmax attention (jax's reference `dot_product_attention`: float32 softmax, query heads
+  grouped as (kv_head, group)), optionally over chunks of queries.
+
+  q: [B, T, H, Dh]; k, v: [B, S, KVH, Dh]; mask: [B, T, S] bool (True = may attend) -> [B, T, H, Dh].
+  With `query_chunk` < T the queries go through in n = ceil(T / query_chunk) equal chunks (rows padded by
+  fewer than n), one after another, each chunk's [B, H, chunk, S] scores recomputed in the backward pass:
+  memory grows with T x chunk instead of T^2 (a 4,608-token stage-2 row holds 28 x 4608^2 float32 scores,
+  2.4 GB, per layer otherwise). Every query row is computed exactly as unchunked.
+  """
+  steps = q.shape[1]
+  if query_chunk is None or query_chunk <= 0 or steps <= query_chunk:
+    return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=scale)
+  num_chunks = -(-steps // query_chunk)
+  chunk = -(-steps // num_chunks)
+  pad = num_chunks * chunk - steps
+  q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+  mask = jnp.pad(mask, ((0, 0), (0, pad), (0, 0)))  # padded query rows attend to nothing and are dropped
+  split = lambda x: jnp.moveaxis(x.reshape(x.shape[0], num_chunks, chunk, *x.shape[2:]), 1, 0)
+
+  @jax.checkpoint
+  def one_chunk(q_chunk: jax.Array, mask_chunk: jax.Array) -> jax.Array:
+    return jax.nn.dot_product_attention(q_chunk, k, v, mask=mask_chunk[:, None], scale=scale)
+
+  out = jax.lax.map(lambda qm: one_chunk(*qm), (split(q), split(mask)))  # [n, B, chunk, H, Dh]
+  out = jnp.moveaxis(out, 0, 1).reshape(q.shape[0], num_chunks * chunk, *q.shape[2:])
+  return out[:, :steps]

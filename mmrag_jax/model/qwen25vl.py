@@ -11,7 +11,7 @@ Typical use, with the numpy dict the transformers processor returns:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -24,7 +24,7 @@ from mmrag_jax.model.layers import linear
 from mmrag_jax.model.rope_index import image_scatter_indices, mrope_positions
 from mmrag_jax.model.text import TextModel, causal_padding_mask
 from mmrag_jax.model.vision import VisionTower
-from mmrag_jax.model.vision_index import VisionIndex
+from mmrag_jax.model.vision_index import AttentionBlocks, VisionIndex
 
 
 @jax.tree_util.register_dataclass
@@ -49,6 +49,36 @@ class ModelInputs:
   pixel_values: jax.Array | None = None
   vision_index: VisionIndex | None = None
   image_scatter: jax.Array | None = None
+
+
+def map_input_arrays(inputs: ModelInputs, fn: Callable[[Any, tuple[str | None, ...]], Any]) -> ModelInputs:
+  """`inputs` with every array x replaced by fn(x, the logical axis names of x); None fields stay None.
+
+  Text rows are 'batch'; pixel rows and per-patch index arrays are 'vis_rows', merged image tokens
+  'vis_tokens', attention blocks 'vis_blocks'. The default rules shard all four over the data-parallel
+  chips, so each chip runs its share of the vision tower, not the whole batch's. Works on arrays,
+  ShapeDtypeStructs or shardings alike (e.g. fn = lambda x, names: logical_sharding(mesh, names, ...)).
+  """
+  def each(x: Any, names: tuple[str | None, ...]) -> Any:
+    return None if x is None else fn(x, names)
+
+  def blocks(b: AttentionBlocks) -> AttentionBlocks:
+    return AttentionBlocks(patches=each(b.patches, ("vis_blocks", None)), ids=each(b.ids, ("vis_blocks", None)),
+                           slots=each(b.slots, ("vis_rows",)))
+
+  index = inputs.vision_index
+  if index is not None:
+    index = VisionIndex(position_ids=each(index.position_ids, ("vis_rows", None)),
+                        segment_ids=each(index.segment_ids, ("vis_rows",)),
+                        window_index=each(index.window_index, ("vis_tokens",)),
+                        reverse_window_index=each(index.reverse_window_index, ("vis_tokens",)),
+                        windows=blocks(index.windows), frames=blocks(index.frames))
+  return ModelInputs(input_ids=each(inputs.input_ids, ("batch", "length")),
+                     attention_mask=each(inputs.attention_mask, ("batch", "length")),
+                     positions=each(inputs.positions, (None, "batch", "length")),
+                     rope_deltas=each(inputs.rope_deltas, ("batch",)),
+                     pixel_values=each(inputs.pixel_values, ("vis_rows", None)), vision_index=index,
+                     image_scatter=each(inputs.image_scatter, ("vis_tokens",)))
 
 
 def prepare_inputs(batch: Mapping[str, Any], config: Qwen25VLConfig, *,
@@ -95,7 +125,8 @@ def prepare_inputs(batch: Mapping[str, Any], config: Qwen25VLConfig, *,
   budget = real if num_patches is None else num_patches
   if budget < real:
     raise ValueError(f"num_patches={num_patches} is smaller than the {real} patches of this batch")
-  index = VisionIndex.build(grid, v, num_patches_padded=None if num_patches is None else budget)
+  index = VisionIndex.build(grid, v, num_patches_padded=None if num_patches is None else budget,
+                            frame_block_size=config.frame_block_size)
   padded_pixels = np.zeros((budget, v.patch_dim), np.float32)
   padded_pixels[:real] = pixels
   padded_scatter = np.full((budget // v.merge_unit,), input_ids.size, np.int32)

@@ -8,12 +8,13 @@ patch order and expresses attention groups through integer indices from `VisionI
 * window blocks: windows (<= S = 64 patches) are packed whole into [B, S] blocks on the host. Each
   block gathers its q/k/v rows, attends under a same-window mask, and each patch gathers its output
   back from its slot. Memory is O(B * S^2) = O(P * S): linear in the patch count, never [P, P].
-* full-attention blocks: one [P, P] attention under a same-frame (segment) mask, so images never
-  attend to each other. This is quadratic in the total patch count, but only for the few full
-  layers (4 of 32).
+* frame blocks (the few full-attention layers, 4 of 32): the same, with frames packed whole into
+  [B, S] blocks of S >= the largest frame (1,024 patches at 448x448 px) under a same-frame mask, so
+  images never attend to each other and memory is O(P * S), not O(P^2) over the whole batch.
 
-Both are exact (no sliding window). Padding patches have segment -1 and no window: they attend only
-to each other (full layers) or to nothing (window layers, output 0), so they never touch real rows.
+Both are exact (no sliding window). Padding patches are in no window and no frame: their attention
+output is 0, and they never touch real rows. Blocks are independent, so their dim shards over the
+data-parallel chips like a batch dim.
 Masked scores use the most negative finite float, keeping every row of the softmax finite.
 """
 
@@ -26,7 +27,7 @@ from flax import nnx
 from mmrag_jax.model.config import VisionConfig
 from mmrag_jax.model.layers import RMSNorm, apply_rotary, linear
 from mmrag_jax.model.text import rotary_inv_freq
-from mmrag_jax.model.vision_index import VisionIndex
+from mmrag_jax.model.vision_index import AttentionBlocks, VisionIndex
 
 # The reference's vision rotary base (`rope_theta` of its axial rotary); not in config.json.
 VISION_ROPE_THETA = 10000.0
@@ -60,25 +61,18 @@ def _masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
   return jnp.einsum("...hqk,...khd->...qhd", probs, v)
 
 
-def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
-                      scale: float) -> jax.Array:
-  """Attention within segments (frames): q/k/v [P, H, D], segment_ids [P] -> [P, H, D]."""
-  same_segment = segment_ids[:, None] == segment_ids[None, :]
-  return _masked_attention(q, k, v, same_segment, scale)
-
-
-def window_block_attention(q: jax.Array, k: jax.Array, v: jax.Array, index: VisionIndex,
-                           scale: float) -> jax.Array:
-  """Attention within windows: q/k/v [P, H, D] -> [P, H, D]; rows in no window get 0."""
-  blocks, slots = index.block_patches.shape
-  ids = index.block_window_ids
-  same_window = (ids[:, :, None] == ids[:, None, :]) & (ids[:, None, :] >= 0)  # [B, S, S]
-  gather = lambda x: x[index.block_patches]  # [B, S, H, D]
-  out = _masked_attention(gather(q), gather(k), gather(v), same_window, scale)
-  out = out.reshape(blocks * slots, *out.shape[2:])
-  # Slot B * S is an appended zero row: the output of padding patches.
-  out = jnp.concatenate([out, jnp.zeros((1, *out.shape[1:]), out.dtype)], axis=0)
-  return out[index.patch_slots]
+def block_attention(q: jax.Array, k: jax.Array, v: jax.Array, blocks: AttentionBlocks, scale: float) -> jax.Array:
+  """Attention within the groups of `blocks` (windows or frames): q/k/v [P, H, D] -> [P, H, D]; rows in no
+  group get 0. Each [S, S] block gathers its rows, attends under a same-group mask, and every row
+  gathers its output back from its slot."""
+  num_blocks, slots = blocks.patches.shape
+  ids = blocks.ids
+  same_group = (ids[:, :, None] == ids[:, None, :]) & (ids[:, None, :] >= 0)  # [B, S, S]
+  gather = lambda x: x[blocks.patches]  # [B, S, H, D]
+  out = _masked_attention(gather(q), gather(k), gather(v), same_group, scale)
+  out = out.reshape(num_blocks * slots, *out.shape[2:])
+  # Padding patches point at slot B * S, past the end: their output is 0.
+  return jnp.take(out, blocks.slots, axis=0, mode="fill", fill_value=0)
 
 
 class VisionAttention(nnx.Module):
@@ -103,10 +97,7 @@ class VisionAttention(nnx.Module):
     q = apply_rotary(q.astype(cos.dtype), cos, sin).astype(v.dtype)
     k = apply_rotary(k.astype(cos.dtype), cos, sin).astype(v.dtype)
     scale = self.head_dim**-0.5
-    if full:
-      out = segment_attention(q, k, v, index.segment_ids, scale)
-    else:
-      out = window_block_attention(q, k, v, index, scale)
+    out = block_attention(q, k, v, index.frames if full else index.windows, scale)
     return self.proj(out.reshape(p, -1))
 
 

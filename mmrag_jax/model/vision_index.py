@@ -1,7 +1,7 @@
 """Host-side (numpy) index math of the Qwen2.5-VL vision tower.
 
 Everything here depends on image sizes, so it runs outside jit; the tower only sees the resulting
-integer arrays, whose shapes depend on static budgets (`num_patches_padded`, `num_window_blocks`).
+integer arrays, whose shapes depend on static budgets (`num_patches_padded`, the frame block size, the block counts).
 
 Layout of `pixel_values` rows ("patches"): images one after another, each frame by frame, and inside a
 frame block-major: every spatial-merge block of 2x2 patches is 4 consecutive rows. E.g. a 4x4-patch
@@ -94,7 +94,7 @@ def window_partition(grid_thw: np.ndarray, *, spatial_merge_size: int, window_si
 
 
 def window_block_bound(num_patches: int, block_size: int) -> int:
-  """Most window blocks next-fit packing can need for `num_patches` patches (any grids).
+  """Most blocks next-fit packing can need for `num_patches` patches in groups of <= `block_size` (any grids).
 
   Two consecutive next-fit blocks always hold more than `block_size` patches together, so
   B <= 2 * floor(num_patches / (block_size + 1)) + 1.
@@ -102,32 +102,89 @@ def window_block_bound(num_patches: int, block_size: int) -> int:
   return 2 * (num_patches // (block_size + 1)) + 1
 
 
+# Padded block counts are multiples of this, so that the block dim of a budgeted index divides any
+# data-parallel mesh of up to 16 chips (and 32, 64 ... whenever the patch budget allows).
+BLOCK_MULTIPLE = 16
+
+
+def padded_block_count(num_patches: int, block_size: int) -> int:
+  """The static block count of a budget of `num_patches` patches: the next-fit worst case
+  (`window_block_bound`) rounded up to a multiple of `BLOCK_MULTIPLE`."""
+  bound = window_block_bound(num_patches, block_size)
+  return -(-bound // BLOCK_MULTIPLE) * BLOCK_MULTIPLE
+
+
+def max_frame_patches(max_pixels: int, config: VisionConfig) -> int:
+  """Most patches one frame can have when images are resized to at most `max_pixels` pixels: sides are
+  multiples of patch_size * spatial_merge_size (28 px), so a frame is whole 2x2 merge units."""
+  unit_side = config.patch_size * config.spatial_merge_size
+  return max_pixels // unit_side**2 * config.merge_unit
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class AttentionBlocks:
+  """Attention groups (windows or frames) packed whole, in order, into B blocks of S slots (next-fit).
+
+  patches: [B, S] int32 patch row held by each slot; 0 in empty slots.
+  ids:     [B, S] int32 group (window or frame number) of each slot; -1 in empty slots. A block may hold
+           several small groups; a slot attends to the slots of its own group only.
+  slots:   [P] int32 flat slot (block * S + j) of each patch; B * S for patches in no group (padding).
+  """
+
+  patches: np.ndarray
+  ids: np.ndarray
+  slots: np.ndarray
+
+  @classmethod
+  def pack(cls, members: list[np.ndarray], num_patches: int, block_size: int,
+           num_blocks: int | None, what: str) -> "AttentionBlocks":
+    """Blocks holding group g's patch rows `members[g]` (in that order); `num_blocks` None = as many as needed."""
+    lengths = np.array([len(m) for m in members], np.int64)
+    if lengths.size and lengths.max() > block_size:
+      raise ValueError(f"a {what} of {int(lengths.max())} patches does not fit {what} blocks of {block_size} "
+                       f"slots")
+    starts = pack_windows_next_fit(lengths, block_size)
+    needed = starts[-1][0] + 1 if starts else 0
+    num_blocks = needed if num_blocks is None else num_blocks
+    if needed > num_blocks:
+      raise ValueError(f"num_{what}_blocks={num_blocks} is too small: these images need {needed}")
+    num_blocks = max(num_blocks, 1)
+    patches = np.zeros((num_blocks, block_size), np.int32)
+    ids = np.full((num_blocks, block_size), -1, np.int32)
+    slots = np.full((num_patches,), num_blocks * block_size, np.int32)
+    for group, ((block, offset), rows) in enumerate(zip(starts, members)):
+      patches[block, offset:offset + len(rows)] = rows
+      ids[block, offset:offset + len(rows)] = group
+      slots[rows] = block * block_size + offset + np.arange(len(rows))
+    return cls(patches=patches, ids=ids, slots=slots)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class VisionIndex:
   """Integer inputs of `VisionTower`, all in the ORIGINAL (un-permuted) patch order.
 
-  P = padded patch count, M = P / merge**2, B = window blocks, S = window capacity in patches (64).
-  Padding patches (rows >= the real count) belong to no image and no window.
+  P = padded patch count, M = P / merge**2. Padding patches (rows >= the real count) belong to no image,
+  no window and no frame.
 
   position_ids:         [P, 2] int32 rotary (h, w) of each patch; 0 for padding.
-  segment_ids:          [P] int32 frame number (full-attention segment); -1 for padding.
+  segment_ids:          [P] int32 frame number; -1 for padding.
   window_index:         [M] int32 merged tokens in window order (the reference's permutation);
                         identity on padding.
   reverse_window_index: [M] int32 inverse permutation (argsort of window_index).
-  block_patches:        [B, S] int32 patch row held by each slot of each window block; 0 in empty slots.
-  block_window_ids:     [B, S] int32 window number of each slot; -1 in empty slots. Windows are packed
-                        whole into blocks (next-fit), so a block may hold several small windows.
-  patch_slots:          [P] int32 flat slot (block * S + j) of each patch; B * S for padding.
+  windows:              `AttentionBlocks` of the windows (S = 64 patches for the real model), in window
+                        order: the window-attention layers.
+  frames:               `AttentionBlocks` of the frames (S = the largest frame allowed): the full-attention
+                        layers, each frame attending to itself.
   """
 
   position_ids: np.ndarray
   segment_ids: np.ndarray
   window_index: np.ndarray
   reverse_window_index: np.ndarray
-  block_patches: np.ndarray
-  block_window_ids: np.ndarray
-  patch_slots: np.ndarray
+  windows: AttentionBlocks
+  frames: AttentionBlocks
 
   @property
   def num_patches_padded(self) -> int:
@@ -137,14 +194,39 @@ class VisionIndex:
   def num_real_patches(self) -> int:
     return int(np.sum(np.asarray(self.segment_ids) >= 0))
 
+  @staticmethod
+  def window_block_size(config: VisionConfig) -> int:
+    """Patches of one window (64 for the real model): the window blocks' S."""
+    side = config.window_size // config.spatial_merge_size // config.patch_size  # in merged tokens
+    return (side * config.spatial_merge_size) ** 2
+
+  @classmethod
+  def shapes(cls, config: VisionConfig, num_patches: int, frame_block_size: int | None = None) -> "VisionIndex":
+    """The index `build` gives a budget of `num_patches` patches, as int32 ShapeDtypeStructs (no images)."""
+    i32 = lambda *shape: jax.ShapeDtypeStruct(shape, np.int32)
+    merged = num_patches // config.merge_unit
+
+    def blocks(size: int) -> AttentionBlocks:
+      count = padded_block_count(num_patches, size)
+      return AttentionBlocks(patches=i32(count, size), ids=i32(count, size), slots=i32(num_patches))
+
+    frame = num_patches if frame_block_size is None else min(frame_block_size, num_patches)
+    return cls(position_ids=i32(num_patches, 2), segment_ids=i32(num_patches), window_index=i32(merged),
+               reverse_window_index=i32(merged), windows=blocks(cls.window_block_size(config)),
+               frames=AttentionBlocks(patches=i32(1, frame), ids=i32(1, frame), slots=i32(num_patches))
+               if frame_block_size is None else blocks(frame))
+
   @classmethod
   def build(cls, grid_thw: np.ndarray | list, config: VisionConfig, *, num_patches_padded: int | None = None,
-            num_window_blocks: int | None = None) -> "VisionIndex":
+            frame_block_size: int | None = None, num_window_blocks: int | None = None,
+            num_frame_blocks: int | None = None) -> "VisionIndex":
     """Index arrays for images of `grid_thw` [N_img, 3], optionally padded to static budgets.
 
     num_patches_padded: static patch budget (a multiple of merge**2, >= the real count); None = exact.
-    num_window_blocks: static number of window blocks; None = exact count without a patch budget, the
-      worst case `window_block_bound(num_patches_padded, S)` with one (shapes then depend on the budget only).
+    frame_block_size: slots of a frame block, >= the largest frame (`max_frame_patches` of the pipeline's
+      max_pixels); None = one block of all P patches (full attention then costs O(P^2), not O(P * S)).
+    num_window_blocks, num_frame_blocks: static block counts; None = the exact count without a patch
+      budget, `padded_block_count` with one (shapes then depend on the budget only).
     """
     m = config.spatial_merge_size
     unit = m * m
@@ -155,6 +237,7 @@ class VisionIndex:
       raise ValueError(f"num_patches_padded={padded} is smaller than the {real} patches of image_grid_thw")
     if padded % unit:
       raise ValueError(f"num_patches_padded={padded} must be a multiple of spatial_merge_size**2={unit}")
+    budgeted = num_patches_padded is not None
 
     position_ids = np.zeros((padded, 2), np.int32)
     position_ids[:real] = rotary_position_ids(grid, m)
@@ -169,37 +252,31 @@ class VisionIndex:
     full_window_index[:real // unit] = window_index
     reverse = np.argsort(full_window_index).astype(np.int32)
 
-    side = config.window_size // m // config.patch_size
-    block_size = (side * m) ** 2
+    window_size = cls.window_block_size(config)
     # Patches in window order: merged token k of the order covers patch rows unit*k .. unit*k + unit-1.
     patches_in_window_order = (window_index[:, None] * unit + np.arange(unit)).reshape(-1)
-    starts = pack_windows_next_fit(np.diff(cu_windows), block_size)
-    exact_blocks = starts[-1][0] + 1 if starts else 0
-    if num_window_blocks is None:
-      num_window_blocks = exact_blocks if num_patches_padded is None else window_block_bound(padded, block_size)
-    if exact_blocks > num_window_blocks:
-      raise ValueError(f"num_window_blocks={num_window_blocks} is too small: these images need {exact_blocks}")
-    num_window_blocks = max(num_window_blocks, 1)
+    window_members = [patches_in_window_order[lo:hi] for lo, hi in zip(cu_windows[:-1], cu_windows[1:])]
+    if num_window_blocks is None and budgeted:
+      num_window_blocks = padded_block_count(padded, window_size)
+    windows = AttentionBlocks.pack(window_members, padded, window_size, num_window_blocks, "window")
 
-    block_patches = np.zeros((num_window_blocks, block_size), np.int32)
-    block_window_ids = np.full((num_window_blocks, block_size), -1, np.int32)
-    patch_slots = np.full((padded,), num_window_blocks * block_size, np.int32)
-    for window, (block, offset) in enumerate(starts):
-      lo, hi = cu_windows[window], cu_windows[window + 1]
-      members = patches_in_window_order[lo:hi]
-      block_patches[block, offset:offset + hi - lo] = members
-      block_window_ids[block, offset:offset + hi - lo] = window
-      patch_slots[members] = block * block_size + offset + np.arange(hi - lo)
+    frame_members = [np.arange(lo, hi) for lo, hi in zip(cu_frames[:-1], cu_frames[1:])]
+    if frame_block_size is None:  # one block of every patch, frames told apart by their ids
+      frame_size, num_frame_blocks = max(padded, 1), 1
+    else:
+      frame_size = min(int(frame_block_size), max(padded, 1))
+      if num_frame_blocks is None and budgeted:
+        num_frame_blocks = padded_block_count(padded, frame_size)
+    frames = AttentionBlocks.pack(frame_members, padded, frame_size, num_frame_blocks, "frame")
 
     return cls(position_ids=position_ids, segment_ids=segment_ids, window_index=full_window_index,
-               reverse_window_index=reverse, block_patches=block_patches, block_window_ids=block_window_ids,
-               patch_slots=patch_slots)
+               reverse_window_index=reverse, windows=windows, frames=frames)
 
 
 def pack_windows_next_fit(window_lengths: np.ndarray, block_size: int) -> list[tuple[int, int]]:
-  """(block, offset) of each window of `window_lengths` [N_windows] (patches, each <= block_size) when
-  windows are packed whole and in order into blocks of `block_size` slots, opening a new block when
-  the next window does not fit."""
+  """(block, offset) of each group of `window_lengths` [N_groups] (patches, each <= block_size) when
+  groups (windows or frames) are packed whole and in order into blocks of `block_size` slots, opening a
+  new block when the next group does not fit."""
   starts, block, fill = [], 0, 0
   for length in window_lengths.tolist():
     if fill + length > block_size:

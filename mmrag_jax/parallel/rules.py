@@ -35,6 +35,10 @@ DEFAULT_RULES: LogicalRules = (
     ("q_heads", "tensor"),
     ("kv_heads", "tensor"),
     ("norm", None),
+    # vision tower activations: pixel rows, merged image tokens and attention blocks are data-parallel
+    ("vis_rows", ("data", "fsdp")),
+    ("vis_tokens", ("data", "fsdp")),
+    ("vis_blocks", ("data", "fsdp")),
     # vision tower
     ("vis_patch", None),
     ("vis_embed", "fsdp"),
@@ -44,6 +48,30 @@ DEFAULT_RULES: LogicalRules = (
     ("vis_merge", "fsdp"),
     ("vis_out", "fsdp"),
 )
+
+# Logical axes of activations and inputs (everything else in a rules table names parameter dims).
+ACTIVATION_AXES = ("batch", "length", "vis_rows", "vis_tokens", "vis_blocks")
+
+
+def decode_rules(rules: LogicalRules = DEFAULT_RULES) -> LogicalRules:
+  """`rules` with FSDP turned into tensor parallelism: the layout of the sampler's decode weights.
+
+  Under FSDP every decode step all-gathers every weight. Here the dims FSDP splits (the model width) are
+  whole, and the dims tensor parallelism splits (heads, MLP, vocabulary) are split over 'fsdp' as well as
+  'tensor': each chip keeps 1 / (fsdp x tensor) of the weights, reads its share from its own HBM at every
+  token step, and only activations cross chips. Activation axes keep their rules, so the KV cache and the
+  rows stay where prefill put them.
+  """
+  def convert(name: str, axes: MeshAxes) -> MeshAxes:
+    axes = _as_axes(axes)
+    if name in ACTIVATION_AXES or not axes:
+      return None if not axes else axes[0] if len(axes) == 1 else axes
+    kept = tuple(a for a in axes if a != "fsdp")
+    if "tensor" in kept:
+      kept = ("fsdp", *kept)
+    return None if not kept else kept[0] if len(kept) == 1 else kept
+  return tuple((name, convert(name, axes)) for name, axes in rules)
+
 
 _log = logging.getLogger(__name__)
 _reported_fallbacks: set[tuple[str, int, tuple[str, ...]]] = set()

@@ -3,9 +3,10 @@
   python -m mmrag_jax.plan --config=configs/stage2.py:7b --topology=v5p-8 [--config.FIELD=VALUE ...]
       [--output=plan.json] [--hbm_gib=GIB] [--flops_balance=auto|true|false] [--programs=update,sampler,scorer]
 
---hbm_gib plans against that much HBM per device instead of the chip's; --flops_balance also compiles each
-program for one device to measure how evenly the slice splits its FLOPs (auto: for models under 1B
-parameters); --programs picks program families (default: all).
+--hbm_gib plans against that much HBM per device instead of the chip's; --flops_balance (default auto = true)
+also compiles each program for one device to measure how evenly the slice splits its FLOPs (models over 1B
+parameters on a copy cut to 2 decoder layers and 2 vision blocks, every kind of layer once); --programs
+picks program families (default: all).
 
 Prints a per-program table, one line per program that does not fit, and as the last line `RESULT {json}`.
 Exit status: 0 everything fits, 1 something does not, 2 a bad command line, config or slice name, or no libtpu.

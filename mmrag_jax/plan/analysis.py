@@ -56,7 +56,6 @@ class CompiledProgram:
   code_bytes: int
   flops: float
   bytes_accessed: float
-  global_flops: float
   collectives: dict[str, int]
   compile_s: float
   lower_s: float
@@ -85,7 +84,7 @@ def _out_of_hbm(error: Exception, args: tuple[Any, ...], lower_s: float, compile
   temp = int(float(match.group(1)) * _UNITS[match.group(2)])
   nan = float("nan")
   return CompiledProgram(argument_bytes=device_bytes(args), output_bytes=0, temp_bytes=temp, alias_bytes=0,
-                         code_bytes=0, flops=nan, bytes_accessed=nan, global_flops=nan,
+                         code_bytes=0, flops=nan, bytes_accessed=nan,
                          collectives=dict.fromkeys(COLLECTIVES, 0), compile_s=compile_s, lower_s=lower_s,
                          error=str(error).splitlines()[0])
 
@@ -106,15 +105,11 @@ def compile_program(fn: Any, args: tuple[Any, ...]) -> tuple[CompiledProgram, An
   done = time.perf_counter()
   memory = compiled.memory_analysis()
   cost = _first(compiled.cost_analysis())
-  try:  # the unpartitioned module: FLOPs of the whole program over all devices
-    global_flops = float(_first(lowered.cost_analysis()).get("flops", float("nan")))
-  except Exception:  # noqa: BLE001 - not every backend analyses unoptimized modules
-    global_flops = float("nan")
   return CompiledProgram(
       argument_bytes=int(memory.argument_size_in_bytes), output_bytes=int(memory.output_size_in_bytes),
       temp_bytes=int(memory.temp_size_in_bytes), alias_bytes=int(memory.alias_size_in_bytes),
       code_bytes=int(memory.generated_code_size_in_bytes), flops=float(cost.get("flops", 0.0)),
-      bytes_accessed=float(cost.get("bytes accessed", 0.0)), global_flops=global_flops,
+      bytes_accessed=float(cost.get("bytes accessed", 0.0)),
       collectives=collective_bytes(compiled.as_text()), compile_s=done - lowered_at,
       lower_s=lowered_at - start), compiled
 

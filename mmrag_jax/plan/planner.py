@@ -11,10 +11,12 @@ from typing import Any
 
 import ml_collections
 
+from mmrag_jax.model import Qwen25VLConfig
 from mmrag_jax.plan import analysis, programs, report
 from mmrag_jax.plan.topology import GIB, load_slice
 
-# Balance check by default only where a second, one-device compilation is cheap.
+# Models above this size are balance-checked on a copy cut to `_BALANCE_DEPTH` (one-device compiles of the
+# whole model would be slow, and on small-HBM chips refused).
 _BALANCE_CHECK_MAX_PARAMS = 1e9
 
 
@@ -25,21 +27,43 @@ def _build(setup: programs.PlanSetup, families: Sequence[str]) -> list[programs.
   return [p for name in families for p in programs.PROGRAM_FAMILIES[name](setup)]
 
 
-def _single_device_flops(config: ml_collections.ConfigDict, devices: Any, families: Sequence[str]
-                         ) -> dict[str, float]:
-  """Each program's FLOPs compiled for one device: the whole computation, unsplit."""
+def balance_model(model: Qwen25VLConfig) -> Qwen25VLConfig:
+  """`model` with its widths and 2 decoder layers and 2 vision blocks (a window and a full-attention one):
+  every kind of layer once, so each program's split of work over the devices is the full model's."""
+  return model.replace(text=dataclasses.replace(model.text, num_hidden_layers=2),
+                       vision=dataclasses.replace(model.vision, depth=2, fullatt_block_indexes=(1,)))
+
+
+def _program_flops(config: ml_collections.ConfigDict, devices: Any, families: Sequence[str],
+                   model: Qwen25VLConfig | None) -> dict[str, float]:
+  setup = programs.build_setup(config, devices, model=model)
+  return {p.name: analysis.compile_program(p.fn, p.args)[0].flops for p in _build(setup, families)}
+
+
+def flops_imbalance(config: ml_collections.ConfigDict, devices: Any, families: Sequence[str], *,
+                    sharded_flops: dict[str, float] | None = None, reduced: bool = False) -> dict[str, float]:
+  """Per program: FLOPs on the busiest device of the slice x devices, over the FLOPs of the same program
+  compiled for one device (the whole computation, unsplit). 1.0 = every device does an equal share.
+
+  sharded_flops: the slice's per-device FLOPs when already compiled (full model only). reduced: measure on
+  `balance_model` (both compilations), for models too big to compile whole on one device.
+  """
+  model = balance_model(programs.model_config(config)) if reduced else None
+  if sharded_flops is None or reduced:
+    sharded_flops = _program_flops(config, devices, families, model)
   single = ml_collections.ConfigDict(config.to_dict())
   single.mesh.shape = (1, 1, 1)
-  setup = programs.build_setup(single, devices[:1])
-  return {p.name: analysis.compile_program(p.fn, p.args)[0].flops for p in _build(setup, families)}
+  whole = _program_flops(single, devices[:1], families, model)
+  return {name: flops * len(devices) / whole[name] for name, flops in sharded_flops.items()
+          if whole.get(name, 0) > 0 and flops == flops}
 
 
 def make_plan(config: ml_collections.ConfigDict, slice_name: str, *, hbm_bytes: float | None = None,
               flops_balance: bool | None = None, families: Sequence[str] | None = None) -> dict[str, Any]:
   """Compiles the run's programs for slice `slice_name` and returns the plan (see `report.py`).
 
-  hbm_bytes: HBM per device to plan against (default: the chip table's). flops_balance: also compile on one
-  device to compare per-device FLOPs with the whole program's (default: for models under 1B parameters).
+  hbm_bytes: HBM per device to plan against (default: the chip table's). flops_balance: also measure each
+  program's FLOPs imbalance (default: yes; models over 1B parameters are measured on `balance_model`).
   families: the program families to compile (default: all of `programs.PROGRAM_FAMILIES`).
   """
   families = tuple(programs.PROGRAM_FAMILIES) if families is None else tuple(families)
@@ -48,18 +72,20 @@ def make_plan(config: ml_collections.ConfigDict, slice_name: str, *, hbm_bytes: 
   setup = programs.build_setup(config, tpu.devices)
   resident = {name: analysis.device_bytes(tree) for name, tree in setup.resident().items()}
   built = _build(setup, families)
-  if flops_balance is None:
-    flops_balance = setup.num_params < _BALANCE_CHECK_MAX_PARAMS
-  whole = _single_device_flops(config, tpu.devices, families) if flops_balance else {}
+  compiled_programs = [analysis.compile_program(p.fn, p.args)[0] for p in built]
+  imbalance: dict[str, float] = {}
+  if flops_balance is None or flops_balance:
+    imbalance = flops_imbalance(config, tpu.devices, families,
+                                sharded_flops={p.name: c.flops for p, c in zip(built, compiled_programs)},
+                                reduced=setup.num_params >= _BALANCE_CHECK_MAX_PARAMS)
   records = []
-  for p in built:
-    compiled, _ = analysis.compile_program(p.fn, p.args)
-    compiled = dataclasses.replace(compiled, global_flops=whole.get(p.name, float("nan")))
+  for p, compiled in zip(built, compiled_programs):
     outside = {k: v for k, v in resident.items() if k not in p.in_resident}
     records.append(report.program_record(p.name, p.bucket, p.per_update, compiled, outside, tpu, hbm,
-                                         family=p.family, loop_steps=p.loop_steps))
+                                         family=p.family, loop_steps=p.loop_steps,
+                                         flops_imbalance=imbalance.get(p.name)))
   g = setup.geometry
-  model_flops = 6.0 * setup.num_params * g.tokens * g.micro_batches
+  model_flops = setup.model_flops()
   return {
       "config": {"preset": config.preset, "stage": config.stage, "mesh_shape": list(setup.mesh.devices.shape),
                  "remat": setup.model.remat, "dtype": setup.model.dtype, "param_dtype": setup.model.param_dtype,

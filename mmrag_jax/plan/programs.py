@@ -25,7 +25,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mmrag_jax.model import ModelInputs, Qwen25VLConfig, VisionIndex, abstract_model, preset
 from mmrag_jax.model.kv_cache import KVCache
-from mmrag_jax.model.vision_index import window_block_bound
+from mmrag_jax.model.qwen25vl import map_input_arrays
+from mmrag_jax.model.vision_index import max_frame_patches
 from mmrag_jax.parallel import DEFAULT_RULES, logical_sharding, make_mesh, param_shardings
 from mmrag_jax.recipe.checks import grpo_config
 from mmrag_jax.rl import update
@@ -84,7 +85,8 @@ class UpdateGeometry:
 
 def model_config(config: ml_collections.ConfigDict) -> Qwen25VLConfig:
   """The policy's architecture: MODEL.PATH/config.json when it exists, else the preset's (demo = tiny);
-  dtypes and remat from config.model."""
+  dtypes, remat and the attention chunk from config.model, frame blocks from pipeline.max_pixels (as
+  `load_pretrained` in the run)."""
   path = os.path.join(config.model.path or "", "config.json")
   if config.model.path and os.path.isfile(path):
     with open(path) as f:
@@ -92,22 +94,18 @@ def model_config(config: ml_collections.ConfigDict) -> Qwen25VLConfig:
   else:
     base = preset(_MODEL_PRESETS.get(config.preset, "qwen2.5-vl-7b"))
   return base.replace(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-                      remat=bool(config.model.remat))
+                      remat=bool(config.model.remat),
+                      frame_block_size=max_frame_patches(config.pipeline.max_pixels, base.vision),
+                      attention_query_chunk=config.model.attention_query_chunk or None)
 
 
 def _with_shardings(tree: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def _abstract_vision_index(v: Any, num_patches: int) -> VisionIndex:
-  """The `VisionIndex` shapes `VisionIndex.build` gives a patch budget (worst-case window blocks)."""
-  i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
-  merged = num_patches // v.merge_unit
-  block_size = (v.window_size // v.spatial_merge_size // v.patch_size * v.spatial_merge_size) ** 2  # patches
-  blocks = window_block_bound(num_patches, block_size)
-  return VisionIndex(position_ids=i32(num_patches, 2), segment_ids=i32(num_patches), window_index=i32(merged),
-                     reverse_window_index=i32(merged), block_patches=i32(blocks, block_size),
-                     block_window_ids=i32(blocks, block_size), patch_slots=i32(num_patches))
+def _abstract_vision_index(model: Qwen25VLConfig, num_patches: int) -> VisionIndex:
+  """The `VisionIndex` shapes `prepare_inputs` builds for a patch budget."""
+  return VisionIndex.shapes(model.vision, num_patches, model.frame_block_size)
 
 
 def abstract_train_batch(model: Qwen25VLConfig, geometry: UpdateGeometry, mesh: Mesh) -> TrainBatch:
@@ -119,7 +117,7 @@ def abstract_train_batch(model: Qwen25VLConfig, geometry: UpdateGeometry, mesh: 
   merged = p // v.merge_unit
   inputs = ModelInputs(input_ids=i32(n, length), attention_mask=i32(n, length), positions=i32(3, n, length),
                        rope_deltas=i32(n), pixel_values=f32(p, v.patch_dim) if p else None,
-                       vision_index=_abstract_vision_index(v, p) if p else None)
+                       vision_index=_abstract_vision_index(model, p) if p else None)
   batch = TrainBatch(inputs=inputs, image_slots=i32(g.group_size, merged) if p else None,
                      completion_ids=i32(n, t), completion_mask=jax.ShapeDtypeStruct((n, t), jnp.bool_),
                      sampler_logprobs=f32(n, t), advantages=f32(n), sampling_logprobs=f32(n, t))
@@ -144,6 +142,19 @@ class PlanSetup:
   num_params: int
   num_trainable: int
 
+  @property
+  def num_vision_params(self) -> int:
+    return _count(self.params["visual"])
+
+  def model_flops(self) -> float:
+    """Model FLOPs of one update (every micro-batch): 6 x parameters x positions, for the text decoder and
+    head over the rows' tokens plus the vision tower over the pixel rows (its merger runs on a quarter of
+    them: counted as whole, a <1% overcount). Attention's score FLOPs and remat's recompute are not model
+    FLOPs."""
+    g = self.geometry
+    vision = self.num_vision_params
+    return 6.0 * ((self.num_params - vision) * g.tokens + vision * g.num_patches) * g.micro_batches
+
   def resident(self) -> dict[str, Any]:
     """The state that lives in HBM for the whole run (abstract trees): params, optimizer, gradient
     accumulators (the trainable part) and the KL reference (a copy of the trainable part, when beta > 0)."""
@@ -158,9 +169,11 @@ def _count(tree: Any) -> int:
   return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
 
 
-def build_setup(config: ml_collections.ConfigDict, devices: Any) -> PlanSetup:
-  """Abstract model and optimizer of `config` on a ('data', 'fsdp', 'tensor') mesh of `devices`."""
-  model = model_config(config)
+def build_setup(config: ml_collections.ConfigDict, devices: Any, *, model: Qwen25VLConfig | None = None
+                ) -> PlanSetup:
+  """Abstract model and optimizer of `config` on a ('data', 'fsdp', 'tensor') mesh of `devices`; `model`
+  replaces the config's architecture (`model_config`) when given."""
+  model = model_config(config) if model is None else model
   mesh = make_mesh(tuple(config.mesh.shape), devices=list(devices))
   grpo = grpo_config(config)
   graphdef, abstract_state = nnx.split(abstract_model(model))
@@ -221,8 +234,7 @@ def update_programs(setup: PlanSetup) -> list[Program]:
 
 def abstract_prompt_inputs(model: Qwen25VLConfig, rows: int, length: int, num_patches: int, mesh: Mesh
                            ) -> ModelInputs:
-  """Prompt `ModelInputs` [rows, length] with `num_patches` pixel rows as `place_inputs` shards them:
-  rows over the batch axes, vision arrays replicated."""
+  """Prompt `ModelInputs` [rows, length] with `num_patches` pixel rows as `place_inputs` shards them."""
   v = model.vision
   i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
   merged = num_patches // v.merge_unit
@@ -231,16 +243,10 @@ def abstract_prompt_inputs(model: Qwen25VLConfig, rows: int, length: int, num_pa
       input_ids=i32(rows, length), attention_mask=i32(rows, length), positions=i32(3, rows, length),
       rope_deltas=i32(rows),
       pixel_values=jax.ShapeDtypeStruct((num_patches, v.patch_dim), jnp.float32) if vision else None,
-      vision_index=_abstract_vision_index(v, num_patches) if vision else None,
+      vision_index=_abstract_vision_index(model, num_patches) if vision else None,
       image_scatter=i32(merged) if vision else None)
-  names = {"input_ids": ("batch", "length"), "attention_mask": ("batch", "length"),
-           "positions": (None, "batch", "length"), "rope_deltas": ("batch",)}
-  shard = lambda x, n: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=logical_sharding(mesh, n, shape=x.shape))
-  replicate = lambda tree: jax.tree.map(lambda x: shard(x, (None,) * len(x.shape)), tree)
-  return dataclasses.replace(
-      inputs, **{k: shard(getattr(inputs, k), n) for k, n in names.items()},
-      pixel_values=replicate(inputs.pixel_values), vision_index=replicate(inputs.vision_index),
-      image_scatter=replicate(inputs.image_scatter))
+  return map_input_arrays(inputs, lambda x, names: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=logical_sharding(mesh, names, shape=x.shape)))
 
 
 def sampler_programs(setup: PlanSetup) -> list[Program]:
@@ -277,13 +283,24 @@ def sampler_programs(setup: PlanSetup) -> list[Program]:
   stop_ids = jax.ShapeDtypeStruct((2,), jnp.int32, sharding=NamedSharding(setup.mesh, PartitionSpec()))
   decode_jit = _Bound(sampling._decode, dict(graphdef=setup.graphdef, method=method, settings=settings,
                                             mesh=setup.mesh))
+  decode_bucket = f"N{g.rows}xS{cache_size}xT{g.completion_length}"
+  # The gradient accumulators are not live during the rollout.
+  prefill = Program("prefill", f"B{prompts}xL{g.prompt_length}xP{g.num_patches}", prefill_jit,
+                    (setup.params, inputs), ("params", "accumulators"), g.micro_batches, family="sampler")
+  if config.sampler.decode_weights == "training":
+    return [prefill, Program("decode", decode_bucket, decode_jit, (setup.params, logits, cache, keys, stop_ids, None),
+                             ("params", "accumulators"), g.micro_batches, family="sampler",
+                             loop_steps=g.completion_length)]
+  # The decode weights: made by each rollout's sampler, read by every token step beside the resident
+  # parameters, freed before the update.
+  copy_jit = sampling.decode_weights_fn(setup.params, c.compute_dtype, setup.mesh)
+  weights = copy_jit.eval_shape(setup.params)
   return [
-      # The gradient accumulators are not live during the rollout.
-      Program("prefill", f"B{prompts}xL{g.prompt_length}xP{g.num_patches}", prefill_jit, (setup.params, inputs),
-              ("params", "accumulators"), g.micro_batches, family="sampler"),
-      Program("decode", f"N{g.rows}xS{cache_size}xT{g.completion_length}", decode_jit,
-              (setup.params, logits, cache, keys, stop_ids, None), ("params", "accumulators"), g.micro_batches,
-              family="sampler", loop_steps=g.completion_length),
+      prefill,
+      Program("decode_weights", "params", copy_jit, (setup.params,), ("accumulators",), g.micro_batches,
+              family="sampler"),
+      Program("decode", decode_bucket, decode_jit, (weights, logits, cache, keys, stop_ids, None), ("accumulators",),
+              g.micro_batches, family="sampler", loop_steps=g.completion_length),
   ]
 
 

@@ -3,7 +3,7 @@
     peak HBM  = resident state outside the program's arguments + arguments + unaliased outputs
                 + temporaries + generated code
     roofline  = max(FLOPs / peak FLOP/s, bytes accessed / HBM bandwidth, collective bytes / ICI bandwidth)
-    MFU       = 6 N tokens / (predicted update time x chips x peak FLOP/s per chip)
+    MFU       = model FLOPs (6 N tokens, text + vision) / (predicted update time x chips x peak FLOP/s per chip)
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ def roofline(program: CompiledProgram, tpu: Slice, loop_steps: int = 1) -> dict[
 
 def program_record(name: str, bucket: str, per_update: int, program: CompiledProgram,
                    outside: dict[str, int], tpu: Slice, hbm_bytes: float, *, family: str = "update",
-                   loop_steps: int = 1) -> dict[str, Any]:
-  """Everything the plan says about one program on one device of `tpu` (HBM of `hbm_bytes` per device)."""
+                   loop_steps: int = 1, flops_imbalance: float | None = None) -> dict[str, Any]:
+  """Everything the plan says about one program on one device of `tpu` (HBM of `hbm_bytes` per device).
+  flops_imbalance: its per-device FLOPs over an even share of the whole program's (None: not measured)."""
   peak = sum(outside.values()) + program.program_bytes + program.code_bytes
   return {
       "name": name, "bucket": bucket, "family": family, "per_update": per_update, "loop_steps": loop_steps,
@@ -46,8 +47,7 @@ def program_record(name: str, bucket: str, per_update: int, program: CompiledPro
       "flops": program.flops, "bytes_accessed": program.bytes_accessed,
       "collective_bytes": program.collectives, "collective_bytes_total": program.collective_bytes,
       "compile_s": program.compile_s, "lower_s": program.lower_s,
-      "flops_imbalance": (program.flops * len(tpu.devices) / program.global_flops
-                          if program.global_flops == program.global_flops and program.global_flops > 0 else None),
+      "flops_imbalance": flops_imbalance,
       "roofline": roofline(program, tpu, loop_steps),
   }
 
@@ -65,13 +65,16 @@ def verdict(records: list[dict[str, Any]]) -> list[str]:
 
 
 def summary(records: list[dict[str, Any]], tpu: Slice, model_flops: float) -> dict[str, Any]:
-  """The RESULT figures: fits, headroom, compile time, predicted update (and rollout) time, update MFU, FLOPs
-  imbalance, and for the decode loop its predicted step time over the time to read its arguments once."""
+  """The RESULT figures: fits, headroom, compile time, predicted update (and rollout) time, update MFU, the
+  model-FLOPs share of the update's compiled FLOPs, FLOPs imbalance, and for the decode loop its predicted
+  step time over the time to read its arguments once."""
   def predicted(family: str) -> float | None:
     total = sum(r["per_update"] * r["roofline"]["time_s"] for r in records if r["family"] == family)
     return total if total == total and any(r["family"] == family for r in records) else None
 
   update_s = predicted("update")
+  compiled_update_flops = sum(r["per_update"] * r["flops"] for r in records if r["family"] == "update") * len(
+      tpu.devices)
   imbalances = [r["flops_imbalance"] for r in records if r["flops_imbalance"] is not None]
   return {
       "fits": all(r["fits"] for r in records),
@@ -80,6 +83,10 @@ def summary(records: list[dict[str, Any]], tpu: Slice, model_flops: float) -> di
       "predicted_update_s": update_s,
       "predicted_update_mfu": model_flops / (update_s * tpu.num_chips * tpu.chip.peak_bf16_flops)
                               if update_s else None,
+      # Of the FLOPs the update's programs execute (remat's recompute included), the share that is model FLOPs.
+      "update_model_flops_fraction": (model_flops / compiled_update_flops
+                                      if compiled_update_flops == compiled_update_flops and compiled_update_flops
+                                      else None),
       "max_flops_imbalance": max(imbalances) if imbalances else None,
       "predicted_rollout_s": predicted("sampler"),
       **_decode_vs_roofline(records, tpu),

@@ -11,9 +11,12 @@ from typing import Any
 import ml_collections
 
 from mmrag_jax.errors import RunError
+from mmrag_jax.model.config import VisionConfig
+from mmrag_jax.model.vision_index import max_frame_patches
 from mmrag_jax.recipe.presets import stage1_run_config
 from mmrag_jax.rl.config import GRPOConfig
 from mmrag_jax.rl.rewards import Stage1RewardConfig, Stage2RewardConfig
+from mmrag_jax.sampling.sampler import DECODE_WEIGHTS
 
 MODES = ("train", "eval", "predict")
 DATASETS = ("webqa", "mmqa")
@@ -104,7 +107,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.mode == "train" and config.data.train_split == "test":
     raise ConfigError("data.train_split", "the test split has no gold labels to train on")
   for field in ("data.max_train_questions", "data.max_eval_questions", "pipeline.worker_count",
-                "warmup.steps", "train.checkpoint_every", "train.eval_every", "pipeline.patch_budget"):
+                "warmup.steps", "train.checkpoint_every", "train.eval_every", "pipeline.patch_budget",
+                "model.attention_query_chunk"):
     _positive_int(config, field, allow_zero=True)
   for field in ("train.batch_size", "train.micro_batches", "train.num_steps", "train.max_to_keep",
                 "rl.group_size", "rl.max_new_tokens", "scorer.batch_size", "predict.batch_size",
@@ -122,6 +126,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.train.batch_size % config.rl.group_size:
     raise ConfigError("train.batch_size", f"{config.train.batch_size} completions is not a whole number of groups "
                       f"of rl.group_size={config.rl.group_size}; use a multiple of it")
+  _choice(config, "sampler.decode_weights", DECODE_WEIGHTS)
   if _choice(config, "sampler.method", SAMPLER_METHODS) != "greedy":
     _number(config, "sampler.temperature")
   _number(config, "sampler.top_p", high=1.0)
@@ -154,7 +159,7 @@ def check_patch_buckets(config: ml_collections.ConfigDict) -> None:
   p = config.pipeline
   images_per_prompt = 1 if config.stage == 1 else config.stage2.k
   images = "images" if config.stage == 1 else "images (stage2.k)"
-  per_image = (p.max_pixels // (4 * 14 * 14)) * 4  # sides are multiples of 28 within max_pixels
+  per_image = max_frame_patches(p.max_pixels, VisionConfig())  # the released models' 14 px patches
   prompts = max(config.train.batch_size // config.rl.group_size, config.predict.batch_size, config.scorer.batch_size
                 if config.stage == 1 else 0)
   worst = p.patch_budget or prompts * images_per_prompt * per_image

@@ -67,7 +67,9 @@ class RunContext:
       raise ConfigError(field, f"{path!r} is not a Hugging Face checkpoint directory (no {CONFIG_FILE})")
     _log.info("loading the policy from %s", path)
     return load_pretrained(path, dtype=self.config.model.dtype, param_dtype=self.config.model.param_dtype,
-                           mesh=self.mesh, remat=self.config.model.remat)
+                           mesh=self.mesh, remat=self.config.model.remat,
+                           max_pixels=self.config.pipeline.max_pixels,
+                           attention_query_chunk=self.config.model.attention_query_chunk)
 
   def export(self, model: nnx.Module, source_dir: str, out_dir: str | None = None) -> str:
     """Writes the policy as a Hugging Face directory, with the source checkpoint's tokenizer and processor."""
@@ -125,7 +127,8 @@ class RunContext:
   def sampler_config(self, *, max_new_tokens: int, greedy: bool = False) -> SamplerConfig:
     s = self.config.sampler
     return SamplerConfig(max_new_tokens=max_new_tokens, method=Greedy() if greedy else self.sampling_method(),
-                         length_buckets=tuple(s.length_buckets), patch_buckets=tuple(s.patch_buckets))
+                         length_buckets=tuple(s.length_buckets), patch_buckets=tuple(s.patch_buckets),
+                         decode_weights=s.decode_weights)
 
   def scorer_config(self) -> ScorerConfig:
     s = self.config.sampler

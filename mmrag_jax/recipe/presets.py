@@ -31,6 +31,7 @@ def base_config(stage: int) -> ml_collections.ConfigDict:
   c.model.dtype = "bfloat16"      # compute dtype
   c.model.param_dtype = "float32"  # master weights
   c.model.remat = False           # recompute activations in the backward pass (long stage-2 prompts)
+  c.model.attention_query_chunk = 0  # text attention in chunks of this many queries (0: one chunk)
   c.model.freeze_vision_tower = "none"  # none | tower (blocks frozen, merger trains) | tower_and_merger
   c.model.build_tiny = False      # demo: write a tiny random model + tokenizer into WORKDIR/tiny_model
 
@@ -157,12 +158,14 @@ def _toy(c: ml_collections.ConfigDict) -> None:
 def _3b(c: ml_collections.ConfigDict) -> None:
   c.mesh.shape = (1, -1, 1)  # FSDP over every device: 3.75B params + AdamW in float32 is ~60 GB
   c.model.remat = True       # stage-2 activations without remat are ~70 GB per 4 rows (tpu/README.md)
+  c.model.attention_query_chunk = 512  # one layer's scores: 4608^2 x heads floats per row otherwise
   c.train.batch_size = 64
 
 
 def _7b(c: ml_collections.ConfigDict) -> None:
   c.mesh.shape = (1, -1, 1)  # 8.3B params + AdamW in float32 is ~133 GB: FSDP over a slice
   c.model.remat = True
+  c.model.attention_query_chunk = 512
   c.train.batch_size = 64
 
 

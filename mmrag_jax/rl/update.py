@@ -35,8 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
+from mmrag_jax.model.qwen25vl import map_input_arrays
 from mmrag_jax.parallel import DEFAULT_RULES, LogicalRules, logical_sharding, param_shardings
 from mmrag_jax.rl.batch import TrainBatch
 from mmrag_jax.rl.config import GRPOConfig
@@ -45,29 +46,19 @@ from mmrag_jax.rl.policy import LogprobFn, QwenLogprobs
 
 
 def train_batch_shardings(batch: TrainBatch, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> TrainBatch:
-  """Shardings for a TrainBatch: rows over the batch axes, image arrays replicated."""
-  def rows(x: Any, names: tuple[str | None, ...]) -> NamedSharding | None:
+  """Shardings for a TrainBatch: rows over the batch axes, pixel rows, image tokens and attention blocks
+  over the same axes (`map_input_arrays`)."""
+  def shard(x: Any, names: tuple[str | None, ...]) -> NamedSharding | None:
     return None if x is None else logical_sharding(mesh, names, rules, shape=np.shape(x))
 
-  replicated = NamedSharding(mesh, PartitionSpec())
-  inputs = batch.inputs
-  if inputs is not None:
-    inputs = dataclasses.replace(
-        inputs,
-        input_ids=rows(inputs.input_ids, ("batch", "length")),
-        attention_mask=rows(inputs.attention_mask, ("batch", "length")),
-        positions=rows(inputs.positions, (None, "batch", "length")),
-        rope_deltas=rows(inputs.rope_deltas, ("batch",)),
-        pixel_values=None if inputs.pixel_values is None else replicated,
-        vision_index=jax.tree.map(lambda _: replicated, inputs.vision_index),
-        image_scatter=None if inputs.image_scatter is None else replicated)
+  inputs = None if batch.inputs is None else map_input_arrays(batch.inputs, shard)
   return TrainBatch(
-      inputs=inputs, image_slots=None if batch.image_slots is None else replicated,
-      completion_ids=rows(batch.completion_ids, ("batch", "length")),
-      completion_mask=rows(batch.completion_mask, ("batch", "length")),
-      sampler_logprobs=rows(batch.sampler_logprobs, ("batch", "length")),
-      advantages=rows(batch.advantages, ("batch",)),
-      sampling_logprobs=rows(batch.sampling_logprobs, ("batch", "length")))
+      inputs=inputs, image_slots=shard(batch.image_slots, (None, "vis_tokens")),
+      completion_ids=shard(batch.completion_ids, ("batch", "length")),
+      completion_mask=shard(batch.completion_mask, ("batch", "length")),
+      sampler_logprobs=shard(batch.sampler_logprobs, ("batch", "length")),
+      advantages=shard(batch.advantages, ("batch",)),
+      sampling_logprobs=shard(batch.sampling_logprobs, ("batch", "length")))
 
 
 def put_global(tree: Any, shardings: Any) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,7 +11,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from mmrag_jax.model.config import Qwen25VLConfig
-from mmrag_jax.model.qwen25vl import ModelInputs, prepare_inputs
+from mmrag_jax.model.qwen25vl import ModelInputs, map_input_arrays, prepare_inputs
 from mmrag_jax.parallel import logical_sharding
 from mmrag_jax.sampling.host_batch import fit_length, smallest_bucket
 
@@ -28,25 +27,11 @@ def to_host(array: jax.Array) -> np.ndarray:
 
 
 def place_inputs(inputs: ModelInputs, mesh: Mesh | None) -> ModelInputs:
-  """Puts prompt arrays on `mesh` with rows over the batch axes; vision arrays are replicated."""
+  """Puts prompt arrays on `mesh`: rows over the batch axes, the vision arrays too (`map_input_arrays`)."""
   if mesh is None:
     return inputs
-
-  def place(x: Any, names: tuple[str | None, ...]) -> jax.Array:
-    return jax.device_put(x, logical_sharding(mesh, names, shape=np.shape(x)))
-
-  def replicated(tree: Any) -> Any:  # None (text-only batches) stays None
-    return jax.tree.map(lambda x: place(x, (None,) * np.ndim(x)), tree)
-
-  return dataclasses.replace(
-      inputs,
-      input_ids=place(inputs.input_ids, ("batch", "length")),
-      attention_mask=place(inputs.attention_mask, ("batch", "length")),
-      positions=place(inputs.positions, (None, "batch", "length")),
-      rope_deltas=place(inputs.rope_deltas, ("batch",)),
-      pixel_values=replicated(inputs.pixel_values),
-      vision_index=replicated(inputs.vision_index),
-      image_scatter=replicated(inputs.image_scatter))
+  return map_input_arrays(
+      inputs, lambda x, names: jax.device_put(x, logical_sharding(mesh, names, shape=np.shape(x))))
 
 
 def prepare_bucketed(batch: Mapping[str, Any], model_config: Qwen25VLConfig, length_buckets: tuple[int, ...],

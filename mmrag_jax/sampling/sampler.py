@@ -18,7 +18,10 @@ Decode step. A float32 model on CPU without a mesh decodes with the packed step 
 the text decoder's weights copied into matrix-vector layouts (a second copy of them in memory), about
 2x faster per token there. The copy is made on the first `generate`, kept while the model's parameter
 arrays stay the same objects, and remade (one jitted copy of the weights) after they change. Elsewhere
-(accelerators, meshes, bfloat16) the loop runs the model's own decode step.
+(accelerators, meshes, bfloat16) the loop runs the model's own decode step, on decode weights: a copy of
+the parameters in the compute dtype with FSDP's split turned into tensor parallelism
+(`SamplerConfig.decode_weights`), so a token step reads its chip's share of bfloat16 weights from its own
+HBM instead of all-gathering every float32 weight.
 
 Log-probs. `policy_logprobs` are those of the temperature-1, untruncated policy (float32 logits,
 float32-accumulated head, as in `token_logprobs`): the trainer's old-policy log-probs, no recomputation
@@ -31,8 +34,9 @@ Stops and RNG: see `decode.py` (rows stop independently on any stop id) and `key
 (prompt id, sample index)).
 
 Sharding. With a `mesh`, prompt arrays are placed with rows over ('data', 'fsdp') and the cache is
-pinned to rows over the batch axes and kv heads over 'tensor'; parameters keep their own shardings
-(load the model with `load_pretrained(..., mesh=mesh)`). Tokens equal the single-device ones.
+pinned to rows over the batch axes and kv heads over 'tensor'; prefill reads the parameters in their own
+shardings (load the model with `load_pretrained(..., mesh=mesh)`), the decode loop its decode weights.
+Tokens equal the single-device ones.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ from jax.sharding import Mesh
 
 from mmrag_jax.model.kv_cache import KVCache
 from mmrag_jax.model.qwen25vl import ModelInputs, Qwen25VL
-from mmrag_jax.parallel import logical_sharding
+from mmrag_jax.parallel import decode_rules, logical_sharding, param_shardings
 from mmrag_jax.sampling.decode import DecodeSettings, DecodeState, decode_loop
 from mmrag_jax.sampling.host_batch import select_rows
 from mmrag_jax.sampling.inputs import (
@@ -67,6 +71,9 @@ from mmrag_jax.sampling.packed_decoder import PackedDecoder, pack_decoder
 from mmrag_jax.sampling.steps import prefill_group
 
 
+DECODE_WEIGHTS = ("gathered", "training")
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
   """Rollout settings.
@@ -79,6 +86,12 @@ class SamplerConfig:
   patch_buckets: image patch budgets that pixel rows are zero-padded to (multiples of 4).
   share_prefix: prefill each prompt once for its G samples (False: prefill G copies; for comparison).
   suppress_vision_tokens: never sample the image/video/vision start/end placeholder ids.
+  decode_weights: 'gathered' (default): the decode loop reads a copy of the weights in the compute dtype,
+    laid out for decoding (`parallel.decode_rules`: FSDP's split turned into tensor parallelism), made by
+    the sampler once per parameter version and
+    freed with it (a rollout's sampler lives for one rollout: no copy during the update); 'training': it
+    reads the training parameters as they are (no second copy in memory; FSDP all-gathers them at every
+    token step). The CPU float32 path always decodes from its packed copy instead.
   """
 
   max_new_tokens: int = 256
@@ -88,6 +101,7 @@ class SamplerConfig:
   patch_buckets: tuple[int, ...] = DEFAULT_PATCH_BUCKETS
   share_prefix: bool = True
   suppress_vision_tokens: bool = True
+  decode_weights: str = "gathered"
 
   def __post_init__(self):
     if self.max_new_tokens < 1:
@@ -96,6 +110,8 @@ class SamplerConfig:
       raise ValueError(f"SamplerConfig.length_buckets must be positive lengths, got {self.length_buckets}")
     if any(b < 1 for b in self.patch_buckets):
       raise ValueError(f"SamplerConfig.patch_buckets must be positive, got {self.patch_buckets}")
+    if self.decode_weights not in DECODE_WEIGHTS:
+      raise ValueError(f"SamplerConfig.decode_weights must be one of {DECODE_WEIGHTS}, got {self.decode_weights!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +158,17 @@ def _pack(graphdef: nnx.GraphDef, state: nnx.State) -> PackedDecoder:
   return pack_decoder(nnx.merge(graphdef, state))
 
 
+def _compute_copy(state: nnx.State, dtype: jnp.dtype) -> nnx.State:
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
+
+
+def decode_weights_fn(state: nnx.State, dtype: jnp.dtype, mesh: Mesh | None) -> Any:
+  """The jitted copy `state` -> decode weights: floating arrays cast to `dtype`, and with a mesh laid out by
+  `decode_rules` (one reshard per parameter version instead of an all-gather of every weight per token step)."""
+  shardings = None if mesh is None else param_shardings(state, mesh, decode_rules())
+  return jax.jit(functools.partial(_compute_copy, dtype=dtype), out_shardings=shardings)
+
+
 # The cache is donated and returned inside the final state: the loop then runs in its buffers.
 @functools.partial(jax.jit, static_argnames=("graphdef", "method", "settings", "mesh"), donate_argnames=("cache",))
 def _decode(graphdef: nnx.GraphDef, state: nnx.State, logits: jax.Array, cache: KVCache, keys: jax.Array,
@@ -158,6 +185,24 @@ def _decodes_packed(model: Qwen25VL, state: nnx.State, mesh: Mesh | None) -> boo
   return mesh is None and on_cpu and jnp.dtype(model.config.compute_dtype) == jnp.float32
 
 
+class _PerParameters:
+  """A value derived from a model's parameter arrays, kept while every array is the one it was made from
+  (weak references: replaced parameters are never kept alive)."""
+
+  def __init__(self):
+    self._entry: tuple[tuple[weakref.ref, ...], Any] | None = None
+
+  def get(self, state: nnx.State, make: Any) -> Any:
+    leaves = jax.tree.leaves(state)
+    if self._entry is not None:
+      sources, value = self._entry
+      if len(sources) == len(leaves) and all(ref() is leaf for ref, leaf in zip(sources, leaves)):
+        return value
+    value = make()
+    self._entry = (tuple(weakref.ref(leaf) for leaf in leaves), value)
+    return value
+
+
 class Sampler:
   """Jitted multimodal rollouts of a `Qwen25VL` (see the module docstring).
 
@@ -167,8 +212,8 @@ class Sampler:
 
   def __init__(self, model: Qwen25VL, config: SamplerConfig = SamplerConfig(), *, mesh: Mesh | None = None):
     self.model, self.config, self.mesh = model, config, mesh
-    # (weak references to the parameter arrays it was packed from, packed decoder)
-    self._packed: tuple[tuple[weakref.ref, ...], PackedDecoder] | None = None
+    self._packed = _PerParameters()   # the packed CPU decoder
+    self._gathered = _PerParameters()  # the decode weights
     c = model.config
     self.stop_ids = tuple(config.stop_ids) if config.stop_ids is not None else (c.eos_token_id, c.pad_token_id)
     suppressed = (c.image_token_id, c.video_token_id, c.vision_start_token_id, c.vision_end_token_id)
@@ -213,14 +258,20 @@ class Sampler:
     graphdef, state = model_split if model_split is not None else nnx.split(self.model)
     if not _decodes_packed(self.model, state, self.mesh):
       return None
-    leaves = jax.tree.leaves(state)
-    if self._packed is not None:
-      sources, packed = self._packed
-      if len(sources) == len(leaves) and all(ref() is leaf for ref, leaf in zip(sources, leaves)):
-        return packed
-    packed = _pack(graphdef, state)
-    self._packed = (tuple(weakref.ref(leaf) for leaf in leaves), packed)
-    return packed
+    return self._packed.get(state, lambda: _pack(graphdef, state))
+
+  def decode_state(self, model_split: tuple[nnx.GraphDef, nnx.State] | None = None) -> nnx.State:
+    """The parameters the decode loop reads (see `SamplerConfig.decode_weights`): the model's own where it
+    decodes packed, decodes 'training' weights, or they already are in the compute dtype and not split over
+    'fsdp'; otherwise the gathered copy, made on first use and kept while the parameter arrays stay the same."""
+    _, state = model_split if model_split is not None else nnx.split(self.model)
+    dtype = jnp.dtype(self.model.config.compute_dtype)
+    in_compute_dtype = all(x.dtype == dtype for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating))
+    fsdp = self.mesh is not None and self.mesh.shape.get("fsdp", 1) > 1
+    if (self.config.decode_weights == "training" or _decodes_packed(self.model, state, self.mesh)
+        or (in_compute_dtype and not fsdp)):
+      return state
+    return self._gathered.get(state, lambda: decode_weights_fn(state, dtype, self.mesh)(state))
 
   def generate(self, batch: Mapping[str, Any], key: jax.Array, *, group_size: int = 1,
                prompt_ids: np.ndarray | None = None) -> SampleOutput:
@@ -239,7 +290,8 @@ class Sampler:
     if self.mesh is not None:
       keys = jax.device_put(keys, logical_sharding(self.mesh, ("batch",), shape=keys.shape))
     stop_ids = np.asarray(self.stop_ids, np.int32)
-    final = _decode(*model_split, logits, cache, keys, stop_ids, self.packed_decoder(model_split),
+    final = _decode(model_split[0], self.decode_state(model_split), logits, cache, keys, stop_ids,
+                    self.packed_decoder(model_split),
                     method=self.config.method, settings=self.settings, mesh=self.mesh)
     return SampleOutput(tokens=to_host(final.tokens), lengths=to_host(final.lengths),
                         truncated=~to_host(final.done), policy_logprobs=to_host(final.policy_logprobs),

@@ -11,8 +11,10 @@ import torch
 import transformers
 from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as hf_qwen
 
-from mmrag_jax.model import prepare_inputs
+from mmrag_jax.model import load_pretrained, prepare_inputs
+from mmrag_jax.model.layers import attention
 from mmrag_jax.model.text import causal_padding_mask, mrope_cos_sin, rotary_inv_freq
+from tests.model.conftest import save_hf_checkpoint
 from tests.model.rotary_bounds import (exact_inv_freq, exponents, ours_table_bound, torch_inv_freq_bound,
                                        torch_table_bound)
 
@@ -100,6 +102,39 @@ def test_causal_padding_mask_hides_pads_and_the_future():
                                        [0, 1, 0, 0],
                                        [0, 1, 1, 0],
                                        [0, 1, 1, 1]])
+
+
+@pytest.mark.parametrize("steps, chunk", [(24, 8), (23, 8), (24, 64)])
+def test_query_chunked_attention_is_the_unchunked_attention(steps, chunk):
+  """Each query row is computed by the same ops either way; a chunk only changes which rows share a kernel,
+  so rows agree to float32 round-off of an S-term weighted sum (<= S ulps of max |v|), gradients likewise.
+  Covers GQA (6 query heads over 2 kv heads), left padding and T not a multiple of the chunk."""
+  rng = np.random.default_rng(0)
+  batch, keys, heads, kv_heads, dim = 2, steps, 6, 2, 8
+  q = jnp.asarray(rng.standard_normal((batch, steps, heads, dim)), jnp.float32)
+  k = jnp.asarray(rng.standard_normal((batch, keys, kv_heads, dim)), jnp.float32)
+  v = jnp.asarray(rng.standard_normal((batch, keys, kv_heads, dim)), jnp.float32)
+  mask = causal_padding_mask(jnp.asarray(np.arange(steps)[None, :] >= np.array([[0], [5]]), jnp.int32))
+  plain = lambda q, k, v: attention(q, k, v, mask, dim**-0.5)
+  chunked = lambda q, k, v: attention(q, k, v, mask, dim**-0.5, query_chunk=chunk)
+  bound = keys * 2.0**-23 * float(jnp.abs(v).max())
+  np.testing.assert_allclose(chunked(q, k, v), plain(q, k, v), rtol=0, atol=bound)
+  loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))
+  for got, want in zip(jax.grad(loss(chunked), argnums=(0, 1, 2))(q, k, v),
+                       jax.grad(loss(plain), argnums=(0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(got, want, rtol=0, atol=4 * bound * max(1.0, float(jnp.abs(want).max())))
+
+
+def test_model_with_chunked_attention_gives_the_same_logits(hf_parity_model, flax_parity_model, make_batch,
+                                                            tiny_config, tmp_path):
+  """`attention_query_chunk` through the loader: a 4-query chunk over these 9-token rows (3 chunks) gives the
+  unchunked logits to round-off."""
+  chunked = load_pretrained(save_hf_checkpoint(hf_parity_model, tmp_path), attention_query_chunk=4)
+  assert chunked.config.attention_query_chunk == 4
+  batch = make_batch([[9], [4], [7]], tiny_config, seed=4)
+  logits, got = np.asarray(flax_parity_model(**batch)), np.asarray(chunked(**batch))
+  real = batch["attention_mask"].astype(bool)
+  assert np.abs(got - logits)[real].max() <= 1e-5 * float(np.abs(logits[real]).max())
 
 
 def test_text_only_left_padded_batch_matches_reference(hf_parity_model, flax_parity_model, make_batch,

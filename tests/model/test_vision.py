@@ -25,6 +25,8 @@ from tests.model.rotary_bounds import U32, exact_inv_freq, exponents, ours_table
 # 20, 12), a single merge block, and a two-frame entry (frames attend separately).
 GRID = np.array([[1, 18, 6], [1, 4, 4], [1, 16, 20], [1, 2, 2], [2, 4, 12]])
 NUM_PATCHES = int(np.prod(GRID, axis=1).sum())
+# Frame blocks of the largest frame (16 x 20 patches): the smaller frames share blocks next-fit.
+FRAME_BLOCKS = [None, 320]
 
 
 def _tower(vision_config, torch_visual, *, dtype=jnp.float32, remat=False) -> VisionTower:
@@ -145,8 +147,10 @@ def test_tower_matches_reference_float32(tiny_config, tower, pixels, reference_o
   _assert_within_reference_roundoff(out, reference_output, exact_output)
 
 
-def test_tower_matches_reference_float64_to_round_off(tiny_config, hf_model, pixels):
-  """In float64 any algorithmic difference would show far above the 1e-12 round-off level."""
+@pytest.mark.parametrize("frame_block_size", FRAME_BLOCKS)
+def test_tower_matches_reference_float64_to_round_off(tiny_config, hf_model, pixels, frame_block_size):
+  """In float64 any algorithmic difference would show far above the 1e-12 round-off level; with frame
+  blocks (full attention per packed frame) as with one block of every patch."""
   visual64 = float64_copy(hf_model.model.visual)
   # Our float32 frequencies, widened (our float64 tower uses them), not the exact ones.
   rotary_dim = tiny_config.vision.head_dim // 2
@@ -155,14 +159,20 @@ def test_tower_matches_reference_float64_to_round_off(tiny_config, hf_model, pix
     want = visual64(torch.from_numpy(pixels).double(), grid_thw=torch.from_numpy(GRID)).pooler_output.numpy()
   with jax.enable_x64(True):
     tower64 = _tower(tiny_config.vision, visual64, dtype=jnp.float64)
-    got = np.asarray(_run(tower64, pixels.astype(np.float64), VisionIndex.build(GRID, tiny_config.vision)))
+    index = VisionIndex.build(GRID, tiny_config.vision, frame_block_size=frame_block_size)
+    got = np.asarray(_run(tower64, pixels.astype(np.float64), index))
   assert got.dtype == np.float64
+  if frame_block_size is not None:
+    assert index.frames.patches.shape == (3, 320)  # [108 16], [320], [4 48 48]
   np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(want).max())
 
 
-def test_padding_rows_never_touch_real_outputs(tiny_config, tower, pixels, reference_output, exact_output):
+@pytest.mark.parametrize("frame_block_size", FRAME_BLOCKS)
+def test_padding_rows_never_touch_real_outputs(tiny_config, tower, pixels, reference_output, exact_output,
+                                               frame_block_size):
   real_tokens = NUM_PATCHES // 4
-  index = VisionIndex.build(GRID, tiny_config.vision, num_patches_padded=NUM_PATCHES + 68)
+  index = VisionIndex.build(GRID, tiny_config.vision, num_patches_padded=NUM_PATCHES + 68,
+                            frame_block_size=frame_block_size)
   rng = np.random.default_rng(2)
   outs = []
   for pad_scale in (1.0, 50.0):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -12,6 +13,7 @@ from mmrag_jax.model.vision_index import (
     VisionIndex,
     frame_cu_seqlens,
     rotary_position_ids,
+    max_frame_patches,
     window_block_bound,
     pack_windows_next_fit,
     window_partition,
@@ -78,23 +80,54 @@ def test_vision_index_fields_equal_reference_and_pad_cleanly(grid):
   permuted_patches = (ref["window_index"][:, None] * 4 + np.arange(4)).reshape(-1)
   cu = ref["cu_window_seqlens"]
   for w in range(len(cu) - 1):
-    slots = np.nonzero(index.block_window_ids.reshape(-1) == w)[0]
-    np.testing.assert_array_equal(index.block_patches.reshape(-1)[slots], permuted_patches[cu[w]:cu[w + 1]])
-    assert len(set(slots // index.block_patches.shape[1])) == 1, f"window {w} split across blocks"
-  assert index.block_window_ids.max() == len(cu) - 2
+    slots = np.nonzero(index.windows.ids.reshape(-1) == w)[0]
+    np.testing.assert_array_equal(index.windows.patches.reshape(-1)[slots], permuted_patches[cu[w]:cu[w + 1]])
+    assert len(set(slots // index.windows.patches.shape[1])) == 1, f"window {w} split across blocks"
+  assert index.windows.ids.max() == len(cu) - 2
   # Each real patch's slot holds that patch; padding points past the last slot.
-  flat_patches = index.block_patches.reshape(-1)
-  np.testing.assert_array_equal(flat_patches[index.patch_slots[:real]], np.arange(real))
-  np.testing.assert_array_equal(index.patch_slots[real:], index.block_patches.size)
+  flat_patches = index.windows.patches.reshape(-1)
+  np.testing.assert_array_equal(flat_patches[index.windows.slots[:real]], np.arange(real))
+  np.testing.assert_array_equal(index.windows.slots[real:], index.windows.patches.size)
 
 
-def test_index_shapes_depend_only_on_the_budget():
-  a = VisionIndex.build([[1, 2, 2]], CONFIG, num_patches_padded=512)
-  b = VisionIndex.build([[1, 16, 16], [1, 10, 18]], CONFIG, num_patches_padded=512)
-  shapes = lambda idx: {f: getattr(idx, f).shape for f in idx.__dataclass_fields__}
-  assert shapes(a) == shapes(b)
-  assert a.block_patches.shape == (window_block_bound(512, 64), 64)
+@pytest.mark.parametrize("frame_block_size", [None, 256])
+def test_index_shapes_depend_only_on_the_budget(frame_block_size):
+  kw = dict(num_patches_padded=512, frame_block_size=frame_block_size)
+  a = VisionIndex.build([[1, 2, 2]], CONFIG, **kw)
+  b = VisionIndex.build([[1, 16, 16], [1, 10, 18]], CONFIG, **kw)
+  shapes = lambda idx: jax.tree.map(np.shape, idx)
+  assert shapes(a) == shapes(b) == shapes(VisionIndex.shapes(CONFIG, 512, frame_block_size))
+  assert a.windows.patches.shape == (16, 64)  # the next-fit bound, 15, rounded up to BLOCK_MULTIPLE
+  assert window_block_bound(512, 64) == 15
+  assert a.frames.patches.shape == ((1, 512) if frame_block_size is None else (16, 256))
   assert (a.num_real_patches, b.num_real_patches) == (4, 436)
+
+
+@pytest.mark.parametrize("grid", GRIDS, ids=str)
+@pytest.mark.parametrize("frame_block_size", [None, 2048])
+def test_frame_blocks_hold_each_frame_whole(grid, frame_block_size):
+  ref = _reference(grid)
+  cu = ref["cu_seqlens"]
+  real = int(cu[-1])
+  index = VisionIndex.build(grid, CONFIG, num_patches_padded=real + 8, frame_block_size=frame_block_size)
+  frames = index.frames
+  for f in range(len(cu) - 1):
+    slots = np.nonzero(frames.ids.reshape(-1) == f)[0]
+    np.testing.assert_array_equal(frames.patches.reshape(-1)[slots], np.arange(cu[f], cu[f + 1]))
+    assert len(set(slots // frames.patches.shape[1])) == 1, f"frame {f} split across blocks"
+  np.testing.assert_array_equal(frames.patches.reshape(-1)[frames.slots[:real]], np.arange(real))
+  np.testing.assert_array_equal(frames.slots[real:], frames.patches.size)
+
+
+def test_a_frame_larger_than_its_block_is_an_error():
+  with pytest.raises(ValueError, match="frame of 256 patches does not fit frame blocks of 64"):
+    VisionIndex.build([[1, 16, 16]], CONFIG, num_patches_padded=512, frame_block_size=64)
+
+
+def test_max_frame_patches_bounds_resized_images():
+  # 448x448 px: 32x32 patches; sides are multiples of 28 px, so 300x300 px allows 280x308 = 20x22 patches.
+  assert max_frame_patches(448 * 448, CONFIG) == 1024
+  assert max_frame_patches(300 * 300, CONFIG) == 4 * (300 * 300 // 784) == 456
 
 
 def test_next_fit_block_bound_holds_for_adversarial_window_sizes():
@@ -111,7 +144,7 @@ def test_next_fit_block_bound_holds_for_adversarial_window_sizes():
 def test_exact_index_has_no_padding():
   index = VisionIndex.build([[1, 10, 18], [1, 2, 2]], CONFIG)
   assert index.num_patches_padded == index.num_real_patches == 184
-  assert (index.block_window_ids[:, 0] >= 0).all()  # no empty block
+  assert (index.windows.ids[:, 0] >= 0).all()  # no empty block
 
 
 @pytest.mark.parametrize("grid, kwargs, message", [
@@ -121,6 +154,7 @@ def test_exact_index_has_no_padding():
     ([[1, 4, 4]], dict(num_patches_padded=8), "smaller than the 16 patches"),
     ([[1, 4, 4]], dict(num_patches_padded=18), "multiple of"),
     ([[1, 16, 16], [1, 16, 16]], dict(num_window_blocks=3), "num_window_blocks=3"),
+    ([[1, 16, 16], [1, 16, 16]], dict(frame_block_size=256, num_frame_blocks=1), "num_frame_blocks=1"),
 ])
 def test_bad_inputs_name_the_field(grid, kwargs, message):
   with pytest.raises(ValueError, match=message):
