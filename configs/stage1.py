@@ -34,6 +34,6 @@ def get_config(arg: str | None = None):
   if c.preset == "toy":
     c.pipeline.length_buckets = (160,)  # toy prompts are 110-145 tokens
     c.sampler.length_buckets = (160,)
-    c.sampler.patch_buckets = (128, 1024)  # training: 8 one-image prompts x 16 patches; scoring: 64
+    c.sampler.patch_buckets = (256, 1024)  # training: 16 one-image prompts x 16 patches; scoring: 64
     c.train.num_steps = 40
   return c

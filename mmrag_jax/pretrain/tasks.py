@@ -8,7 +8,9 @@ something a general instruction-tuned model can do with it:
   ask           one question about the document (its color / count / shape, its city / year)
                 -> one answer sentence, plain, inside <answer>, after a <think> observation, or
                    also naming the document's number inside <evidence>
-  check         a yes/no question about the document's content -> <answer>yes</answer> | <answer>no</answer>
+  check         a yes/no question about one document shown alone (is it a photo of / a text about a
+                named landmark, the picture's color or shapes, what the text states)
+                -> <answer>yes</answer> | <answer>no</answer>
 
 Documents are listed as "[n] Image (title: …): <image> Caption: …" / "[n] Text (title: …): …"; a question
 may list up to MAX_LISTED documents, and then names the one it is about by its number ("Question about
@@ -30,6 +32,7 @@ from mmrag_jax.data.synthetic.scenes import describe
 from mmrag_jax.data.synthetic.world import Entity, plural
 
 MAX_LISTED = 3  # documents shown in one prompt at most
+TASKS = ("describe", "restate", "ask", "check")
 _PLAIN = "Answer with one sentence."
 _TAGGED = "Write the answer sentence inside <answer></answer>."
 _THINK = "First say what the document shows inside <think></think>, then write the answer sentence inside <answer></answer>."
@@ -63,6 +66,16 @@ def _listing(documents: Sequence[Candidate]) -> list[dict[str, Any]]:
   return parts + [{"type": "text", "text": text}]
 
 
+def _single(doc: Candidate, request: str) -> list[dict[str, Any]]:
+  """One document shown alone, with its title and caption or text, then the request."""
+  if doc.kind == IMAGE:
+    parts = [{"type": "image"}, {"type": "text", "text": f"\nImage title: {doc.title}\nImage caption: {doc.text}\n"}]
+  else:
+    parts = [{"type": "text", "text": f"Text title: {doc.title}\nText: {doc.text}\n"}]
+  parts[-1]["text"] += request
+  return [{"role": "user", "content": parts}]
+
+
 def _messages(documents: Sequence[Candidate], header: str, request: str) -> list[dict[str, Any]]:
   parts = [{"type": "text", "text": header + "Documents:\n"}, *_listing(documents)]
   parts[-1] = {"type": "text", "text": parts[-1]["text"] + request}
@@ -93,18 +106,29 @@ def _text_questions(name: str, kind: str, value: str) -> list[tuple[str, str]]:
   return [(f"In what year was {name} founded?", f"{name} was founded in {value}.")]
 
 
-def _checks(rng: random.Random, candidate: Candidate, scene: Scene | None, fact: tuple[str, str, str] | None
-            ) -> list[tuple[str, bool]]:
-  """Yes/no questions about the document's content (half of them true)."""
+def _confusable_name(rng: random.Random, name: str, names: Sequence[str]) -> str:
+  """Another landmark's name, sharing a word or the first syllable with `name` when one does."""
+  others = [n for n in names if n != name]
+  close = [n for n in others if n.split()[-1] == name.split()[-1] or n[:3] == name[:3]]
+  return rng.choice(close or others or [name])
+
+
+def _checks(rng: random.Random, candidate: Candidate, scene: Scene | None, fact: tuple[str, str, str] | None,
+            names: Sequence[str]) -> list[tuple[str, bool]]:
+  """Yes/no questions about the document's content: its subject, its picture or its fact (half true)."""
+  name = candidate.title if rng.random() < 0.5 else _confusable_name(rng, candidate.title, names)
   if scene is not None:
     color = scene.color if rng.random() < 0.5 else rng.choice([c for c in COLORS if c != scene.color])
     shape = scene.shape if rng.random() < 0.5 else rng.choice([s for s in SHAPES if s != scene.shape])
-    return [(f"Are the shapes in this picture {color}?", color == scene.color),
+    return [(f"Is this a photo of {name}?", name == candidate.title),
+            (f"Are the shapes in this picture {color}?", color == scene.color),
             (f"Does this picture show {plural(shape)}?", shape == scene.shape)]
-  name, kind, value = fact
-  if kind == "city":
-    return [(f"Does the text say that {name} is located in {value}?", True)]
-  return [(f"Does the text say that {name} was founded in {value}?", True)]
+  title, kind, value = fact
+  asked = kind if rng.random() < 0.5 else next(k for k in ("city", "year") if k != kind)
+  where = f"where {title} is located" if asked == "city" else f"when {title} was founded"
+  return [(f"Is this text about {name}?", name == candidate.title),
+          (f"Does this text say {where}?", asked == kind),
+          (f"Does the text say that {title} {'is located in' if kind == 'city' else 'was founded in'} {value}?", True)]
 
 
 def document_examples(rng: random.Random, candidate: Candidate, scene: Scene | None,
@@ -112,7 +136,8 @@ def document_examples(rng: random.Random, candidate: Candidate, scene: Scene | N
                       others: Sequence[Candidate] = ()) -> list[PretrainExample]:
   """Every skill's examples for one document (`scene`: the picture's content, None for text).
 
-  values: the world's cities and years by fact kind, for false text checks.
+  values: the world's cities and years by fact kind, for false text checks; names of other landmarks
+    come from `others`.
   others: documents that may be listed next to it in a question's prompt (the question names the
     document by its number, so the extra documents are context to skip, not candidates to judge).
   """
@@ -141,15 +166,17 @@ def document_examples(rng: random.Random, candidate: Candidate, scene: Scene | N
     add("restate", "Repeat document [{n}].", candidate.text)
     questions = _text_questions(*fact)
   for question, answer in questions:
-    instruction = rng.choice(_ANSWER_FORMATS)
-    add("ask", instruction, _formatted(answer, observation, instruction), question=question,
-        listed=rng.randint(1, MAX_LISTED))
-  checks = _checks(rng, candidate, scene, fact)
+    listed = rng.randint(1, MAX_LISTED)
+    # With several documents listed the answer names the one it used.
+    instruction = rng.choice(_ANSWER_FORMATS) if listed == 1 else _CITE
+    add("ask", instruction, _formatted(answer, observation, instruction), question=question, listed=listed)
+  checks = _checks(rng, candidate, scene, fact, sorted({o.title for o in others}))
   if fact is not None and values:
     name, kind, value = fact
     wrong = rng.choice([v for v in values.get(kind, ()) if v != value] or [value])
     verb = "is located in" if kind == "city" else "was founded in"
     checks.append((f"Does the text say that {name} {verb} {wrong}?", wrong == value))
   for question, truth in checks:
-    add("check", _YES_NO, f"<answer>{'yes' if truth else 'no'}</answer>", question=question)
+    out.append(PretrainExample("check", (candidate,), _single(candidate, f"Question: {question}\n{_YES_NO}"),
+                               f"<answer>{'yes' if truth else 'no'}</answer>"))
   return out

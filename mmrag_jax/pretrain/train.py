@@ -31,7 +31,7 @@ from mmrag_jax.data.synthetic import SyntheticManifest, generate_webqa
 from mmrag_jax.data.synthetic.world import Entity
 from mmrag_jax.model import Qwen25VL, save_pretrained, tiny
 from mmrag_jax.parallel import make_mesh
-from mmrag_jax.pretrain.tasks import MAX_LISTED, PretrainExample, document_examples
+from mmrag_jax.pretrain.tasks import MAX_LISTED, TASKS, PretrainExample, document_examples
 from mmrag_jax.processing import load_processor, prompts
 from mmrag_jax.processing.tiny_tokenizer import build_tiny_processor_dir
 from mmrag_jax.rl.warmup import WarmupConfig, supervised_warmup
@@ -51,6 +51,7 @@ class PretrainConfig:
     documents of the train split's pools, never a question or an answer of the benchmark).
   hidden_size, num_layers, vision_depth: the text decoder's width and depth, the vision tower's depth.
   steps, batch_size, learning_rate: supervised steps, prompts per step, AdamW rate (constant).
+  max_new_tokens, length_buckets: target and prompt widths (longer ones are cut / dropped).
   min_pixels / max_pixels: the image processor's budget (the RL runs must use the same).
   """
 
@@ -68,6 +69,7 @@ class PretrainConfig:
   max_pixels: int = 56 * 56
   max_new_tokens: int = 48
   length_buckets: tuple[int, ...] = (128, 256)
+  tasks: tuple[str, ...] = TASKS  # the skills to pretrain on (a subset makes a faster, narrower base)
 
 
 def _mrope_section(head_dim: int) -> tuple[int, int, int]:
@@ -128,7 +130,7 @@ class _PretrainEncoder(_Encoder):
 
 
 def _stamp(config: PretrainConfig) -> dict[str, Any]:
-  return {"config": dataclasses.asdict(config)}
+  return {"config": json.loads(json.dumps(dataclasses.asdict(config)))}  # tuples as the file holds them: lists
 
 
 def pretrain(workdir: str, config: PretrainConfig = PretrainConfig(), progress: bool = True) -> dict[str, Any]:
@@ -146,7 +148,7 @@ def pretrain(workdir: str, config: PretrainConfig = PretrainConfig(), progress: 
   manifest = generate_webqa(data_dir, num_train=config.num_train, num_val=config.num_val, num_test=config.num_test,
                             seed=config.seed)
   train = read_webqa(data_dir, "train", verbose=False)
-  examples = pretrain_examples(train.questions, manifest, config.seed)
+  examples = [ex for ex in pretrain_examples(train.questions, manifest, config.seed) if ex.task in config.tasks]
   build_tiny_processor_dir(model_dir, extra_corpus=_tokenizer_corpus(examples))
   model = Qwen25VL(model_config(config), rngs=nnx.Rngs(config.seed))
 

@@ -144,8 +144,8 @@ def _toy(c: ml_collections.ConfigDict) -> None:
   c.pipeline.max_pixels = 56 * 56
   c.pipeline.read_threads = 2
   c.mesh.shape = (1, 1, 1)
-  c.rl.group_size = 8
-  c.rl.learning_rate = 5e-4
+  c.rl.group_size = 4
+  c.rl.learning_rate = 1e-3
   c.rl.warmup_steps = 0
   c.train.batch_size = 64
   c.train.checkpoint_every = 0
