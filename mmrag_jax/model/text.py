@@ -206,13 +206,14 @@ class TextModel(nnx.Module):
     cos, sin = self.rotary(positions)
     x = embeds.astype(self.config.compute_dtype)
     graphdef, stacked = nnx.split(self.layers)  # every leaf [layers, ...]; the scan hands out slice i
+    unroll = True if self.config.unroll_layers else 1
     if cache is None:
       def plain(x: jax.Array, layer: nnx.State) -> tuple[jax.Array, None]:
         return nnx.merge(graphdef, layer)(x, cos, sin, mask)[0], None
 
       # remat: only each layer's input is kept for the backward pass, the rest is recomputed.
       body = jax.checkpoint(plain, prevent_cse=False) if self.config.remat else plain
-      x, _ = jax.lax.scan(body, x, stacked)
+      x, _ = jax.lax.scan(body, x, stacked, unroll=unroll)
     else:
       def cached(carry: tuple[jax.Array, KVBuffers], layer: tuple[nnx.State, jax.Array]):
         (x, buffers), (state, index) = carry, layer
@@ -223,5 +224,5 @@ class TextModel(nnx.Module):
       # The whole buffers ride in the carry and each layer writes its row in place (dynamic-update-slice),
       # so a donated cache is updated without a copy.
       indices = jnp.arange(self.config.text.num_hidden_layers, dtype=jnp.int32)
-      (x, cache), _ = jax.lax.scan(cached, (x, cache), (stacked, indices))
+      (x, cache), _ = jax.lax.scan(cached, (x, cache), (stacked, indices), unroll=unroll)
     return self.norm(x), cache

@@ -13,12 +13,8 @@ import ml_collections
 
 from mmrag_jax.model import Qwen25VLConfig
 from mmrag_jax.plan import analysis, programs, report
-from mmrag_jax.plan.topology import GIB, load_slice
-
-# Models above this size are balance-checked on a copy cut to `_BALANCE_DEPTH` (one-device compiles of the
-# whole model would be slow, and on small-HBM chips refused).
-_BALANCE_CHECK_MAX_PARAMS = 1e9
-
+from mmrag_jax.parallel import resolve_mesh_shape
+from mmrag_jax.plan.topology import GIB, Slice, load_slice
 
 def _build(setup: programs.PlanSetup, families: Sequence[str]) -> list[programs.Program]:
   unknown = sorted(set(families) - set(programs.PROGRAM_FAMILIES))
@@ -27,44 +23,72 @@ def _build(setup: programs.PlanSetup, families: Sequence[str]) -> list[programs.
   return [p for name in families for p in programs.PROGRAM_FAMILIES[name](setup)]
 
 
-def balance_model(model: Qwen25VLConfig) -> Qwen25VLConfig:
-  """`model` with its widths and 2 decoder layers and 2 vision blocks (a window and a full-attention one):
-  every kind of layer once, so each program's split of work over the devices is the full model's."""
-  return model.replace(text=dataclasses.replace(model.text, num_hidden_layers=2),
-                       vision=dataclasses.replace(model.vision, depth=2, fullatt_block_indexes=(1,)))
+def probe_model(model: Qwen25VLConfig, text_layers: int) -> Qwen25VLConfig:
+  """`model` at its widths with `text_layers` decoder layers (unrolled) and 2 vision blocks (a window and a
+  full-attention one): every kind of layer, each seen by XLA's cost analysis."""
+  return model.replace(text=dataclasses.replace(model.text, num_hidden_layers=text_layers),
+                       vision=dataclasses.replace(model.vision, depth=2, fullatt_block_indexes=(1,)),
+                       unroll_layers=True)
 
 
-def _program_flops(config: ml_collections.ConfigDict, devices: Any, families: Sequence[str],
-                   model: Qwen25VLConfig | None) -> dict[str, float]:
+def _compile_all(config: ml_collections.ConfigDict, devices: Any, families: Sequence[str],
+                 model: Qwen25VLConfig) -> dict[str, analysis.CompiledProgram]:
   setup = programs.build_setup(config, devices, model=model)
-  return {p.name: analysis.compile_program(p.fn, p.args)[0].flops for p in _build(setup, families)}
+  return {p.name: analysis.compile_program(p.fn, p.args)[0] for p in _build(setup, families)}
 
 
-def flops_imbalance(config: ml_collections.ConfigDict, devices: Any, families: Sequence[str], *,
-                    sharded_flops: dict[str, float] | None = None, reduced: bool = False) -> dict[str, float]:
-  """Per program: FLOPs on the busiest device of the slice x devices, over the FLOPs of the same program
-  compiled for one device (the whole computation, unsplit). 1.0 = every device does an equal share.
+def layer_corrected(full: analysis.CompiledProgram, one: analysis.CompiledProgram, two: analysis.CompiledProgram,
+                    layers: int) -> analysis.CompiledProgram:
+  """The cost figures of a program whose decoder layers run under a scan, every layer counted.
 
-  sharded_flops: the slice's per-device FLOPs when already compiled (full model only). reduced: measure on
-  `balance_model` (both compilations), for models too big to compile whole on one device.
+  XLA's cost analysis counts a loop body once, so the scanned program reads as one layer plus the rest;
+  this adds (layers - 1) x one layer's FLOPs, bytes and collective bytes, measured as the difference of the
+  unrolled 2- and 1-layer probes (`probe_model`). Memory figures are the scanned program's own.
   """
-  model = balance_model(programs.model_config(config)) if reduced else None
-  if sharded_flops is None or reduced:
-    sharded_flops = _program_flops(config, devices, families, model)
-  single = ml_collections.ConfigDict(config.to_dict())
+  if any(c.error is not None for c in (full, one, two)):
+    return full
+  extra = layers - 1
+  return dataclasses.replace(
+      full, flops=full.flops + extra * (two.flops - one.flops),
+      bytes_accessed=full.bytes_accessed + extra * (two.bytes_accessed - one.bytes_accessed),
+      collectives={k: int(v + extra * (two.collectives[k] - one.collectives[k])) for k, v in full.collectives.items()})
+
+
+def flops_imbalance(config: ml_collections.ConfigDict, tpu: Slice, families: Sequence[str]) -> dict[str, float]:
+  """Per program: FLOPs of the busiest device x devices over the FLOPs of the same program compiled for one
+  device (the whole computation, unsplit). 1.0 = every device does an equal share.
+
+  Measured on the 2-layer `probe_model` with G x (data-parallel devices) rows at most (one prompt per device,
+  so that one device can hold the whole batch): how a program splits depends on the layer kinds and the row
+  layout, not on depth. A one-device compilation the chip's HBM refuses is redone for one v5p chip (95 GiB).
+  """
+  model = probe_model(programs.model_config(config), 2)
+  small = ml_collections.ConfigDict(config.to_dict())
+  data, fsdp, _ = resolve_mesh_shape(tuple(config.mesh.shape), len(tpu.devices))
+  small.train.batch_size = min(config.train.batch_size, config.rl.group_size * data * fsdp)
+  sharded = _compile_all(small, tpu.devices, families, model)
+  single = ml_collections.ConfigDict(small.to_dict())
   single.mesh.shape = (1, 1, 1)
-  whole = _program_flops(single, devices[:1], families, model)
-  return {name: flops * len(devices) / whole[name] for name, flops in sharded_flops.items()
-          if whole.get(name, 0) > 0 and flops == flops}
+  whole = _compile_all(single, tpu.devices[:1], families, model)
+  if any(c.error is not None for c in whole.values()):
+    whole = {**whole, **{name: c for name, c in _compile_all(single, load_slice(_LARGE_CHIP).devices[:1], families,
+                                                             model).items() if whole[name].error is not None}}
+  return {name: c.flops * len(tpu.devices) / whole[name].flops for name, c in sharded.items()
+          if c.error is None and whole[name].error is None and whole[name].flops > 0}
+
+
+# The one-device topology for balance checks the slice's own chip cannot hold.
+_LARGE_CHIP = "v5p:1x1x1"
 
 
 def make_plan(config: ml_collections.ConfigDict, slice_name: str, *, hbm_bytes: float | None = None,
               flops_balance: bool | None = None, families: Sequence[str] | None = None) -> dict[str, Any]:
   """Compiles the run's programs for slice `slice_name` and returns the plan (see `report.py`).
 
-  hbm_bytes: HBM per device to plan against (default: the chip table's). flops_balance: also measure each
-  program's FLOPs imbalance (default: yes; models over 1B parameters are measured on `balance_model`).
-  families: the program families to compile (default: all of `programs.PROGRAM_FAMILIES`).
+  Memory figures and compile times are those of the run's programs; their cost figures count every decoder
+  layer (`layer_corrected`, from two small unrolled probes). hbm_bytes: HBM per device to plan against
+  (default: the chip table's). flops_balance: also measure each program's FLOPs imbalance (default: yes;
+  `flops_imbalance`). families: the program families to compile (default: all of `programs.PROGRAM_FAMILIES`).
   """
   families = tuple(programs.PROGRAM_FAMILIES) if families is None else tuple(families)
   tpu = load_slice(slice_name)
@@ -73,11 +97,12 @@ def make_plan(config: ml_collections.ConfigDict, slice_name: str, *, hbm_bytes: 
   resident = {name: analysis.device_bytes(tree) for name, tree in setup.resident().items()}
   built = _build(setup, families)
   compiled_programs = [analysis.compile_program(p.fn, p.args)[0] for p in built]
-  imbalance: dict[str, float] = {}
-  if flops_balance is None or flops_balance:
-    imbalance = flops_imbalance(config, tpu.devices, families,
-                                sharded_flops={p.name: c.flops for p, c in zip(built, compiled_programs)},
-                                reduced=setup.num_params >= _BALANCE_CHECK_MAX_PARAMS)
+  layers = setup.model.text.num_hidden_layers
+  if not setup.model.unroll_layers and layers > 1:
+    one, two = (_compile_all(config, tpu.devices, families, probe_model(setup.model, n)) for n in (1, 2))
+    compiled_programs = [layer_corrected(c, one[p.name], two[p.name], layers) if p.layer_scan else c
+                         for p, c in zip(built, compiled_programs)]
+  imbalance = flops_imbalance(config, tpu, families) if flops_balance is None or flops_balance else {}
   records = []
   for p, compiled in zip(built, compiled_programs):
     outside = {k: v for k, v in resident.items() if k not in p.in_resident}

@@ -43,7 +43,9 @@ class Program:
   in_resident: the resident state entries ('params', 'optimizer', 'accumulators', 'reference') that are
   among its arguments or not live while it runs (the rest stay in HBM beside it). per_update: runs per
   optimizer step (per rollout batch for the sampler). loop_steps: trips of the loop whose body XLA's cost
-  analysis counts once (the decode while-loop: one token step per trip).
+  analysis counts once (the decode while-loop: one token step per trip). layer_scan: whether it runs the
+  decoder layers under their scan, whose body the cost analysis also counts once (`planner.layer_corrected`
+  adds the other layers); apply and decode_weights treat the stacked arrays whole.
   """
 
   name: str
@@ -54,6 +56,7 @@ class Program:
   per_update: int
   family: str = "update"
   loop_steps: int = 1
+  layer_scan: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,18 +145,18 @@ class PlanSetup:
   num_params: int
   num_trainable: int
 
-  @property
-  def num_vision_params(self) -> int:
-    return _count(self.params["visual"])
-
   def model_flops(self) -> float:
-    """Model FLOPs of one update (every micro-batch): 6 x parameters x positions, for the text decoder and
-    head over the rows' tokens plus the vision tower over the pixel rows (its merger runs on a quarter of
-    them: counted as whole, a <1% overcount). Attention's score FLOPs and remat's recompute are not model
-    FLOPs."""
-    g = self.geometry
-    vision = self.num_vision_params
-    return 6.0 * ((self.num_params - vision) * g.tokens + vision * g.num_patches) * g.micro_batches
+    """Model FLOPs of one update (every micro-batch): 6 x the parameters that multiply each position x those
+    positions: the decoder layers over every token of the rows, the LM head over the completion positions it
+    runs on, the vision tower over the pixel rows (its merger runs on a quarter of them: counted as whole, a
+    <1% overcount). The embedding table is a lookup; attention's score FLOPs and remat's recompute are not
+    model FLOPs."""
+    g, t = self.geometry, self.model.text
+    vision = _count(self.params["visual"])
+    layers = _count(self.params["language_model"]["layers"]) + _count(self.params["language_model"]["norm"])
+    head = t.hidden_size * t.vocab_size
+    per_micro_batch = layers * g.tokens + head * g.rows * g.completion_length + vision * g.num_patches
+    return 6.0 * per_micro_batch * g.micro_batches
 
   def resident(self) -> dict[str, Any]:
     """The state that lives in HBM for the whole run (abstract trees): params, optimizer, gradient
@@ -221,7 +224,7 @@ def update_programs(setup: PlanSetup) -> list[Program]:
                _scalar(setup.mesh, jnp.bool_)), ("params", "accumulators"), g.micro_batches),
       Program("apply", "all", apply,
               (trainable, frozen, setup.opt_state, trainable, _scalar(setup.mesh, jnp.float32)),
-              ("params", "optimizer", "accumulators"), 1),
+              ("params", "optimizer", "accumulators"), 1, layer_scan=False),
   ]
   if with_kl:
     # The reference's frozen part is the live one (shared), so its arguments are parameter-sized.
@@ -298,7 +301,7 @@ def sampler_programs(setup: PlanSetup) -> list[Program]:
   return [
       prefill,
       Program("decode_weights", "params", copy_jit, (setup.params,), ("accumulators",), g.micro_batches,
-              family="sampler"),
+              family="sampler", layer_scan=False),
       Program("decode", decode_bucket, decode_jit, (weights, logits, cache, keys, stop_ids, None), ("accumulators",),
               g.micro_batches, family="sampler", loop_steps=g.completion_length),
   ]
