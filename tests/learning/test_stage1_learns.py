@@ -94,6 +94,16 @@ def judged(base_model, tmp_path_factory):
   return before, after, chance_margin(n_gold, n_neg)
 
 
+def test_pretraining_writes_a_loadable_base_model_and_caches_it(base_model):
+  from mmrag_jax.model import load_pretrained
+
+  model = load_pretrained(base_model["model_dir"], dtype="float32")
+  assert model.config.text.hidden_size == BASE.hidden_size
+  assert base_model["nll_end"] < 0.5 * base_model["nll_start"]
+  again = pretrain(os.path.join(base_model["model_dir"], os.pardir), BASE, progress=False)
+  assert again["seconds"] == base_model["seconds"]  # read back from pretrain.json, not trained again
+
+
 def test_chance_margin_bounds_a_label_blind_judge():
   # Hoeffding: the bound is exp(-8 m^2 / (1/n_gold + 1/n_neg)) = DELTA at the margin.
   m = chance_margin(40, 200)

@@ -74,7 +74,7 @@ def _error_line(results, name: str, code: int) -> str:
 
 def test_unknown_preset_is_named_with_the_known_ones(results):
   line = _error_line(results, "unknown preset", 2)
-  assert "unknown preset 'huge'" in line and "('demo', '3b', '7b')" in line, line
+  assert "unknown preset 'huge'" in line and "('demo', 'toy', '3b', '7b')" in line, line
 
 
 def test_missing_config_file_names_its_path(results):

@@ -149,7 +149,7 @@ def test_readme_mmqa_flags_score_the_train_and_dev_splits(stage, preset):
 
 
 def test_unknown_preset_lists_the_presets():
-  with pytest.raises(ValueError, match=r"unknown preset 'huge'.*'demo', '3b', '7b'"):
+  with pytest.raises(ValueError, match=r"unknown preset 'huge'.*'demo', 'toy', '3b', '7b'"):
     load_config("stage2", "huge")
 
 
