@@ -207,26 +207,22 @@ class TextModel(nnx.Module):
     x = embeds.astype(self.config.compute_dtype)
     graphdef, stacked = nnx.split(self.layers)  # every leaf [layers, ...]; the scan hands out slice i
     unroll = True if self.config.unroll_layers else 1
-    # The mask rides in the carry: as a loop-invariant input, what the layer derives from it alone (the
-    # attention's masked-fill pattern, [B, H, T, S]) would be computed once outside the loop and kept for
-    # the backward pass, for every chunk at once.
     if cache is None:
-      def plain(carry: tuple[jax.Array, jax.Array], layer: nnx.State) -> tuple[tuple[jax.Array, jax.Array], None]:
-        x, mask = carry
-        return (nnx.merge(graphdef, layer)(x, cos, sin, mask)[0], mask), None
+      def plain(x: jax.Array, layer: nnx.State) -> tuple[jax.Array, None]:
+        return nnx.merge(graphdef, layer)(x, cos, sin, mask)[0], None
 
       # remat: only each layer's input is kept for the backward pass, the rest is recomputed.
       body = jax.checkpoint(plain, prevent_cse=False) if self.config.remat else plain
-      (x, _), _ = jax.lax.scan(body, (x, mask), stacked, unroll=unroll)
+      x, _ = jax.lax.scan(body, x, stacked, unroll=unroll)
     else:
-      def cached(carry: tuple[jax.Array, KVBuffers, jax.Array], layer: tuple[nnx.State, jax.Array]):
-        (x, buffers, mask), (state, index) = carry, layer
+      def cached(carry: tuple[jax.Array, KVBuffers], layer: tuple[nnx.State, jax.Array]):
+        (x, buffers), (state, index) = carry, layer
         x, buffers = nnx.merge(graphdef, state)(x, cos, sin, mask, cache=buffers, layer_index=index,
                                                 write_index=write_index)
-        return (x, buffers, mask), None
+        return (x, buffers), None
 
       # The whole buffers ride in the carry and each layer writes its row in place (dynamic-update-slice),
       # so a donated cache is updated without a copy.
       indices = jnp.arange(self.config.text.num_hidden_layers, dtype=jnp.int32)
-      (x, cache, _), _ = jax.lax.scan(cached, (x, cache, mask), (stacked, indices), unroll=unroll)
+      (x, cache), _ = jax.lax.scan(cached, (x, cache), (stacked, indices), unroll=unroll)
     return self.norm(x), cache
