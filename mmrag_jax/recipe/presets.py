@@ -165,8 +165,12 @@ def _3b(c: ml_collections.ConfigDict) -> None:
 def _7b(c: ml_collections.ConfigDict) -> None:
   c.mesh.shape = (1, -1, 1)  # 8.3B params + AdamW in float32 is ~133 GB: FSDP over a slice
   c.model.remat = True
-  c.model.attention_query_chunk = 512
-  c.train.batch_size = 64
+  # 64 completions per step as 2 micro-batches of 32, queries in chunks of 256, the LM head in chunks of 128
+  # positions: the stage-2 update then fits a v5p-8 (`python -m mmrag_jax.plan`; tpu/README.md).
+  c.model.attention_query_chunk = 256
+  c.rl.logprob_chunk_size = 128
+  c.train.batch_size = 32
+  c.train.micro_batches = 2
 
 
 _APPLY = {"demo": _demo, "toy": _toy, "3b": _3b, "7b": _7b}
