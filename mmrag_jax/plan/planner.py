@@ -12,9 +12,13 @@ from typing import Any
 import ml_collections
 
 from mmrag_jax.model import Qwen25VLConfig
-from mmrag_jax.plan import analysis, programs, report
 from mmrag_jax.parallel import resolve_mesh_shape
+from mmrag_jax.plan import analysis, programs, report
 from mmrag_jax.plan.topology import GIB, Slice, load_slice
+
+# The one-device topology for balance checks the slice's own chip cannot hold.
+_LARGE_CHIP = "v5p:1x1x1"
+
 
 def _build(setup: programs.PlanSetup, families: Sequence[str]) -> list[programs.Program]:
   unknown = sorted(set(families) - set(programs.PROGRAM_FAMILIES))
@@ -75,10 +79,6 @@ def flops_imbalance(config: ml_collections.ConfigDict, tpu: Slice, families: Seq
                                                              model).items() if whole[name].error is not None}}
   return {name: c.flops * len(tpu.devices) / whole[name].flops for name, c in sharded.items()
           if c.error is None and whole[name].error is None and whole[name].flops > 0}
-
-
-# The one-device topology for balance checks the slice's own chip cannot hold.
-_LARGE_CHIP = "v5p:1x1x1"
 
 
 def make_plan(config: ml_collections.ConfigDict, slice_name: str, *, hbm_bytes: float | None = None,
