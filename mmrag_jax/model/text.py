@@ -24,6 +24,7 @@ from flax import nnx
 from mmrag_jax.model.config import Qwen25VLConfig
 from mmrag_jax.model.layers import (DEFAULT_KERNEL_INIT, RMSNorm, apply_rotary, attention, linear,
                                     logical_partitioning)
+from mmrag_jax.parallel import constrain
 
 KVBuffers = tuple[jax.Array, jax.Array]  # (k, v), each [layers, B, S, KVH, Dh]
 
@@ -103,9 +104,11 @@ class TextAttention(nnx.Module):
     returns the output [B, T, D] and the updated buffers (None without a cache).
     """
     batch, steps, _ = x.shape
-    q = self.q_proj(x).reshape(batch, steps, self.num_heads, self.head_dim)
-    k = self.k_proj(x).reshape(batch, steps, self.num_kv_heads, self.head_dim)
-    v = self.v_proj(x).reshape(batch, steps, self.num_kv_heads, self.head_dim)
+    heads = ("batch", "length", "q_heads", None)
+    kv_heads = ("batch", "length", "kv_heads", None)
+    q = constrain(self.q_proj(x).reshape(batch, steps, self.num_heads, self.head_dim), heads)
+    k = constrain(self.k_proj(x).reshape(batch, steps, self.num_kv_heads, self.head_dim), kv_heads)
+    v = constrain(self.v_proj(x).reshape(batch, steps, self.num_kv_heads, self.head_dim), kv_heads)
     q = apply_rotary(q, cos[:, :, None, :], sin[:, :, None, :])
     k = apply_rotary(k, cos[:, :, None, :], sin[:, :, None, :])
     if cache is not None:
@@ -119,7 +122,8 @@ class TextAttention(nnx.Module):
     # semantics, and runs the softmax in float32.
     out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, self.head_dim**-0.5,
                     query_chunk=self.query_chunk)
-    return self.o_proj(out.reshape(batch, steps, self.num_heads * self.head_dim)), cache
+    out = constrain(out.reshape(batch, steps, self.num_heads * self.head_dim), ("batch", "length", "q_heads"))
+    return self.o_proj(out), cache
 
 
 class TextMLP(nnx.Module):
@@ -133,8 +137,9 @@ class TextMLP(nnx.Module):
     self.down_proj = linear(t.intermediate_size, t.hidden_size, axes=("mlp", "embed"), **kw)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    """x: [..., D] -> [..., D]."""
-    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+    """x: [B, T, D] -> [B, T, D]."""
+    hidden = ("batch", "length", "mlp")
+    return self.down_proj(constrain(jax.nn.silu(self.gate_proj(x)), hidden) * constrain(self.up_proj(x), hidden))
 
 
 class DecoderLayer(nnx.Module):
@@ -151,7 +156,12 @@ class DecoderLayer(nnx.Module):
   def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, *,
                cache: KVBuffers | None = None, layer_index: int | jax.Array = 0,
                write_index: jax.Array | None = None) -> tuple[jax.Array, KVBuffers | None]:
-    """x: [B, T, D] -> ([B, T, D], updated cache); see `TextAttention` for the other arguments."""
+    """x: [B, T, D] -> ([B, T, D], updated cache); see `TextAttention` for the other arguments.
+
+    Under an `activation_mesh` the residual stream, q / k / v, the attention output and the MLP hidden
+    states are pinned to rows over the batch axes (heads and MLP over 'tensor'), so FSDP gathers weights,
+    never activations."""
+    x = constrain(x, ("batch", "length", None))
     attn_out, cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache=cache,
                                      layer_index=layer_index, write_index=write_index)
     x = x + attn_out

@@ -28,6 +28,7 @@ from mmrag_jax.model.config import VisionConfig
 from mmrag_jax.model.layers import RMSNorm, apply_rotary, linear
 from mmrag_jax.model.text import rotary_inv_freq
 from mmrag_jax.model.vision_index import AttentionBlocks, VisionIndex
+from mmrag_jax.parallel import constrain
 
 # The reference's vision rotary base (`rope_theta` of its axial rotary); not in config.json.
 VISION_ROPE_THETA = 10000.0
@@ -68,7 +69,7 @@ def block_attention(q: jax.Array, k: jax.Array, v: jax.Array, blocks: AttentionB
   num_blocks, slots = blocks.patches.shape
   ids = blocks.ids
   same_group = (ids[:, :, None] == ids[:, None, :]) & (ids[:, None, :] >= 0)  # [B, S, S]
-  gather = lambda x: x[blocks.patches]  # [B, S, H, D]
+  gather = lambda x: constrain(x[blocks.patches], ("vis_blocks", None, "vis_heads", None))  # [B, S, H, D]
   out = _masked_attention(gather(q), gather(k), gather(v), same_group, scale)
   out = out.reshape(num_blocks * slots, *out.shape[2:])
   # Padding patches point at slot B * S, past the end: their output is 0.
@@ -91,14 +92,15 @@ class VisionAttention(nnx.Module):
                full: bool) -> jax.Array:
     """x: [P, Dv], rope: cos/sin [P, head_dim] float32 -> [P, Dv]."""
     p = x.shape[0]
-    q, k, v = jnp.moveaxis(self.qkv(x).reshape(p, 3, self.num_heads, self.head_dim), 1, 0)
+    q, k, v = (constrain(a, ("vis_rows", "vis_heads", None))
+               for a in jnp.moveaxis(self.qkv(x).reshape(p, 3, self.num_heads, self.head_dim), 1, 0))
     cos, sin = (r[:, None, :] for r in rope)
     # Rotary in the rope precision (>= float32) whatever the compute dtype, as the reference upcasts q, k.
     q = apply_rotary(q.astype(cos.dtype), cos, sin).astype(v.dtype)
     k = apply_rotary(k.astype(cos.dtype), cos, sin).astype(v.dtype)
     scale = self.head_dim**-0.5
     out = block_attention(q, k, v, index.frames if full else index.windows, scale)
-    return self.proj(out.reshape(p, -1))
+    return self.proj(constrain(out.reshape(p, -1), ("vis_rows", "vis_heads")))
 
 
 class VisionMLP(nnx.Module):
@@ -112,7 +114,9 @@ class VisionMLP(nnx.Module):
     self.down_proj = linear(f, d, axes=("vis_mlp", "vis_embed"), **kw)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+    """x: [P, Dv] -> [P, Dv]."""
+    hidden = ("vis_rows", "vis_mlp")
+    return self.down_proj(constrain(jax.nn.silu(self.gate_proj(x)), hidden) * constrain(self.up_proj(x), hidden))
 
 
 class VisionBlock(nnx.Module):
@@ -127,6 +131,8 @@ class VisionBlock(nnx.Module):
 
   def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array], index: VisionIndex,
                full: bool) -> jax.Array:
+    """x: [P, Dv] -> [P, Dv]; under an `activation_mesh` rows stay over the batch axes (see `constrain`)."""
+    x = constrain(x, ("vis_rows", None))
     x = x + self.attn(self.norm1(x), rope, index, full)
     return x + self.mlp(self.norm2(x))
 
@@ -158,7 +164,7 @@ class PatchMerger(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: [P, Dv] -> [P / 4, out_hidden_size]."""
-    x = self.ln_q(x).reshape(-1, self.merged)
+    x = constrain(self.ln_q(x).reshape(-1, self.merged), ("vis_tokens", None))
     return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
 
 

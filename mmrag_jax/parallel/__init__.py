@@ -4,6 +4,8 @@ from mmrag_jax.parallel.distributed import maybe_initialize_distributed, shutdow
 from mmrag_jax.parallel.mesh import MESH_AXES, make_mesh, resolve_mesh_shape
 from mmrag_jax.parallel.rules import DEFAULT_RULES, LogicalRules, decode_rules, logical_to_mesh_spec
 from mmrag_jax.parallel.sharding import (
+    activation_mesh,
+    constrain,
     create_sharded,
     logical_sharding,
     param_shardings,
@@ -12,6 +14,8 @@ from mmrag_jax.parallel.sharding import (
 )
 
 __all__ = [
+    "activation_mesh",
+    "constrain",
     "DEFAULT_RULES",
     "LogicalRules",
     "MESH_AXES",

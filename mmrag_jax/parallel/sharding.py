@@ -7,7 +7,9 @@ the array's shape, so dims that do not divide their mesh axes fall back to repli
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import jax
@@ -79,3 +81,34 @@ def create_sharded(constructor: Callable[[], M], mesh: Mesh, rules: LogicalRules
     return nnx.state(constructor())
 
   return nnx.merge(graphdef, init())
+
+
+# The mesh a traced program lays its activations out on (`activation_mesh`), read by `constrain`.
+_ACTIVATION_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("activation_mesh", default=None)
+
+
+@contextlib.contextmanager
+def activation_mesh(mesh: Mesh | None) -> Iterator[None]:
+  """While tracing under this context, `constrain` pins activations to their rule-table layout on `mesh`.
+
+  Enter it inside the jitted function (so every trace of that function sees it, and a cached compilation
+  never mixes the two); None, or a one-device mesh, leaves the program unconstrained.
+  """
+  token = _ACTIVATION_MESH.set(mesh)
+  try:
+    yield
+  finally:
+    _ACTIVATION_MESH.reset(token)
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+  """`x` with a sharding constraint to its logical layout `names` (DEFAULT_RULES) on the `activation_mesh`.
+
+  Without the constraints XLA's partitioner may split a matmul over the FSDP-sharded width of its weight and
+  all-gather the activations instead of the weights: on a 7B decoder that is ~40 GB of collectives per layer
+  where the weight gathers need ~1.4 GB. Outside `activation_mesh` this returns `x` unchanged.
+  """
+  mesh = _ACTIVATION_MESH.get()
+  if mesh is None or mesh.size == 1:
+    return x
+  return jax.lax.with_sharding_constraint(x, logical_sharding(mesh, names, shape=x.shape))

@@ -38,7 +38,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from mmrag_jax.model.qwen25vl import map_input_arrays
-from mmrag_jax.parallel import DEFAULT_RULES, LogicalRules, logical_sharding, param_shardings
+from mmrag_jax.parallel import DEFAULT_RULES, LogicalRules, activation_mesh, logical_sharding, param_shardings
 from mmrag_jax.rl.batch import TrainBatch
 from mmrag_jax.rl.config import GRPOConfig
 from mmrag_jax.rl.losses import MetricSums, PolicyLossConfig, add_metric_sums, finalize_metrics, policy_loss
@@ -125,6 +125,10 @@ class _FrozenTree:
   def tree(self) -> Any:
     return jax.tree.unflatten(self.treedef, self.leaves)
 
+  def mesh(self) -> Any:
+    """The mesh of the first NamedSharding among the leaves (None when there is none)."""
+    return next((leaf.mesh for leaf in self.leaves if isinstance(leaf, NamedSharding)), None)
+
 
 class _Steps(NamedTuple):
   zeros: Any
@@ -139,7 +143,9 @@ def _jitted_model_steps(graphdef: nnx.GraphDef, loss_config: PolicyLossConfig, l
   """The jitted zeros / accumulate / log-prob functions: they depend on the model and the loss, not on the
   optimizer, so updaters that differ only in their optimizer (e.g. a warm-up and the GRPO run after it)
   share these compilations, the most expensive ones. zeros and accumulate hold gradients of the trainable
-  parameters only (`split_trainable(params, freeze)[0]`)."""
+  parameters only (`split_trainable(params, freeze)[0]`). The forward passes trace under the parameters'
+  mesh as `activation_mesh` (rows stay over the batch axes; FSDP gathers weights)."""
+  mesh = param_sh.mesh()
 
   def accumulate(params: nnx.State, grad_sums: nnx.State, batch: TrainBatch, old_logprobs: jax.Array,
                  ref_logprobs: jax.Array | None, old_is_current: jax.Array
@@ -147,7 +153,8 @@ def _jitted_model_steps(graphdef: nnx.GraphDef, loss_config: PolicyLossConfig, l
     trainable, frozen = split_trainable(params, freeze)
 
     def loss_sum(p: nnx.State) -> tuple[jax.Array, tuple[MetricSums, jax.Array]]:
-      logprobs, entropy = logprob_fn(nnx.merge(graphdef, p, frozen), batch)
+      with activation_mesh(mesh):
+        logprobs, entropy = logprob_fn(nnx.merge(graphdef, p, frozen), batch)
       # A traced switch rather than None, so the first and later updates share one compilation.
       old = jnp.where(old_is_current, jax.lax.stop_gradient(logprobs), old_logprobs)
       terms = policy_loss(logprobs, old, batch.advantages, batch.completion_mask, loss_config,
@@ -160,7 +167,8 @@ def _jitted_model_steps(graphdef: nnx.GraphDef, loss_config: PolicyLossConfig, l
     return jax.tree.map(jnp.add, grad_sums, grads), metrics, logprobs
 
   def logprobs(params: nnx.State, batch: TrainBatch) -> jax.Array:
-    return logprob_fn(nnx.merge(graphdef, params), batch)[0]
+    with activation_mesh(mesh):
+      return logprob_fn(nnx.merge(graphdef, params), batch)[0]
 
   zeros = jax.jit(lambda params: jax.tree.map(jnp.zeros_like, split_trainable(params, freeze)[0]),
                   out_shardings=split_trainable(param_sh.tree(), freeze)[0])
