@@ -337,7 +337,8 @@ def scorer_programs(setup: PlanSetup) -> list[Program]:
 
   c, g = setup.config, setup.geometry
   inputs = abstract_prompt_inputs(setup.model, c.scorer.batch_size, g.prompt_length, g.num_patches, setup.mesh)
-  forward = _Bound(scorer._yes_probability, dict(graphdef=setup.graphdef, yes_token_id=0, no_token_id=1))
+  forward = _Bound(scorer._yes_probability, dict(graphdef=setup.graphdef, yes_token_id=0, no_token_id=1,
+                                                 mesh=setup.mesh))
   # Inference after training: only the parameters are live.
   return [Program("scorer", f"B{c.scorer.batch_size}xL{g.prompt_length}xP{g.num_patches}", forward,
                   (setup.params, inputs), ("params", "optimizer", "accumulators", "reference"), 1,

@@ -27,6 +27,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from mmrag_jax.model.qwen25vl import ModelInputs, Qwen25VL
+from mmrag_jax.parallel import activation_mesh
 from mmrag_jax.sampling.host_batch import append_filler_rows, select_rows
 from mmrag_jax.sampling.inputs import (
     DEFAULT_LENGTH_BUCKETS,
@@ -45,10 +46,11 @@ def yes_probability(model: Qwen25VL, inputs: ModelInputs, yes_token_id: int, no_
   return jax.nn.sigmoid(pair_logits[:, 0] - pair_logits[:, 1])
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "yes_token_id", "no_token_id"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "yes_token_id", "no_token_id", "mesh"))
 def _yes_probability(graphdef: nnx.GraphDef, state: nnx.State, inputs: ModelInputs, *, yes_token_id: int,
-                     no_token_id: int) -> jax.Array:
-  return yes_probability(nnx.merge(graphdef, state), inputs, yes_token_id, no_token_id)
+                     no_token_id: int, mesh: Mesh | None = None) -> jax.Array:
+  with activation_mesh(mesh):
+    return yes_probability(nnx.merge(graphdef, state), inputs, yes_token_id, no_token_id)
 
 
 def judgment_token_ids(tokenizer: Any, yes: str = "yes", no: str = "no") -> tuple[int, int]:
@@ -135,7 +137,7 @@ class Scorer:
       chunk = append_filler_rows(chunk, size, model_config.pad_token_id)
       inputs = prepare_bucketed(chunk, model_config, self.config.length_buckets, self.config.patch_buckets)
       probs = _yes_probability(graphdef, state, place_inputs(inputs, self.mesh), yes_token_id=self.yes_token_id,
-                               no_token_id=self.no_token_id)
+                               no_token_id=self.no_token_id, mesh=self.mesh)
       pending.append((probs, len(rows)))
     scores = [to_host(probs)[:count] for probs, count in pending]
     return np.concatenate(scores) if scores else np.zeros((0,), np.float32)

@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from mmrag_jax.model.kv_cache import KVCache, decode_hidden, prefill_hidden, repeat_rows
 from mmrag_jax.model.qwen25vl import ModelInputs, Qwen25VL
-from mmrag_jax.parallel import logical_to_mesh_spec
+from mmrag_jax.parallel import activation_mesh, logical_to_mesh_spec
 
 
 def float32_logits(model: Qwen25VL, hidden: jax.Array) -> jax.Array:
@@ -51,9 +51,11 @@ def prefill_group(model: Qwen25VL, inputs: ModelInputs, cache_size: int, group_s
   """Prefills B left-padded prompts once and shares each with G rows.
 
   inputs: B prompts of length L. Returns the next-token logits [B * G, V] float32 and a cache of
-  `cache_size` (>= L) slots with rows [B * G], slots [0, L) written, prompt-major.
+  `cache_size` (>= L) slots with rows [B * G], slots [0, L) written, prompt-major. With a `mesh` the
+  forward's activations keep their row layout on it (`parallel.activation_mesh`).
   """
-  hidden, cache = prefill_hidden(model, inputs, cache_size)
+  with activation_mesh(mesh):
+    hidden, cache = prefill_hidden(model, inputs, cache_size)
   logits = jnp.repeat(float32_logits(model, hidden[:, -1]), group_size, axis=0)  # left padding: slot L-1
   return logits, constrain_cache(repeat_rows(cache, group_size), mesh)
 
