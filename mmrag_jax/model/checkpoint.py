@@ -5,8 +5,8 @@
 
 Loading is strict: every checkpoint tensor is consumed exactly once and every parameter is found, with
 the expected shape; anything else raises `CheckpointError` naming the key. Tensors are read one
-parameter at a time into host memory (a decoder parameter stacked over layers gathers its
-`model.layers.{i}` tensors first) and put straight onto their final sharding, so the model is never
+parameter at a time into host memory (a parameter stacked over layers gathers its `model.layers.{i}` or
+`visual.blocks.{i}` tensors first) and put straight onto their final sharding, so the model is never
 whole on one device or on the host.
 """
 

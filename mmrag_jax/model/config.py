@@ -81,8 +81,9 @@ class Qwen25VLConfig:
   # Queries per chunk of the text attention (`layers.attention`): its scores take memory ~ T x chunk, not
   # T^2, per layer. None: one chunk.
   attention_query_chunk: int | None = None
-  # Unroll the decoder's layer scan (same math, one program copy per layer). For cost analysis: XLA counts a
-  # loop body once, so a scanned program's FLOPs and bytes read as one layer's.
+  # Unroll the decoder's layer scan and the vision tower's block scans (same math, one program copy per
+  # layer). For cost analysis: XLA counts a loop body once, so a scanned program's FLOPs and bytes read as
+  # one layer's.
   unroll_layers: bool = False
 
   @property

@@ -2,10 +2,11 @@
 
 One table, used both ways (import and export). Keys are in the published layout (`visual.*`,
 `model.*`, `lm_head.weight`); `canonical_key` maps the newer `model.visual.*` /
-`model.language_model.*` layout onto it. The decoder's parameters are stacked over layers, so each
-`model.layers.{i}.*` key is slice i of one parameter: `HFParam.layer` = i, e.g.
-`model.layers.3.mlp.up_proj.weight` -> up_proj.kernel[3] of path ('language_model', 'layers', 'mlp',
-'up_proj', 'kernel'). Conversions between torch and Flax layouts (of one slice):
+`model.language_model.*` layout onto it. The decoder's layers and the vision tower's blocks are stacked,
+so each `model.layers.{i}.*` / `visual.blocks.{i}.*` key is slice i of one parameter: `HFParam.layer` = i,
+e.g. `model.layers.3.mlp.up_proj.weight` -> up_proj.kernel[3] of path ('language_model', 'layers', 'mlp',
+'up_proj', 'kernel'), `visual.blocks.2.attn.qkv.weight` -> qkv.kernel[2] of ('visual', 'blocks', 'attn',
+'qkv', 'kernel'). Conversions between torch and Flax layouts (of one slice):
 
   linear: torch Linear weight [out, in]            <-> Flax kernel [in, out] (transpose)
   conv:   torch Conv3d weight [out, C, T, P, P]    <-> Flax kernel [C*T*P*P, out] (flatten + transpose)
@@ -66,16 +67,18 @@ def _norm(key: str, path: Path, layer: int | None = None) -> HFParam:
 
 
 def vision_params(config: VisionConfig, key_prefix: str = "", path_prefix: Path = ()) -> list[HFParam]:
-  """Table of the vision tower; keys relative to `key_prefix`, paths relative to `path_prefix`."""
+  """Table of the vision tower (block i: slice i of the stacked block parameters); keys relative to
+  `key_prefix`, paths relative to `path_prefix`."""
   k, p = key_prefix, path_prefix
   params = [HFParam(f"{k}patch_embed.proj.weight", (*p, "patch_embed", "proj", "kernel"), "conv")]
+  pb = (*p, "blocks")
   for i in range(config.depth):
-    kb, pb = f"{k}blocks.{i}", (*p, "blocks", i)
-    params += [_norm(f"{kb}.norm1", (*pb, "norm1")), _norm(f"{kb}.norm2", (*pb, "norm2"))]
-    params += _linear(f"{kb}.attn.qkv", (*pb, "attn", "qkv"), bias=True)
-    params += _linear(f"{kb}.attn.proj", (*pb, "attn", "proj"), bias=True)
+    kb = f"{k}blocks.{i}"
+    params += [_norm(f"{kb}.norm1", (*pb, "norm1"), i), _norm(f"{kb}.norm2", (*pb, "norm2"), i)]
+    params += _linear(f"{kb}.attn.qkv", (*pb, "attn", "qkv"), bias=True, layer=i)
+    params += _linear(f"{kb}.attn.proj", (*pb, "attn", "proj"), bias=True, layer=i)
     for name in ("gate_proj", "up_proj", "down_proj"):
-      params += _linear(f"{kb}.mlp.{name}", (*pb, "mlp", name), bias=True)
+      params += _linear(f"{kb}.mlp.{name}", (*pb, "mlp", name), bias=True, layer=i)
   params.append(_norm(f"{k}merger.ln_q", (*p, "merger", "ln_q")))
   params += _linear(f"{k}merger.mlp.0", (*p, "merger", "fc1"), bias=True)
   params += _linear(f"{k}merger.mlp.2", (*p, "merger", "fc2"), bias=True)

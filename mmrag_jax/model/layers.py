@@ -6,7 +6,7 @@ Every parameter carries logical axis names (`out_sharding` metadata set through
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +14,8 @@ from flax import nnx
 
 # Hugging Face initialises Qwen2.5-VL linears with N(0, initializer_range=0.02) and zero biases.
 DEFAULT_KERNEL_INIT = nnx.initializers.normal(stddev=0.02)
+
+M = TypeVar("M", bound=nnx.Module)
 
 
 def _mesh_is_set() -> bool:
@@ -68,6 +70,20 @@ def linear(in_f: int, out_f: int, *, use_bias: bool, axes: tuple[str, str],
       kernel_init=logical_partitioning(DEFAULT_KERNEL_INIT, axes),
       bias_init=logical_partitioning(nnx.initializers.zeros_init(), (axes[1],)),
       rngs=rngs)
+
+
+def stacked_modules(build: Callable[[nnx.Rngs], M], count: int, rngs: nnx.Rngs) -> M:
+  """`count` modules of `build` as one whose every parameter is [layers, ...]: module i is slice [i].
+
+  Each draws its own initial weights (split RNG streams); the leading dim carries the logical axis name
+  'layers' (not sharded by the rules), so a `jax.lax.scan` over it runs one compiled body for all of them.
+  """
+  @nnx.split_rngs(splits=count)
+  @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+  def build_all(each_rngs: nnx.Rngs) -> M:
+    return build(each_rngs)
+
+  return build_all(rngs)
 
 
 def rotate_half(x: jax.Array) -> jax.Array:

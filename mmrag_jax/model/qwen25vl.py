@@ -143,7 +143,7 @@ class Qwen25VL(nnx.Module):
   def __init__(self, config: Qwen25VLConfig, *, rngs: nnx.Rngs):
     self.config = config
     self.visual = VisionTower(config.vision, dtype=config.compute_dtype, param_dtype=config.storage_dtype,
-                              remat=config.remat, rngs=rngs)
+                              remat=config.remat, unroll_layers=config.unroll_layers, rngs=rngs)
     self.language_model = TextModel(config, rngs=rngs)
     t = config.text
     self.lm_head = None if t.tie_word_embeddings else linear(

@@ -23,7 +23,7 @@ from flax import nnx
 
 from mmrag_jax.model.config import Qwen25VLConfig
 from mmrag_jax.model.layers import (DEFAULT_KERNEL_INIT, RMSNorm, apply_rotary, attention, linear,
-                                    logical_partitioning)
+                                    logical_partitioning, stacked_modules)
 from mmrag_jax.parallel import constrain
 
 KVBuffers = tuple[jax.Array, jax.Array]  # (k, v), each [layers, B, S, KVH, Dh]
@@ -175,12 +175,8 @@ def stacked_layers(config: Qwen25VLConfig, *, rngs: nnx.Rngs) -> DecoderLayer:
   carries the logical axis name 'layers', e.g. q_proj.kernel [layers, D, H * Dh] ('layers', 'embed',
   'q_heads'). Layer i is the slice [i] of every parameter.
   """
-  @nnx.split_rngs(splits=config.text.num_hidden_layers)
-  @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-  def build(layer_rngs: nnx.Rngs) -> DecoderLayer:
-    return DecoderLayer(config, rngs=layer_rngs)
-
-  return build(rngs)
+  return stacked_modules(lambda layer_rngs: DecoderLayer(config, rngs=layer_rngs), config.text.num_hidden_layers,
+                         rngs)
 
 
 class TextModel(nnx.Module):

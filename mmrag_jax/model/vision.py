@@ -16,16 +16,22 @@ Both are exact (no sliding window). Padding patches are in no window and no fram
 output is 0, and they never touch real rows. Blocks are independent, so their dim shards over the
 data-parallel chips like a batch dim.
 Masked scores use the most negative finite float, keeping every row of the softmax finite.
+
+Depth. The blocks are stacked like the decoder's layers (parameters [layers, ...], block i = slice [i]) and
+run under `jax.lax.scan`: XLA compiles one window block and one full block, not `depth` (32) copies, so
+compile time does not grow with depth. See `VisionTower` for the scan layout.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from mmrag_jax.model.config import VisionConfig
-from mmrag_jax.model.layers import RMSNorm, apply_rotary, linear
+from mmrag_jax.model.layers import RMSNorm, apply_rotary, linear, stacked_modules
 from mmrag_jax.model.text import rotary_inv_freq
 from mmrag_jax.model.vision_index import AttentionBlocks, VisionIndex
 from mmrag_jax.parallel import constrain
@@ -168,25 +174,59 @@ class PatchMerger(nnx.Module):
     return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
 
 
-def _block_runner(full: bool, remat: bool):
-  """block(x, rope, index) with the attention kind bound, rematerialised in backward when `remat`."""
-  def run(block: VisionBlock, x: jax.Array, rope: tuple[jax.Array, jax.Array], index: VisionIndex) -> jax.Array:
-    return block(x, rope, index, full)
-  return nnx.remat(run) if remat else run
+def full_attention_period(depth: int, fullatt_block_indexes: Sequence[int]) -> int | None:
+  """The period p when the full-attention blocks are exactly the last of every p blocks, else None.
+
+  depth 32, (7, 15, 23, 31) -> 8: four groups of 7 window blocks then 1 full block. p >= 2 (all-full is
+  one run, see `block_runs`); (1,) of depth 5 -> None (irregular).
+  """
+  groups = len(fullatt_block_indexes)
+  if groups == 0 or depth % groups or depth // groups < 2:
+    return None
+  period = depth // groups
+  return period if tuple(fullatt_block_indexes) == tuple(range(period - 1, depth, period)) else None
+
+
+def block_runs(depth: int, fullatt_block_indexes: Sequence[int]) -> list[tuple[bool, int, int]]:
+  """Maximal runs of consecutive blocks of one attention kind, as (full, start, stop).
+
+  depth 5, (1,) -> [(False, 0, 1), (True, 1, 2), (False, 2, 5)].
+  """
+  full = set(fullatt_block_indexes)
+  runs: list[tuple[bool, int, int]] = []
+  for i in range(depth):
+    if runs and runs[-1][0] == (i in full):
+      runs[-1] = (runs[-1][0], runs[-1][1], i + 1)
+    else:
+      runs.append((i in full, i, i + 1))
+  return runs
 
 
 class VisionTower(nnx.Module):
-  """Patch embedding -> `depth` blocks (window or full attention) -> patch merger."""
+  """Patch embedding -> `depth` blocks (window or full attention, stacked) -> patch merger.
+
+  The blocks are one `VisionBlock` whose parameters are [layers, ...] (logical axis 'layers'; block i is
+  slice [i], `stacked_modules`), run under `jax.lax.scan` so XLA compiles one window and one full block body,
+  not `depth` copies:
+    * periodic full blocks (the last of every `full_attention_period` blocks, e.g. depth 32 with
+      (7, 15, 23, 31): 4 groups of 8): an outer scan over the groups, parameters [G, period, ...], whose body
+      scans the period - 1 window blocks, then runs the full one;
+    * any other pattern: one scan per maximal run of same-kind blocks (`block_runs`), a plain call for a run
+      of one.
+  unroll_layers: a Python loop over the blocks instead (same math; XLA's cost analysis counts a loop body
+  once, see `Qwen25VLConfig.unroll_layers`). remat: each block keeps only its input for the backward pass.
+  """
 
   def __init__(self, config: VisionConfig, *, dtype: jnp.dtype | str = jnp.float32,
-               param_dtype: jnp.dtype | str = jnp.float32, remat: bool = False,
+               param_dtype: jnp.dtype | str = jnp.float32, remat: bool = False, unroll_layers: bool = False,
                rngs: nnx.Rngs):
-    kw = dict(dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(param_dtype), rngs=rngs)
+    kw = dict(dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(param_dtype))
     self.config = config
     self.remat = remat
-    self.patch_embed = PatchEmbed(config, **kw)
-    self.blocks = nnx.List([VisionBlock(config, **kw) for _ in range(config.depth)])
-    self.merger = PatchMerger(config, **kw)
+    self.unroll_layers = unroll_layers
+    self.patch_embed = PatchEmbed(config, **kw, rngs=rngs)
+    self.blocks = stacked_modules(lambda block_rngs: VisionBlock(config, **kw, rngs=block_rngs), config.depth, rngs)
+    self.merger = PatchMerger(config, **kw, rngs=rngs)
 
   def __call__(self, pixel_values: jax.Array, index: VisionIndex) -> jax.Array:
     """Image embeddings for the language model, in the original merged-token order.
@@ -200,7 +240,34 @@ class VisionTower(nnx.Module):
     x = self.patch_embed(pixel_values)
     rope = vision_rotary(jnp.asarray(index.position_ids), self.config.head_dim,
                          dtype=jnp.promote_types(jnp.float32, x.dtype))
-    full_blocks = set(self.config.fullatt_block_indexes)
-    for i, block in enumerate(self.blocks):
-      x = _block_runner(i in full_blocks, self.remat)(block, x, rope, index)
-    return self.merger(x)
+    return self.merger(self._run_blocks(x, rope, index))
+
+  def _run_blocks(self, x: jax.Array, rope: tuple[jax.Array, jax.Array], index: VisionIndex) -> jax.Array:
+    """x [P, Dv] through the `depth` blocks -> [P, Dv]."""
+    graphdef, stacked = nnx.split(self.blocks)  # every leaf [layers, ...]
+    take = lambda start, stop=None: jax.tree.map(lambda a: a[start] if stop is None else a[start:stop], stacked)
+
+    def body(full: bool):
+      def block(x: jax.Array, state: nnx.State) -> tuple[jax.Array, None]:
+        return nnx.merge(graphdef, state)(x, rope, index, full), None
+      # remat: only each block's input is kept for the backward pass, the rest is recomputed.
+      return jax.checkpoint(block, prevent_cse=False) if self.remat else block
+
+    window, full = body(False), body(True)
+    depth, full_indexes = self.config.depth, self.config.fullatt_block_indexes
+    if self.unroll_layers:
+      for i in range(depth):
+        x, _ = (full if i in full_indexes else window)(x, take(i))
+      return x
+    period = full_attention_period(depth, full_indexes)
+    if period is not None:
+      def group(x: jax.Array, state: nnx.State) -> tuple[jax.Array, None]:
+        x, _ = jax.lax.scan(window, x, jax.tree.map(lambda a: a[:-1], state))
+        return full(x, jax.tree.map(lambda a: a[-1], state))
+
+      groups = jax.tree.map(lambda a: a.reshape(depth // period, period, *a.shape[1:]), stacked)
+      return jax.lax.scan(group, x, groups)[0]
+    for is_full, start, stop in block_runs(depth, full_indexes):
+      run = full if is_full else window
+      x = run(x, take(start))[0] if stop - start == 1 else jax.lax.scan(run, x, take(start, stop))[0]
+    return x

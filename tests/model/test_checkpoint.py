@@ -87,8 +87,9 @@ def test_loaded_tensors_land_in_the_right_parameters(hf_model, loaded):
   vis, lm = "model.visual.", "model.language_model."
   np.testing.assert_array_equal(loaded.visual.patch_embed.proj.kernel[...],
                                 sd[vis + "patch_embed.proj.weight"].reshape(32, 1176).T)
-  np.testing.assert_array_equal(loaded.visual.blocks[2].attn.qkv.kernel[...], sd[vis + "blocks.2.attn.qkv.weight"].T)
-  np.testing.assert_array_equal(loaded.visual.blocks[3].mlp.down_proj.bias[...], sd[vis + "blocks.3.mlp.down_proj.bias"])
+  # The vision blocks are stacked too: `visual.blocks.{i}.*` is slice i.
+  np.testing.assert_array_equal(loaded.visual.blocks.attn.qkv.kernel[2], sd[vis + "blocks.2.attn.qkv.weight"].T)
+  np.testing.assert_array_equal(loaded.visual.blocks.mlp.down_proj.bias[3], sd[vis + "blocks.3.mlp.down_proj.bias"])
   np.testing.assert_array_equal(loaded.visual.merger.fc1.kernel[...], sd[vis + "merger.mlp.0.weight"].T)
   np.testing.assert_array_equal(loaded.visual.merger.fc2.bias[...], sd[vis + "merger.mlp.2.bias"])
   np.testing.assert_array_equal(loaded.language_model.embed_tokens.embedding[...], sd[lm + "embed_tokens.weight"])
@@ -183,21 +184,21 @@ def test_bfloat16_export_round_trips_at_bfloat16(loaded, tmp_path):
     assert json.load(f)["torch_dtype"] == "bfloat16"
   model = load_pretrained(str(tmp_path))  # storage dtype defaults to the checkpoint's
   assert model.config.param_dtype == "bfloat16"
-  kernel = model.visual.blocks[0].attn.qkv.kernel[...]
+  kernel = model.visual.blocks.attn.qkv.kernel[...]  # [depth, Dv, 3 Dv]
   assert kernel.dtype == jnp.bfloat16
-  np.testing.assert_array_equal(kernel, loaded.visual.blocks[0].attn.qkv.kernel[...].astype(jnp.bfloat16))
+  np.testing.assert_array_equal(kernel, loaded.visual.blocks.attn.qkv.kernel[...].astype(jnp.bfloat16))
 
 
 def test_load_onto_a_mesh_shards_every_parameter(published_dir, loaded):
   mesh = make_mesh((2, 2, 2))
   model = load_pretrained(published_dir, mesh=mesh)
-  qkv = model.visual.blocks[0].attn.qkv.kernel[...]
+  qkv = model.visual.blocks.attn.qkv.kernel[...]  # [depth, Dv, 3 Dv]: the block axis is not sharded
   embedding = model.language_model.embed_tokens.embedding[...]
-  assert qkv.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+  assert qkv.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
   assert embedding.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
   assert all(v.get_value().sharding.mesh.shape == mesh.shape
              for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param)))
-  np.testing.assert_array_equal(qkv, loaded.visual.blocks[0].attn.qkv.kernel[...])
+  np.testing.assert_array_equal(qkv, loaded.visual.blocks.attn.qkv.kernel[...])
   np.testing.assert_array_equal(embedding, loaded.language_model.embed_tokens.embedding[...])
 
 

@@ -44,7 +44,9 @@ def param_items(model):
     (("language_model", "norm", "weight"), P(None)),
     (("lm_head", "kernel"), P("fsdp", "tensor")),
     (("visual", "patch_embed", "proj", "kernel"), P(None, "fsdp")),
-    (("visual", "blocks", 2, "attn", "qkv", "kernel"), P("fsdp", "tensor")),
+    # vision blocks too: [layers, Dv, 3 Dv]
+    (("visual", "blocks", "attn", "qkv", "kernel"), P(None, "fsdp", "tensor")),
+    (("visual", "blocks", "norm1", "weight"), P(None, None)),
     (("visual", "merger", "fc2", "kernel"), P("tensor", "fsdp")),
 ])
 def test_load_pretrained_places_params_on_rule_shardings(sharded_model, mesh, path, spec):

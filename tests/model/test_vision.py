@@ -16,7 +16,8 @@ from mmrag_jax.model.checkpoint import assign_hf_tensors
 from mmrag_jax.model.hf_keys import vision_params
 from mmrag_jax.model.layers import RMSNorm, rotate_half
 from mmrag_jax.model.text import rotary_inv_freq
-from mmrag_jax.model.vision import VISION_ROPE_THETA, VisionTower, vision_rotary
+from mmrag_jax.model.vision import (VISION_ROPE_THETA, VisionTower, block_runs, full_attention_period,
+                                    vision_rotary)
 from mmrag_jax.model.vision_index import VisionIndex
 from tests.model.float64_reference import ROUNDOFF_FACTOR, float64_copy, float64_islands, roundoff
 from tests.model.rotary_bounds import U32, exact_inv_freq, exponents, ours_table_bound, torch_table_bound
@@ -185,35 +186,93 @@ def test_padding_rows_never_touch_real_outputs(tiny_config, tower, pixels, refer
   _assert_within_reference_roundoff(outs[0][:real_tokens], reference_output, exact_output)
 
 
-def test_remat_changes_neither_output_nor_gradient(tiny_config):
-  # One window block and one full block are enough to exercise both attention paths under remat.
-  config = dataclasses.replace(tiny_config.vision, depth=2, fullatt_block_indexes=(1,))
+# Block layouts (depth, fullatt_block_indexes): periodic runs the nested group scan, irregular one scan per
+# run of same-kind blocks ([w], [f], [w w w]).
+LAYOUTS = {"periodic": (4, (1, 3)), "irregular": (5, (1,))}
+SMALL_GRID = np.array([[1, 10, 6], [1, 4, 4]])
+
+
+def _random_towers(tiny_config, layout: str, **variants: dict) -> tuple[VisionIndex, dict[str, VisionTower]]:
+  """The index of SMALL_GRID and, per variant name, a tower of `layout` with the same random weights and the
+  variant's attributes (e.g. {"unrolled": {"unroll_layers": True}})."""
+  depth, full = LAYOUTS[layout]
+  config = dataclasses.replace(tiny_config.vision, depth=depth, fullatt_block_indexes=full)
   graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: VisionTower(config, rngs=nnx.Rngs(0))))
   rng = np.random.default_rng(3)
   state = jax.tree.map(lambda a: (0.2 * rng.standard_normal(a.shape)).astype(a.dtype), abstract_state)
-  plain, remat = nnx.merge(graphdef, state), nnx.merge(graphdef, state)
-  remat.remat = True
-  grid = np.array([[1, 10, 6], [1, 4, 4]])
-  index = VisionIndex.build(grid, config)
+  towers = {}
+  for name, attributes in variants.items():
+    towers[name] = nnx.merge(graphdef, state)
+    for attribute, value in attributes.items():
+      setattr(towers[name], attribute, value)
+  return VisionIndex.build(SMALL_GRID, config), towers
+
+
+def _loss_and_grads(tower: VisionTower, index: VisionIndex) -> tuple[jax.Array, list[jax.Array]]:
+  """Mean squared output and its gradient leaves w.r.t. every parameter, on fixed random pixels."""
   pixels = np.random.default_rng(4).standard_normal((76, 1176)).astype(np.float32)
 
   @nnx.jit
   def loss_and_grad(model):
     return nnx.value_and_grad(lambda m: jnp.mean(jnp.square(m(pixels, index))))(model)
 
-  loss, grads = loss_and_grad(plain)
-  remat_loss, remat_grads = loss_and_grad(remat)
-  np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
-  assert float(loss) > 0
-  for got, want in zip(jax.tree.leaves(remat_grads), jax.tree.leaves(grads)):
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+  loss, grads = loss_and_grad(tower)
+  return loss, jax.tree.leaves(grads)
+
+
+def _assert_same_loss_and_grads(got, want):
+  (got_loss, got_grads), (want_loss, want_grads) = got, want
+  assert float(want_loss) > 0
+  np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
+  for g, w in zip(got_grads, want_grads, strict=True):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6 * np.abs(w).max())
+
+
+def test_full_attention_period_finds_the_last_block_of_every_group():
+  assert full_attention_period(32, (7, 15, 23, 31)) == 8
+  assert full_attention_period(4, (1, 3)) == 2
+  assert full_attention_period(2, (1,)) == 2
+  for depth, full in [(5, (1,)), (4, ()), (4, (0, 2)), (4, (0, 1, 2, 3)), (6, (1, 3))]:
+    assert full_attention_period(depth, full) is None, (depth, full)
+
+
+def test_block_runs_are_maximal_runs_of_one_kind():
+  assert block_runs(5, (1,)) == [(False, 0, 1), (True, 1, 2), (False, 2, 5)]
+  assert block_runs(3, ()) == [(False, 0, 3)]
+  assert block_runs(4, (2, 3)) == [(False, 0, 2), (True, 2, 4)]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_scanned_blocks_match_unrolled_blocks_in_value_and_gradient(tiny_config, layout):
+  index, towers = _random_towers(tiny_config, layout, scanned={}, unrolled={"unroll_layers": True})
+  _assert_same_loss_and_grads(_loss_and_grads(towers["scanned"], index), _loss_and_grads(towers["unrolled"], index))
+
+
+def test_scanned_tower_traces_one_body_per_attention_kind_whatever_the_depth(tiny_config):
+  """Depth 4 and 8 (periodic) trace the same matmuls: one window and one full block body. Unrolled, each
+  block adds its own."""
+  def matmuls(depth, full, unroll_layers):
+    config = dataclasses.replace(tiny_config.vision, depth=depth, fullatt_block_indexes=full)
+    tower = VisionTower(config, unroll_layers=unroll_layers, rngs=nnx.Rngs(0))
+    pixels = np.zeros((76, 1176), np.float32)
+    return str(jax.make_jaxpr(lambda p: tower(p, VisionIndex.build(SMALL_GRID, config)))(pixels)).count("dot_general")
+
+  assert matmuls(4, (1, 3), False) == matmuls(8, (3, 7), False)
+  per_block = matmuls(5, (1, 3), True) - matmuls(4, (1, 3), True)
+  assert per_block > 0 and matmuls(8, (3, 7), True) == matmuls(4, (1, 3), True) + 4 * per_block
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_remat_changes_neither_output_nor_gradient(tiny_config, layout):
+  index, towers = _random_towers(tiny_config, layout, plain={}, remat={"remat": True})
+  _assert_same_loss_and_grads(_loss_and_grads(towers["remat"], index), _loss_and_grads(towers["plain"], index))
 
 
 def test_bfloat16_compute_tracks_float32(tiny_config, hf_model, pixels, reference_output):
   bf16 = _tower(tiny_config.vision, hf_model.model.visual, dtype=jnp.bfloat16)
   out = _run(bf16, pixels, VisionIndex.build(GRID, tiny_config.vision))
   assert out.dtype == jnp.bfloat16
-  assert bf16.blocks[0].attn.qkv.kernel[...].dtype == jnp.bfloat16
+  assert bf16.blocks.attn.qkv.kernel[...].dtype == jnp.bfloat16
   error = np.abs(np.asarray(out, np.float32) - reference_output).max() / np.abs(reference_output).max()
   assert error < 0.05, error
 

@@ -149,21 +149,38 @@ TINY = tiny().replace(text=dataclasses.replace(tiny().text, num_hidden_layers=1)
 TEXT_IDS = 400  # ordinary text ids lie below the special ids (496..) of the tiny vocabulary
 
 
+# Parameter stacks ([layers, ...]) draw layer by layer, all of layer 0's parameters first: each layer gets the
+# values it had as a module of its own, so the tests' numbers do not depend on how layers are stored.
+LAYER_STACKS = (("language_model", "layers"), ("visual", "blocks"))
+
+
 def numpy_policy_state(config, init_std: float, seed: int):
   """(graphdef, host params) of a Qwen25VL built from numpy draws: N(0, init_std) kernels and
   embeddings, zero biases, unit norm weights. Much faster than running the model's initializers."""
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Qwen25VL(config, rngs=nnx.Rngs(0))))
   rng = np.random.default_rng(seed)
 
-  def draw(path, leaf):
-    name = [str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)][-1]
+  def draw(name, shape, dtype):
     if name == "bias":
-      return np.zeros(leaf.shape, leaf.dtype)
+      return np.zeros(shape, dtype)
     if name == "weight":  # RMSNorm scales
-      return np.ones(leaf.shape, leaf.dtype)
-    return rng.normal(0.0, init_std, leaf.shape).astype(leaf.dtype)
+      return np.ones(shape, dtype)
+    return rng.normal(0.0, init_std, shape).astype(dtype)
 
-  return graphdef, jax.tree_util.tree_map_with_path(draw, abstract)
+  flat = [(path, variable, variable.get_value()) for path, variable in nnx.to_flat_state(abstract)]
+  values = {}
+  for path, _, leaf in flat:
+    stack = next((s for s in LAYER_STACKS if path[:len(s)] == s), None)
+    if stack is None:
+      values[path] = draw(path[-1], leaf.shape, leaf.dtype)
+    elif path not in values:  # the stack's first parameter: draw the whole stack
+      members = [(p, a) for p, _, a in flat if p[:len(stack)] == stack]
+      for p, a in members:
+        values[p] = np.empty(a.shape, a.dtype)
+      for layer in range(members[0][1].shape[0]):
+        for p, a in members:
+          values[p][layer] = draw(p[-1], a.shape[1:], a.dtype)
+  return graphdef, nnx.from_flat_state([(path, variable.replace(values[path])) for path, variable, _ in flat])
 
 
 def prompt_batch(rows, seed):
