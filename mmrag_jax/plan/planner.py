@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import ml_collections
 
-from mmrag_jax.model import Qwen25VLConfig
+from mmrag_jax.model import Qwen25VLConfig, vision
 from mmrag_jax.parallel import resolve_mesh_shape
 from mmrag_jax.plan import analysis, programs, report
 from mmrag_jax.plan.topology import GIB, Slice, TopologyError, load_slice
@@ -30,12 +30,35 @@ def _build(setup: programs.PlanSetup, families: Sequence[str]) -> list[programs.
   return [p for name in families for p in programs.PROGRAM_FAMILIES[name](setup)]
 
 
-def probe_model(model: Qwen25VLConfig, text_layers: int) -> Qwen25VLConfig:
-  """`model` at its widths with `text_layers` decoder layers (unrolled) and 2 vision blocks (a window and a
-  full-attention one): every kind of layer, each seen by XLA's cost analysis."""
+def probe_model(model: Qwen25VLConfig, text_layers: int, vision_blocks: str = "wf") -> Qwen25VLConfig:
+  """`model` at its widths with `text_layers` decoder layers and the vision blocks `vision_blocks` ('w' a
+  window-attention block, 'f' a full-attention one), all unrolled: every kind of layer, each seen by XLA's
+  cost analysis."""
+  full = tuple(i for i, kind in enumerate(vision_blocks) if kind == "f")
   return model.replace(text=dataclasses.replace(model.text, num_hidden_layers=text_layers),
-                       vision=dataclasses.replace(model.vision, depth=2, fullatt_block_indexes=(1,)),
+                       vision=dataclasses.replace(model.vision, depth=len(vision_blocks), fullatt_block_indexes=full),
                        unroll_layers=True)
+
+
+def uncounted_layers(model: Qwen25VLConfig) -> dict[str, int]:
+  """Per kind of layer ('text', 'window', 'full'), how many of the model's layers XLA's cost analysis of its
+  scanned program leaves out: a loop body is counted once, so a scan of n layers reads as one. The decoder is
+  one scan; the vision blocks run as `vision.full_attention_period` or `vision.block_runs` lay them out."""
+  if model.unroll_layers:
+    return {"text": 0, "window": 0, "full": 0}
+  v = model.vision
+  full = len(v.fullatt_block_indexes)
+  if vision.full_attention_period(v.depth, v.fullatt_block_indexes) is not None:
+    counted_window, counted_full = 1, 1
+  else:
+    runs = vision.block_runs(v.depth, v.fullatt_block_indexes)
+    counted_window, counted_full = sum(not f for f, _, _ in runs), sum(f for f, _, _ in runs)
+  return {"text": max(model.text.num_hidden_layers - 1, 0), "window": v.depth - full - counted_window,
+          "full": full - counted_full}
+
+
+# The probe that adds one layer of each kind to the base probe (1 decoder layer, a window and a full block).
+_PROBES = {"text": (2, "wf"), "window": (1, "wwf"), "full": (1, "wff")}
 
 
 def _compile_all(config: ml_collections.ConfigDict, devices: Any, families: Sequence[str],
@@ -44,21 +67,24 @@ def _compile_all(config: ml_collections.ConfigDict, devices: Any, families: Sequ
   return {p.name: analysis.compile_program(p.fn, p.args)[0] for p in _build(setup, families)}
 
 
-def layer_corrected(full: analysis.CompiledProgram, one: analysis.CompiledProgram, two: analysis.CompiledProgram,
-                    layers: int) -> analysis.CompiledProgram:
-  """The cost figures of a program whose decoder layers run under a scan, every layer counted.
+def layer_corrected(full: analysis.CompiledProgram, base: analysis.CompiledProgram,
+                    extra: Mapping[str, tuple[int, analysis.CompiledProgram]]) -> analysis.CompiledProgram:
+  """The cost figures of a program whose layers run under scans, every layer counted.
 
-  XLA's cost analysis counts a loop body once, so the scanned program reads as one layer plus the rest;
-  this adds (layers - 1) x one layer's FLOPs, bytes and collective bytes, measured as the difference of the
-  unrolled 2- and 1-layer probes (`probe_model`). Memory figures are the scanned program's own.
+  XLA's cost analysis counts a loop body once, so a scanned program reads as one layer of each scan plus the
+  rest. extra: per kind of layer, (layers left out, the unrolled probe with one more layer of that kind than
+  `base`); this adds (layers left out) x (probe - base) to the FLOPs, bytes and collective bytes. Memory
+  figures are the scanned program's own.
   """
-  if any(c.error is not None for c in (full, one, two)):
+  if any(c.error is not None for c in (full, base, *(probe for _, probe in extra.values()))):
     return full
-  extra = layers - 1
-  return dataclasses.replace(
-      full, flops=full.flops + extra * (two.flops - one.flops),
-      bytes_accessed=full.bytes_accessed + extra * (two.bytes_accessed - one.bytes_accessed),
-      collectives={k: int(v + extra * (two.collectives[k] - one.collectives[k])) for k, v in full.collectives.items()})
+  flops, accessed, collectives = full.flops, full.bytes_accessed, dict(full.collectives)
+  for count, probe in extra.values():
+    flops += count * (probe.flops - base.flops)
+    accessed += count * (probe.bytes_accessed - base.bytes_accessed)
+    for k in collectives:
+      collectives[k] = int(collectives[k] + count * (probe.collectives[k] - base.collectives[k]))
+  return dataclasses.replace(full, flops=flops, bytes_accessed=accessed, collectives=collectives)
 
 
 def flops_imbalance(config: ml_collections.ConfigDict, tpu: Slice, families: Sequence[str]) -> dict[str, float]:
@@ -93,7 +119,7 @@ def make_plan(config: ml_collections.ConfigDict, slice_name: str, *, hbm_bytes: 
   """Compiles the run's programs for slice `slice_name` and returns the plan (see `report.py`).
 
   Memory figures and compile times are those of the run's programs; their cost figures count every decoder
-  layer (`layer_corrected`, from two small unrolled probes). hbm_bytes: HBM per device to plan against
+  layer and vision block (`layer_corrected`, from small unrolled probes: `uncounted_layers`). hbm_bytes: HBM per device to plan against
   (default: the chip table's). flops_balance: also measure each program's FLOPs imbalance (default: yes;
   `flops_imbalance`). families: the program families to compile (default: all of `programs.PROGRAM_FAMILIES`).
   """
@@ -104,11 +130,14 @@ def make_plan(config: ml_collections.ConfigDict, slice_name: str, *, hbm_bytes: 
   resident = {name: analysis.device_bytes(tree) for name, tree in setup.resident().items()}
   built = _build(setup, families)
   compiled_programs = [analysis.compile_program(p.fn, p.args)[0] for p in built]
-  layers = setup.model.text.num_hidden_layers
-  if not setup.model.unroll_layers and layers > 1:
-    one, two = (_compile_all(config, tpu.devices, families, probe_model(setup.model, n)) for n in (1, 2))
-    compiled_programs = [layer_corrected(c, one[p.name], two[p.name], layers) if p.layer_scan else c
-                         for p, c in zip(built, compiled_programs)]
+  missing = {kind: n for kind, n in uncounted_layers(setup.model).items() if n > 0}
+  if missing:
+    probe = lambda text, blocks: _compile_all(config, tpu.devices, families, probe_model(setup.model, text, blocks))
+    base = probe(1, "wf")
+    extra = {kind: (n, probe(*_PROBES[kind])) for kind, n in missing.items()}
+    compiled_programs = [
+        layer_corrected(c, base[p.name], {k: (n, probes[p.name]) for k, (n, probes) in extra.items()})
+        if p.layer_scan else c for p, c in zip(built, compiled_programs)]
   imbalance = flops_imbalance(config, tpu, families) if flops_balance is None or flops_balance else {}
   records = []
   for p, compiled in zip(built, compiled_programs):
