@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -61,10 +61,11 @@ def uncounted_layers(model: Qwen25VLConfig) -> dict[str, int]:
 _PROBES = {"text": (2, "wf"), "window": (1, "wwf"), "full": (1, "wff")}
 
 
-def _compile_all(config: ml_collections.ConfigDict, devices: Any, families: Sequence[str],
-                 model: Qwen25VLConfig) -> dict[str, analysis.CompiledProgram]:
+def _compile_all(config: ml_collections.ConfigDict, devices: Any, families: Sequence[str], model: Qwen25VLConfig,
+                 keep: Callable[[programs.Program], bool] = lambda p: True) -> dict[str, analysis.CompiledProgram]:
+  """The figures of the programs of `families` for `model` (those `keep` accepts)."""
   setup = programs.build_setup(config, devices, model=model)
-  return {p.name: analysis.compile_program(p.fn, p.args)[0] for p in _build(setup, families)}
+  return {p.name: analysis.compile_program(p.fn, p.args)[0] for p in _build(setup, families) if keep(p)}
 
 
 def layer_corrected(full: analysis.CompiledProgram, base: analysis.CompiledProgram,
@@ -132,11 +133,15 @@ def make_plan(config: ml_collections.ConfigDict, slice_name: str, *, hbm_bytes: 
   compiled_programs = [analysis.compile_program(p.fn, p.args)[0] for p in built]
   missing = {kind: n for kind, n in uncounted_layers(setup.model).items() if n > 0}
   if missing:
-    probe = lambda text, blocks: _compile_all(config, tpu.devices, families, probe_model(setup.model, text, blocks))
-    base = probe(1, "wf")
-    extra = {kind: (n, probe(*_PROBES[kind])) for kind, n in missing.items()}
+    # Only programs that scan layers of that kind need its probe (the decode loop runs no vision block).
+    needs = lambda kind: (lambda p: p.layer_scan and (kind == "text" or p.runs_vision))
+    probe = lambda kind, text, blocks: _compile_all(config, tpu.devices, families,
+                                                    probe_model(setup.model, text, blocks), needs(kind))
+    base = probe("text", 1, "wf")
+    extra = {kind: (n, probe(kind, *_PROBES[kind])) for kind, n in missing.items()}
     compiled_programs = [
-        layer_corrected(c, base[p.name], {k: (n, probes[p.name]) for k, (n, probes) in extra.items()})
+        layer_corrected(c, base[p.name], {k: (n, probes[p.name]) for k, (n, probes) in extra.items()
+                                          if p.name in probes})
         if p.layer_scan else c for p, c in zip(built, compiled_programs)]
   imbalance = flops_imbalance(config, tpu, families) if flops_balance is None or flops_balance else {}
   records = []

@@ -28,7 +28,7 @@ from mmrag_jax.model.kv_cache import KVCache
 from mmrag_jax.model.qwen25vl import map_input_arrays
 from mmrag_jax.model.vision_index import max_frame_patches
 from mmrag_jax.parallel import DEFAULT_RULES, logical_sharding, make_mesh, param_shardings
-from mmrag_jax.recipe.checks import grpo_config
+from mmrag_jax.recipe.checks import batch_pixel_rows, grpo_config
 from mmrag_jax.rl import update
 from mmrag_jax.rl.batch import TrainBatch
 from mmrag_jax.rl.policy import QwenLogprobs
@@ -45,7 +45,8 @@ class Program:
   optimizer step (per rollout batch for the sampler). loop_steps: trips of the loop whose body XLA's cost
   analysis counts once (the decode while-loop: one token step per trip). layer_scan: whether it runs the
   decoder layers under their scan, whose body the cost analysis also counts once (`planner.layer_corrected`
-  adds the other layers); apply and decode_weights treat the stacked arrays whole.
+  adds the other layers); apply and decode_weights treat the stacked arrays whole. runs_vision: whether it
+  runs the vision tower (whose blocks are scanned too).
   """
 
   name: str
@@ -57,6 +58,7 @@ class Program:
   family: str = "update"
   loop_steps: int = 1
   layer_scan: bool = True
+  runs_vision: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,10 +82,15 @@ class UpdateGeometry:
 
   @classmethod
   def of(cls, config: ml_collections.ConfigDict) -> "UpdateGeometry":
-    """The largest micro-batch the run builds: the largest length and patch buckets."""
+    """The largest micro-batch the run builds: the largest length bucket, and the smallest patch bucket that
+    holds the most pixel rows its prompts can have (larger buckets serve prediction batches only)."""
+    prompts = config.train.batch_size // config.rl.group_size
+    rows = batch_pixel_rows(config, prompts)
+    buckets = sorted(config.sampler.patch_buckets)
     return cls(rows=config.train.batch_size, group_size=config.rl.group_size,
                prompt_length=max(config.sampler.length_buckets), completion_length=config.rl.max_new_tokens,
-               num_patches=max(config.sampler.patch_buckets), micro_batches=config.train.micro_batches)
+               num_patches=next((b for b in buckets if b >= rows), buckets[-1]),
+               micro_batches=config.train.micro_batches)
 
 
 def model_config(config: ml_collections.ConfigDict) -> Qwen25VLConfig:
@@ -293,7 +300,7 @@ def sampler_programs(setup: PlanSetup) -> list[Program]:
   if config.sampler.decode_weights == "training":
     return [prefill, Program("decode", decode_bucket, decode_jit, (setup.params, logits, cache, keys, stop_ids, None),
                              ("params", "accumulators"), g.micro_batches, family="sampler",
-                             loop_steps=g.completion_length)]
+                             loop_steps=g.completion_length, runs_vision=False)]
   # The decode weights: made by each rollout's sampler, read by every token step beside the resident
   # parameters, freed before the update.
   copy_jit = sampling.decode_weights_fn(setup.params, c.compute_dtype, setup.mesh)
@@ -303,7 +310,7 @@ def sampler_programs(setup: PlanSetup) -> list[Program]:
       Program("decode_weights", "params", copy_jit, (setup.params,), ("accumulators",), g.micro_batches,
               family="sampler", layer_scan=False),
       Program("decode", decode_bucket, decode_jit, (weights, logits, cache, keys, stop_ids, None), ("accumulators",),
-              g.micro_batches, family="sampler", loop_steps=g.completion_length),
+              g.micro_batches, family="sampler", loop_steps=g.completion_length, runs_vision=False),
   ]
 
 

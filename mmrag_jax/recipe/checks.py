@@ -154,15 +154,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"stage1.{e.field}", str(e).split(": ", 1)[1]) from e
 
 
+def batch_pixel_rows(config: ml_collections.ConfigDict, prompts: int) -> int:
+  """The most pixel rows a batch of `prompts` prompts can hold: pipeline.patch_budget when set, else each
+  prompt's images (1 in stage 1, stage2.k in stage 2) at pipeline.max_pixels."""
+  images_per_prompt = 1 if config.stage == 1 else config.stage2.k
+  per_image = max_frame_patches(config.pipeline.max_pixels, VisionConfig())  # the released models' 14 px patches
+  return config.pipeline.patch_budget or prompts * images_per_prompt * per_image
+
+
 def check_patch_buckets(config: ml_collections.ConfigDict) -> None:
   """The largest sampler patch bucket must hold the pixel rows of any batch the pipeline can build."""
   p = config.pipeline
   images_per_prompt = 1 if config.stage == 1 else config.stage2.k
   images = "images" if config.stage == 1 else "images (stage2.k)"
-  per_image = max_frame_patches(p.max_pixels, VisionConfig())  # the released models' 14 px patches
+  per_image = max_frame_patches(p.max_pixels, VisionConfig())
   prompts = max(config.train.batch_size // config.rl.group_size, config.predict.batch_size, config.scorer.batch_size
                 if config.stage == 1 else 0)
-  worst = p.patch_budget or prompts * images_per_prompt * per_image
+  worst = batch_pixel_rows(config, prompts)
   largest = max(config.sampler.patch_buckets)
   if worst > largest:
     raise ConfigError("sampler.patch_buckets", f"the largest bucket {largest} is below the {worst} pixel rows a "

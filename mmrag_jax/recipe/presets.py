@@ -160,6 +160,10 @@ def _3b(c: ml_collections.ConfigDict) -> None:
   c.model.remat = True       # stage-2 activations without remat are ~70 GB per 4 rows (tpu/README.md)
   c.model.attention_query_chunk = 512  # one layer's scores: 4608^2 x heads floats per row otherwise
   c.train.batch_size = 64
+  # Rows split over every chip of a v5litepod-16: 16 prediction prompts, whose 5 images of 448 x 448 px
+  # (stage 2) are up to 81,920 pixel rows.
+  c.predict.batch_size = 16
+  c.sampler.patch_buckets = (4096, 16384, 65536, 81920)
 
 
 def _7b(c: ml_collections.ConfigDict) -> None:
