@@ -92,10 +92,11 @@ def prefill_hidden(model: "Qwen25VL", inputs: "ModelInputs", cache_size: int) ->
 def decode_hidden(model: "Qwen25VL", tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
   """Feeds one token per row. tokens: [B] int; returns final hidden states [B, D] and the updated cache."""
   positions = jnp.broadcast_to(cache.next_positions()[None, :, None], (3, cache.batch_size, 1))
-  valid = jax.lax.dynamic_update_slice(cache.valid, jnp.ones((cache.batch_size, 1), bool), (0, cache.index))
   embeds = model.language_model.embed_tokens(tokens[:, None])
-  hidden, (k, v) = model.language_model(embeds, positions, valid[:, None, :], cache=(cache.k, cache.v),
-                                        write_index=cache.index)
+  # The layers attend the cached slots (cache.valid: the free slot is not valid yet) and the new token.
+  hidden, (k, v) = model.language_model.step(embeds, positions, cache.valid[:, None, :], (cache.k, cache.v),
+                                             cache.index)
+  valid = jax.lax.dynamic_update_slice(cache.valid, jnp.ones((cache.batch_size, 1), bool), (0, cache.index))
   cache = KVCache(k=k, v=v, valid=valid, index=cache.index + 1, rope_deltas=cache.rope_deltas)
   return hidden[:, 0], cache
 

@@ -97,6 +97,35 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
   return x * cos + rotate_half(x) * sin
 
 
+def attention_with_new_slot(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, k_new: jax.Array,
+                            v_new: jax.Array, scale: float) -> jax.Array:
+  """One query step's attention over cached slots plus its own new key / value, the cache left unread-after-write.
+
+  q: [B, 1, H, Dh]; k, v: [B, S, KVH, Dh] the cache before this step; mask: [B, 1, S] bool over those slots
+  (True = may attend); k_new, v_new: [B, 1, KVH, Dh] this step's, always attended -> [B, 1, H, Dh].
+
+  The same math as `attention` over the S slots with the new key / value written into a free one: float32
+  logits and softmax, probabilities in the values' dtype, query heads grouped as (kv_head, group). Reading the
+  cache as it was, the decode step writes its new slot once after the layers instead of each layer writing
+  its slot and reading the buffer back, which on TPU made XLA copy every layer's cache slice per token.
+  """
+  batch, _, heads, head_dim = q.shape
+  kv_heads = k.shape[2]
+  q = q.reshape(batch, 1, kv_heads, heads // kv_heads, head_dim)
+  f32 = jnp.float32
+  old = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=f32) * scale  # [B, KVH, G, 1, S]
+  new = jnp.einsum("btkgd,btkd->bkgt", q, k_new, preferred_element_type=f32)[..., None] * scale  # [.., 1, 1]
+  visible = mask[:, None, None, :, :]
+  top = jnp.maximum(jnp.max(jnp.where(visible, old, -jnp.inf), axis=-1, keepdims=True), new)
+  p_old = jnp.where(visible, jnp.exp(old - top), 0.0)
+  p_new = jnp.exp(new - top)
+  total = jnp.sum(p_old, axis=-1, keepdims=True) + p_new
+  p_old, p_new = (p_old / total).astype(v.dtype), (p_new / total).astype(v.dtype)
+  out = (jnp.einsum("bkgts,bskd->btkgd", p_old, v, preferred_element_type=f32)
+         + jnp.einsum("bkgts,bskd->btkgd", p_new, v_new, preferred_element_type=f32))
+  return out.astype(q.dtype).reshape(batch, 1, heads, head_dim)
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float, *,
               query_chunk: int | None = None) -> jax.Array:
   """Grouped-query softmax attention (jax's reference `dot_product_attention`: float32 softmax, query heads

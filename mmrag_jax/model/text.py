@@ -22,8 +22,8 @@ import numpy as np
 from flax import nnx
 
 from mmrag_jax.model.config import Qwen25VLConfig
-from mmrag_jax.model.layers import (DEFAULT_KERNEL_INIT, RMSNorm, apply_rotary, attention, linear,
-                                    logical_partitioning, stacked_modules)
+from mmrag_jax.model.layers import (DEFAULT_KERNEL_INIT, RMSNorm, apply_rotary, attention, attention_with_new_slot,
+                                    linear, logical_partitioning, stacked_modules)
 from mmrag_jax.parallel import constrain
 
 KVBuffers = tuple[jax.Array, jax.Array]  # (k, v), each [layers, B, S, KVH, Dh]
@@ -104,13 +104,7 @@ class TextAttention(nnx.Module):
     returns the output [B, T, D] and the updated buffers (None without a cache).
     """
     batch, steps, _ = x.shape
-    heads = ("batch", "length", "q_heads", None)
-    kv_heads = ("batch", "length", "kv_heads", None)
-    q = constrain(self.q_proj(x).reshape(batch, steps, self.num_heads, self.head_dim), heads)
-    k = constrain(self.k_proj(x).reshape(batch, steps, self.num_kv_heads, self.head_dim), kv_heads)
-    v = constrain(self.v_proj(x).reshape(batch, steps, self.num_kv_heads, self.head_dim), kv_heads)
-    q = apply_rotary(q, cos[:, :, None, :], sin[:, :, None, :])
-    k = apply_rotary(k, cos[:, :, None, :], sin[:, :, None, :])
+    q, k, v = self._qkv(x, cos, sin)
     if cache is not None:
       cache_k, cache_v = cache
       start = (layer_index, 0, write_index, 0, 0)
@@ -122,8 +116,37 @@ class TextAttention(nnx.Module):
     # semantics, and runs the softmax in float32.
     out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, self.head_dim**-0.5,
                     query_chunk=self.query_chunk)
-    out = constrain(out.reshape(batch, steps, self.num_heads * self.head_dim), ("batch", "length", "q_heads"))
-    return self.o_proj(out), cache
+    return self._out(out), cache
+
+  def step(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, k_cache: jax.Array,
+           v_cache: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """One decode step over this layer's cache slice, which it only reads.
+
+    x: [B, 1, D]; cos, sin: [B, 1, Dh]; mask: [B, 1, S] over the cached slots; k_cache, v_cache: [B, S, KVH, Dh].
+    Returns the output [B, 1, D] and this step's (k, v) [B, 1, KVH, Dh] (rotary applied) for the caller to
+    write into a free slot (`attention_with_new_slot`).
+    """
+    q, k, v = self._qkv(x, cos, sin)
+    out = attention_with_new_slot(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), mask, k, v,
+                                  self.head_dim**-0.5)
+    return self._out(out), (k, v)
+
+  def _qkv(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """x [B, T, D] -> q [B, T, H, Dh], k and v [B, T, KVH, Dh], rotary applied to q and k."""
+    batch, steps, _ = x.shape
+    heads = ("batch", "length", "q_heads", None)
+    kv_heads = ("batch", "length", "kv_heads", None)
+    q = constrain(self.q_proj(x).reshape(batch, steps, self.num_heads, self.head_dim), heads)
+    k = constrain(self.k_proj(x).reshape(batch, steps, self.num_kv_heads, self.head_dim), kv_heads)
+    v = constrain(self.v_proj(x).reshape(batch, steps, self.num_kv_heads, self.head_dim), kv_heads)
+    return (apply_rotary(q, cos[:, :, None, :], sin[:, :, None, :]),
+            apply_rotary(k, cos[:, :, None, :], sin[:, :, None, :]), v)
+
+  def _out(self, out: jax.Array) -> jax.Array:
+    """Attention output [B, T, H, Dh] -> [B, T, D]."""
+    batch, steps = out.shape[:2]
+    return self.o_proj(constrain(out.reshape(batch, steps, self.num_heads * self.head_dim),
+                                 ("batch", "length", "q_heads")))
 
 
 class TextMLP(nnx.Module):
@@ -166,6 +189,13 @@ class DecoderLayer(nnx.Module):
                                      layer_index=layer_index, write_index=write_index)
     x = x + attn_out
     return x + self.mlp(self.post_attention_layernorm(x)), cache
+
+  def step(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, k_cache: jax.Array,
+           v_cache: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """One decode step: x [B, 1, D] -> ([B, 1, D], this step's (k, v)); see `TextAttention.step`."""
+    attn_out, new_kv = self.self_attn.step(self.input_layernorm(x), cos, sin, mask, k_cache, v_cache)
+    x = x + attn_out
+    return x + self.mlp(self.post_attention_layernorm(x)), new_kv
 
 
 def stacked_layers(config: Qwen25VLConfig, *, rngs: nnx.Rngs) -> DecoderLayer:
@@ -231,4 +261,29 @@ class TextModel(nnx.Module):
       # so a donated cache is updated without a copy.
       indices = jnp.arange(self.config.text.num_hidden_layers, dtype=jnp.int32)
       (x, cache), _ = jax.lax.scan(cached, (x, cache), (stacked, indices), unroll=unroll)
+    return self.norm(x), cache
+
+  def step(self, embeds: jax.Array, positions: jax.Array, mask: jax.Array, cache: KVBuffers,
+           write_index: jax.Array) -> tuple[jax.Array, KVBuffers]:
+    """One decode step: every layer reads its cache slice as it was and attends it plus the new token.
+
+    embeds: [B, 1, D]; positions: [3, B, 1]; mask: [B, 1, S] over the cached slots (the free slot
+    `write_index` excluded); cache: (k, v) buffers [layers, B, S, KVH, Dh]. The layers' new keys / values
+    go to slot `write_index` in one update after the scan (the buffers are scanned over, never written
+    inside it). Returns the normed hidden states [B, 1, D] and the updated buffers.
+    """
+    cos, sin = self.rotary(positions)
+    x = embeds.astype(self.config.compute_dtype)
+    graphdef, stacked = nnx.split(self.layers)
+    cache_k, cache_v = cache
+
+    def one_layer(x: jax.Array, layer: tuple[nnx.State, jax.Array, jax.Array]):
+      state, k_layer, v_layer = layer
+      return nnx.merge(graphdef, state).step(x, cos, sin, mask, k_layer, v_layer)
+
+    unroll = True if self.config.unroll_layers else 1
+    x, (k_new, v_new) = jax.lax.scan(one_layer, x, (stacked, cache_k, cache_v), unroll=unroll)
+    start = (0, 0, write_index, 0, 0)  # k_new, v_new: [layers, B, 1, KVH, Dh]
+    cache = (jax.lax.dynamic_update_slice(cache_k, k_new.astype(cache_k.dtype), start),
+             jax.lax.dynamic_update_slice(cache_v, v_new.astype(cache_v.dtype), start))
     return self.norm(x), cache

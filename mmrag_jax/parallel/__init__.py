@@ -2,7 +2,7 @@
 
 from mmrag_jax.parallel.distributed import maybe_initialize_distributed, shutdown_distributed
 from mmrag_jax.parallel.mesh import MESH_AXES, make_mesh, resolve_mesh_shape
-from mmrag_jax.parallel.rules import DEFAULT_RULES, LogicalRules, decode_rules, logical_to_mesh_spec
+from mmrag_jax.parallel.rules import DEFAULT_RULES, LogicalRules, decode_rules, kv_cache_rules, logical_to_mesh_spec
 from mmrag_jax.parallel.sharding import (
     activation_mesh,
     constrain,
@@ -21,6 +21,7 @@ __all__ = [
     "MESH_AXES",
     "create_sharded",
     "decode_rules",
+    "kv_cache_rules",
     "logical_sharding",
     "logical_to_mesh_spec",
     "make_mesh",

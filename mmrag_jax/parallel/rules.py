@@ -73,6 +73,28 @@ def decode_rules(rules: LogicalRules = DEFAULT_RULES) -> LogicalRules:
   return tuple((name, convert(name, axes)) for name, axes in rules)
 
 
+def kv_cache_rules(weight_rules: LogicalRules, num_kv_heads: int, mesh: Mesh) -> LogicalRules:
+  """The rules of the decode loop's KV cache [layers, rows, slots, kv_heads, head_dim] next to weights laid
+  out by `weight_rules`: kv heads over the mesh axes those weights split kv heads over, rows over the batch
+  axes left.
+
+  With `decode_rules` weights on a (data=1, fsdp=4, tensor=1) mesh and 4 kv heads, each chip then holds all
+  rows of one kv head and computes its query heads' attention from its own HBM: no token step moves cache or
+  attention weights between chips (rows split over 'fsdp' instead, every step all-gathers the q / o
+  projections). Where the kv heads do not divide those axes the cache keeps the training layout
+  (`DEFAULT_RULES`: rows over ('data', 'fsdp'), kv heads over 'tensor').
+
+  >>> mesh = jax.make_mesh((1, 4, 1), ('data', 'fsdp', 'tensor'))
+  >>> kv_cache_rules(decode_rules(), 4, mesh)
+  (('batch', ('data',)), ('length', None), ('kv_heads', ('fsdp', 'tensor')))
+  """
+  heads = _as_axes(_lookup(weight_rules, "kv_heads"))
+  if num_kv_heads % math.prod(mesh.shape.get(a, 1) for a in heads):
+    heads = _as_axes(_lookup(DEFAULT_RULES, "kv_heads"))
+  batch = tuple(a for a in _as_axes(_lookup(DEFAULT_RULES, "batch")) if a not in heads)
+  return (("batch", batch or None), ("length", None), ("kv_heads", heads or None))
+
+
 _log = logging.getLogger(__name__)
 _reported_fallbacks: set[tuple[str, int, tuple[str, ...]]] = set()
 

@@ -24,10 +24,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mmrag_jax.model import ModelInputs, Qwen25VLConfig, VisionIndex, abstract_model, preset
-from mmrag_jax.model.kv_cache import KVCache
 from mmrag_jax.model.qwen25vl import map_input_arrays
 from mmrag_jax.model.vision_index import max_frame_patches
-from mmrag_jax.parallel import DEFAULT_RULES, logical_sharding, make_mesh, param_shardings
+from mmrag_jax.parallel import DEFAULT_RULES, decode_rules, logical_sharding, make_mesh, param_shardings
 from mmrag_jax.recipe.checks import batch_pixel_rows, grpo_config
 from mmrag_jax.rl import update
 from mmrag_jax.rl.batch import TrainBatch
@@ -266,20 +265,24 @@ def sampler_programs(setup: PlanSetup) -> list[Program]:
   from mmrag_jax.sampling import sampler as sampling
   from mmrag_jax.sampling.decode import DecodeSettings
   from mmrag_jax.sampling.keys import row_keys
+  from mmrag_jax.sampling.steps import cache_shardings, prefill_rows
 
   g = setup.geometry
   prompts = g.rows // g.group_size
-  inputs = abstract_prompt_inputs(setup.model, prompts, g.prompt_length, g.num_patches, setup.mesh)
+  # As `Sampler.prefill`: filler rows up to a multiple of the devices the rows split over.
+  inputs = abstract_prompt_inputs(setup.model, prefill_rows(prompts, setup.mesh), g.prompt_length, g.num_patches,
+                                  setup.mesh)
   cache_size = g.prompt_length + g.completion_length
+  weight_rules = DEFAULT_RULES if setup.config.sampler.decode_weights == "training" else decode_rules()
   prefill_jit = _Bound(sampling._prefill, dict(graphdef=setup.graphdef, cache_size=cache_size,
-                                              group_size=g.group_size, mesh=setup.mesh))
+                                              group_size=g.group_size, mesh=setup.mesh, weight_rules=weight_rules,
+                                              prompts=prompts))
   logits, cache = prefill_jit.lower(setup.params, inputs).out_info
-  # As the prefill leaves them: the cache pinned by `constrain_cache`, logits rows over the batch axes.
-  shard = lambda x, n: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=logical_sharding(setup.mesh, n, shape=x.shape))
-  kv = (None, "batch", "length", "kv_heads", None)
-  cache = KVCache(k=shard(cache.k, kv), v=shard(cache.v, kv), valid=shard(cache.valid, ("batch", "length")),
-                  index=shard(cache.index, ()), rope_deltas=shard(cache.rope_deltas, ("batch",)))
-  logits = shard(logits, ("batch", None))
+  # As the prefill leaves them: the cache in the decode loop's layout, logits rows over the batch axes.
+  cache = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), cache,
+                       cache_shardings(cache, setup.mesh, weight_rules))
+  logits = jax.ShapeDtypeStruct(logits.shape, logits.dtype,
+                                sharding=logical_sharding(setup.mesh, ("batch", None), shape=logits.shape))
   c = setup.model
   config = setup.config
   method = RunContext.sampling_method(_ConfigHolder(config))
@@ -292,10 +295,10 @@ def sampler_programs(setup: PlanSetup) -> list[Program]:
                               sharding=logical_sharding(setup.mesh, ("batch",), shape=keys.shape))
   stop_ids = jax.ShapeDtypeStruct((2,), jnp.int32, sharding=NamedSharding(setup.mesh, PartitionSpec()))
   decode_jit = _Bound(sampling._decode, dict(graphdef=setup.graphdef, method=method, settings=settings,
-                                            mesh=setup.mesh))
+                                            mesh=setup.mesh, weight_rules=weight_rules))
   decode_bucket = f"N{g.rows}xS{cache_size}xT{g.completion_length}"
   # The gradient accumulators are not live during the rollout.
-  prefill = Program("prefill", f"B{prompts}xL{g.prompt_length}xP{g.num_patches}", prefill_jit,
+  prefill = Program("prefill", f"B{inputs.input_ids.shape[0]}xL{g.prompt_length}xP{g.num_patches}", prefill_jit,
                     (setup.params, inputs), ("params", "accumulators"), g.micro_batches, family="sampler")
   if config.sampler.decode_weights == "training":
     return [prefill, Program("decode", decode_bucket, decode_jit, (setup.params, logits, cache, keys, stop_ids, None),

@@ -39,6 +39,7 @@ from jax.sharding import Mesh
 
 from mmrag_jax.model.kv_cache import KVCache
 from mmrag_jax.model.qwen25vl import Qwen25VL
+from mmrag_jax.parallel import DEFAULT_RULES, LogicalRules
 from mmrag_jax.sampling.keys import step_keys
 from mmrag_jax.sampling.methods import SamplingMethod, token_log_softmax
 from mmrag_jax.sampling.packed_decoder import LayerCache, PackedDecoder, packed_decode_step, rotary_columns
@@ -109,18 +110,19 @@ def _emit(state: DecodeState, logits: jax.Array, keys: jax.Array, stop_ids: jax.
 
 def decode_loop(model: Qwen25VL, logits: jax.Array, cache: KVCache, keys: jax.Array, stop_ids: jax.Array, *,
                 method: SamplingMethod, settings: DecodeSettings, mesh: Mesh | None = None,
-                packed: PackedDecoder | None = None) -> DecodeState:
+                weight_rules: LogicalRules = DEFAULT_RULES, packed: PackedDecoder | None = None) -> DecodeState:
   """Generates up to T tokens per row from the prompt's next-token logits [N, V] float32 and its cache.
 
   keys: [N] typed per-row keys (`row_keys`); stop_ids: [S] int32 (an argument, not static: changing the
-  stop set does not recompile). The cache needs T - 1 free slots after the prompt. packed:
+  stop set does not recompile). The cache needs T - 1 free slots after the prompt. weight_rules: the rules
+  the model's weights are laid out by on `mesh`, which place the cache (`steps.cache_shardings`). packed:
   `pack_decoder(model)` to run the packed CPU step instead of the model's (no mesh).
   Returns the final `DecodeState` (its cache included, so a donated cache can be updated in place).
   """
   rows, steps = logits.shape[0], settings.max_new_tokens
   if packed is None:
     carried = cache
-    model_step = lambda tokens, c, position: decode_one(model, tokens, c, mesh)
+    model_step = lambda tokens, c, position: decode_one(model, tokens, c, mesh, weight_rules)
   else:
     if mesh is not None:
       raise ValueError("the packed decode step runs without a mesh")

@@ -149,4 +149,6 @@ class TopP(SamplingMethod):
       raise ValueError(f"TopP.p must be in (0, 1], got {self.p}")
 
   def processed_logits(self, logits: jax.Array) -> jax.Array:
+    if self.p >= 1.0:  # the nucleus is the whole vocabulary: no sort (a full-vocabulary sort per token step)
+      return logits / self.temperature
     return top_p_logits(logits / self.temperature, self.p)

@@ -55,9 +55,9 @@ from jax.sharding import Mesh
 
 from mmrag_jax.model.kv_cache import KVCache
 from mmrag_jax.model.qwen25vl import ModelInputs, Qwen25VL
-from mmrag_jax.parallel import decode_rules, logical_sharding, param_shardings
+from mmrag_jax.parallel import DEFAULT_RULES, LogicalRules, decode_rules, logical_sharding, param_shardings
 from mmrag_jax.sampling.decode import DecodeSettings, DecodeState, decode_loop
-from mmrag_jax.sampling.host_batch import select_rows
+from mmrag_jax.sampling.host_batch import append_filler_rows, select_rows
 from mmrag_jax.sampling.inputs import (
     DEFAULT_LENGTH_BUCKETS,
     DEFAULT_PATCH_BUCKETS,
@@ -68,7 +68,7 @@ from mmrag_jax.sampling.inputs import (
 from mmrag_jax.sampling.keys import row_keys
 from mmrag_jax.sampling.methods import Categorical, SamplingMethod
 from mmrag_jax.sampling.packed_decoder import PackedDecoder, pack_decoder
-from mmrag_jax.sampling.steps import prefill_group
+from mmrag_jax.sampling.steps import prefill_group, prefill_rows
 
 
 DECODE_WEIGHTS = ("gathered", "training")
@@ -144,10 +144,11 @@ class SampleOutput:
     return np.arange(len(self.tokens)) // self.group_size
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "cache_size", "group_size", "mesh"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "cache_size", "group_size", "mesh", "weight_rules", "prompts"))
 def _prefill(graphdef: nnx.GraphDef, state: nnx.State, inputs: ModelInputs, *, cache_size: int, group_size: int,
-             mesh: Mesh | None) -> tuple[jax.Array, KVCache]:
-  return prefill_group(nnx.merge(graphdef, state), inputs, cache_size, group_size, mesh)
+             mesh: Mesh | None, weight_rules: LogicalRules = DEFAULT_RULES,
+             prompts: int | None = None) -> tuple[jax.Array, KVCache]:
+  return prefill_group(nnx.merge(graphdef, state), inputs, cache_size, group_size, mesh, weight_rules, prompts)
 
 
 _row_keys = jax.jit(row_keys, static_argnames=("group_size",))
@@ -170,12 +171,13 @@ def decode_weights_fn(state: nnx.State, dtype: jnp.dtype, mesh: Mesh | None) -> 
 
 
 # The cache is donated and returned inside the final state: the loop then runs in its buffers.
-@functools.partial(jax.jit, static_argnames=("graphdef", "method", "settings", "mesh"), donate_argnames=("cache",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "method", "settings", "mesh", "weight_rules"),
+                   donate_argnames=("cache",))
 def _decode(graphdef: nnx.GraphDef, state: nnx.State, logits: jax.Array, cache: KVCache, keys: jax.Array,
             stop_ids: jax.Array, packed: PackedDecoder | None, *, method: SamplingMethod, settings: DecodeSettings,
-            mesh: Mesh | None) -> DecodeState:
+            mesh: Mesh | None, weight_rules: LogicalRules = DEFAULT_RULES) -> DecodeState:
   return decode_loop(nnx.merge(graphdef, state), logits, cache, keys, stop_ids, method=method, settings=settings,
-                     mesh=mesh, packed=packed)
+                     mesh=mesh, weight_rules=weight_rules, packed=packed)
 
 
 def _decodes_packed(model: Qwen25VL, state: nnx.State, mesh: Mesh | None) -> bool:
@@ -239,14 +241,16 @@ class Sampler:
     if group_size < 1:
       raise ValueError(f"group_size must be >= 1, got {group_size}")
     share = self.config.share_prefix
+    prompts = len(np.asarray(batch["input_ids"]))
     if not share:
-      rows = np.repeat(np.arange(len(np.asarray(batch["input_ids"]))), group_size)
-      batch = select_rows(batch, rows, self.model.config)
+      batch = select_rows(batch, np.repeat(np.arange(prompts), group_size), self.model.config)
+    elif prefill_rows(prompts, self.mesh) > prompts:  # filler rows: every device prefills its share
+      batch = append_filler_rows(batch, prefill_rows(prompts, self.mesh), self.model.config.pad_token_id)
     inputs = self.prepare(batch)
     cache_size = inputs.input_ids.shape[1] + self.config.max_new_tokens
     graphdef, state = model_split if model_split is not None else nnx.split(self.model)
     return _prefill(graphdef, state, inputs, cache_size=cache_size, group_size=group_size if share else 1,
-                    mesh=self.mesh)
+                    mesh=self.mesh, weight_rules=self.weight_rules, prompts=prompts if share else None)
 
   def packed_decoder(self, model_split: tuple[nnx.GraphDef, nnx.State] | None = None) -> PackedDecoder | None:
     """The model's packed decode weights, or None where decoding runs the model's own step.
@@ -259,6 +263,12 @@ class Sampler:
     if not _decodes_packed(self.model, state, self.mesh):
       return None
     return self._packed.get(state, lambda: _pack(graphdef, state))
+
+  @property
+  def weight_rules(self) -> LogicalRules:
+    """The rules the decode loop's weights are laid out by (`decode_rules()` for the gathered copy), beside
+    which prefill places the KV cache (`steps.cache_shardings`)."""
+    return DEFAULT_RULES if self.config.decode_weights == "training" else decode_rules()
 
   def decode_state(self, model_split: tuple[nnx.GraphDef, nnx.State] | None = None) -> nnx.State:
     """The parameters the decode loop reads (see `SamplerConfig.decode_weights`): the model's own where it
@@ -292,7 +302,8 @@ class Sampler:
     stop_ids = np.asarray(self.stop_ids, np.int32)
     final = _decode(model_split[0], self.decode_state(model_split), logits, cache, keys, stop_ids,
                     self.packed_decoder(model_split),
-                    method=self.config.method, settings=self.settings, mesh=self.mesh)
+                    method=self.config.method, settings=self.settings, mesh=self.mesh,
+                    weight_rules=self.weight_rules)
     return SampleOutput(tokens=to_host(final.tokens), lengths=to_host(final.lengths),
                         truncated=~to_host(final.done), policy_logprobs=to_host(final.policy_logprobs),
                         sampling_logprobs=to_host(final.sampling_logprobs), group_size=group_size)

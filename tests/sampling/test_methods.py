@@ -75,6 +75,16 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
   np.testing.assert_array_equal(kept(1.0), [True, True, True, True])
 
 
+def test_top_p_of_one_is_the_whole_tempered_vocabulary():
+  """p = 1 keeps every token: the processed logits are the tempered logits themselves (no sort, and no tail
+  token lost to a cumulative sum that rounds to 1 early), so it samples exactly what Categorical samples."""
+  logits = jnp.asarray(np.log(np.r_[1.0 - 9e-8, np.full(9, 1e-8)]).astype(np.float32))
+  np.testing.assert_array_equal(TopP(1.0, temperature=0.7).processed_logits(logits), logits / 0.7)
+  keys = jax.random.split(jax.random.key(3), 64)
+  same = lambda m: np.asarray(jax.vmap(m.sample, (0, None))(keys, jnp.asarray(LOGITS)))
+  np.testing.assert_array_equal(same(TopP(1.0, temperature=2.0)), same(Categorical(temperature=2.0)))
+
+
 def test_processed_logits_give_the_sampling_distribution():
   logits = jnp.asarray(LOGITS)
   np.testing.assert_allclose(jax.nn.softmax(Categorical(0.5).processed_logits(logits)), tempered(0.5), atol=1e-6)
