@@ -1,7 +1,7 @@
 """The TRL side of `benchmarks.versus_trl`: Hugging Face TRL's stock `GRPOTrainer` on the shared work, timed.
 
-TRL is imported only here and only when a peer is built, so the benchmark can say how to install it
-(`pip install -e '.[peer]'`) instead of failing on import.
+TRL (and torch) are imported only when a peer is built, so without them the benchmark can say how to
+install them (`pip install -e '.[peer]'`) instead of failing on import.
 
 Timed spans (TRL runs its own loop, `Trainer.train()`, with `max_steps` steps; nothing in it is replaced):
   step     `on_step_begin` -> `on_step_end` of a `TrainerCallback`: generation and scoring, the loss
@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import PIL.Image
-import torch
 import transformers
 from transformers.processing_utils import ProcessorMixin
 
@@ -117,7 +116,7 @@ class TrlPeer:
     def text_reward(completions: list[list[dict[str, str]]], **_: Any) -> list[float]:
       return [reward(completion[0]["content"]) for completion in completions]
 
-    model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint_dir, dtype=torch.float32)
+    model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint_dir, dtype="float32")
     self.trainer = trl.GRPOTrainer(model=model, reward_funcs=[text_reward], args=args, train_dataset=dataset,
                                    processing_class=image_only_processor(processor),
                                    callbacks=[_StepClock(self)])

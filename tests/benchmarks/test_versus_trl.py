@@ -6,6 +6,7 @@ where our update's would be most of a minute on a busy 2-core machine)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -79,15 +80,14 @@ def test_our_rollout_generates_exactly_the_new_tokens_of_the_same_prompts(work, 
   assert not np.isin(np.asarray(rollout.batch.completion_ids), vision).any()
 
 
-def _steps(step_s, rollout_s, tokens=64):
-  ours = [versus_trl.OurStep(step_s=s, rollout_s=r, update_s=s - r, completion_tokens=tokens, prompt_tokens=400)
+def _our_steps(step_s, rollout_s):
+  return [versus_trl.OurStep(step_s=s, rollout_s=r, update_s=s - r, completion_tokens=64, prompt_tokens=400)
           for s, r in zip(step_s, rollout_s)]
-  return ours
 
 
 def test_summary_is_trl_over_ours_on_the_timed_steps(work, capsys):
-  work = versus_trl.Workload(**{**work.__dict__, "steps": 3, "warmup": 1})
-  ours = _steps([20.0, 9.0, 1.0, 3.0, 2.0], [5.0, 4.0, 0.5, 1.0, 0.5])
+  work = dataclasses.replace(work, steps=3, warmup=1)
+  ours = _our_steps([20.0, 9.0, 1.0, 3.0, 2.0], [5.0, 4.0, 0.5, 1.0, 0.5])
   prompt_ids = np.full((2, 5), 7)
   trl_rows = np.repeat(prompt_ids, work.group_size, axis=0)
   trl = [trl_peer.TrlStep(step_s=s, rollout_s=r, prompt_ids=trl_rows, completion_mask=np.ones((8, 8)))
@@ -111,7 +111,7 @@ def test_summary_is_trl_over_ours_on_the_timed_steps(work, capsys):
 
 
 def test_summary_flags_different_prompts(work):
-  ours = _steps([1.0, 1.0], [0.5, 0.5])
+  ours = _our_steps([1.0, 1.0], [0.5, 0.5])
   trl = [trl_peer.TrlStep(step_s=1.0, rollout_s=0.5, prompt_ids=np.zeros((8, 5), int),
                           completion_mask=np.ones((8, 8))) for _ in range(2)]
   comparison = versus_trl.Comparison(ours=ours, trl=trl, work=work, our_prompt_ids=np.ones((2, 5), int),
