@@ -1,7 +1,7 @@
 """Check a run against a TPU slice before you start it: compile its programs ahead of time, see if they fit.
 
   python -m mmrag_jax.plan --config=configs/stage2.py:7b --topology=v5p-8 [--config.FIELD=VALUE ...]
-      [--output=plan.json] [--hbm_gib=GIB] [--flops_balance=auto|true|false] [--programs=update,sampler,scorer]
+      [--output=plan.json] [--hbm_gib=GIB] [--flops_balance=auto|true|false] [--programs=update,sampler,predict,scorer]
 
 --hbm_gib plans against that much HBM per device instead of the chip's; --flops_balance (default auto = true)
 also compiles each program for one device to measure how evenly the slice splits its FLOPs (models over 1B

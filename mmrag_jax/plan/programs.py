@@ -83,13 +83,16 @@ class UpdateGeometry:
   def of(cls, config: ml_collections.ConfigDict) -> "UpdateGeometry":
     """The largest micro-batch the run builds: the largest length bucket, and the smallest patch bucket that
     holds the most pixel rows its prompts can have (larger buckets serve prediction batches only)."""
-    prompts = config.train.batch_size // config.rl.group_size
-    rows = batch_pixel_rows(config, prompts)
-    buckets = sorted(config.sampler.patch_buckets)
     return cls(rows=config.train.batch_size, group_size=config.rl.group_size,
                prompt_length=max(config.sampler.length_buckets), completion_length=config.rl.max_new_tokens,
-               num_patches=next((b for b in buckets if b >= rows), buckets[-1]),
+               num_patches=patch_bucket(config, config.train.batch_size // config.rl.group_size),
                micro_batches=config.train.micro_batches)
+
+
+def patch_bucket(config: ml_collections.ConfigDict, prompts: int) -> int:
+  """The smallest of sampler.patch_buckets that holds the most pixel rows `prompts` prompts can have."""
+  rows, buckets = batch_pixel_rows(config, prompts), sorted(config.sampler.patch_buckets)
+  return next((b for b in buckets if b >= rows), buckets[-1])
 
 
 def model_config(config: ml_collections.ConfigDict) -> Qwen25VLConfig:
@@ -258,63 +261,88 @@ def abstract_prompt_inputs(model: Qwen25VLConfig, rows: int, length: int, num_pa
       x.shape, x.dtype, sharding=logical_sharding(mesh, names, shape=x.shape)))
 
 
-def sampler_programs(setup: PlanSetup) -> list[Program]:
-  """The rollout: the group-shared `prefill` of train.batch_size / G prompts at the largest length and patch
-  buckets, and the `decode` loop of rl.max_new_tokens steps over the B * G rows (the sampler's own jits)."""
-  from mmrag_jax.recipe.context import RunContext
+def _generation_programs(setup: PlanSetup, *, prompts: int, group_size: int, num_patches: int, new_tokens: int,
+                         method: Any, names: tuple[str, str, str], family: str, per_update: int,
+                         in_resident: tuple[str, ...]) -> list[Program]:
+  """The sampler's own jits for `prompts` prompts x `group_size` samples of `new_tokens` tokens at the largest
+  length bucket and `num_patches` pixel rows: the group-shared prefill, the decode weights copy (unless the
+  config decodes with the training weights) and the decode loop, named `names` (prefill, weights, decode).
+  in_resident: the resident state the prefill does not keep beside it (the decode loop also frees the
+  parameters when it reads the copy)."""
   from mmrag_jax.sampling import sampler as sampling
   from mmrag_jax.sampling.decode import DecodeSettings
   from mmrag_jax.sampling.keys import row_keys
   from mmrag_jax.sampling.steps import cache_shardings, prefill_rows
 
-  g = setup.geometry
-  prompts = g.rows // g.group_size
+  prompt_length, mesh = max(setup.config.sampler.length_buckets), setup.mesh
   # As `Sampler.prefill`: filler rows up to a multiple of the devices the rows split over.
-  inputs = abstract_prompt_inputs(setup.model, prefill_rows(prompts, setup.mesh), g.prompt_length, g.num_patches,
-                                  setup.mesh)
-  cache_size = g.prompt_length + g.completion_length
-  weight_rules = DEFAULT_RULES if setup.config.sampler.decode_weights == "training" else decode_rules()
-  prefill_jit = _Bound(sampling._prefill, dict(graphdef=setup.graphdef, cache_size=cache_size,
-                                              group_size=g.group_size, mesh=setup.mesh, weight_rules=weight_rules,
-                                              prompts=prompts))
+  inputs = abstract_prompt_inputs(setup.model, prefill_rows(prompts, mesh), prompt_length, num_patches, mesh)
+  cache_size = prompt_length + new_tokens
+  training_weights = setup.config.sampler.decode_weights == "training"
+  weight_rules = DEFAULT_RULES if training_weights else decode_rules()
+  prefill_jit = _Bound(sampling._prefill, dict(graphdef=setup.graphdef, cache_size=cache_size, group_size=group_size,
+                                              mesh=mesh, weight_rules=weight_rules, prompts=prompts))
   logits, cache = prefill_jit.lower(setup.params, inputs).out_info
   # As the prefill leaves them: the cache in the decode loop's layout, logits rows over the batch axes.
   cache = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), cache,
-                       cache_shardings(cache, setup.mesh, weight_rules))
+                       cache_shardings(cache, mesh, weight_rules))
   logits = jax.ShapeDtypeStruct(logits.shape, logits.dtype,
-                                sharding=logical_sharding(setup.mesh, ("batch", None), shape=logits.shape))
+                                sharding=logical_sharding(mesh, ("batch", None), shape=logits.shape))
   c = setup.model
-  config = setup.config
-  method = RunContext.sampling_method(_ConfigHolder(config))
   suppressed = (c.image_token_id, c.video_token_id, c.vision_start_token_id, c.vision_end_token_id)
-  settings = DecodeSettings(max_new_tokens=g.completion_length, pad_token_id=c.pad_token_id,
-                            suppressed_ids=suppressed)
+  settings = DecodeSettings(max_new_tokens=new_tokens, pad_token_id=c.pad_token_id, suppressed_ids=suppressed)
+  keys = jax.eval_shape(lambda: row_keys(jax.random.key(0), jnp.arange(prompts), group_size))
+  keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=logical_sharding(mesh, ("batch",), shape=keys.shape))
+  stop_ids = jax.ShapeDtypeStruct((2,), jnp.int32, sharding=NamedSharding(mesh, PartitionSpec()))
+  decode_jit = _Bound(sampling._decode, dict(graphdef=setup.graphdef, method=method, settings=settings, mesh=mesh,
+                                            weight_rules=weight_rules))
+  prefill_name, weights_name, decode_name = names
+  programs = [Program(prefill_name, f"B{inputs.input_ids.shape[0]}xL{prompt_length}xP{num_patches}", prefill_jit,
+                      (setup.params, inputs), in_resident, per_update, family=family)]
+  decode = lambda weights, freed: Program(
+      decode_name, f"N{prompts * group_size}xS{cache_size}xT{new_tokens}", decode_jit,
+      (weights, logits, cache, keys, stop_ids, None), freed, per_update, family=family, loop_steps=new_tokens,
+      runs_vision=False)
+  if training_weights:
+    return programs + [decode(setup.params, in_resident)]
+  # The decode weights: made by the sampler, read by every token step beside the resident parameters, freed
+  # after the loop.
+  copy_jit = sampling.decode_weights_fn(setup.params, c.compute_dtype, mesh)
+  freed = tuple(name for name in in_resident if name != "params")
+  return programs + [
+      Program(weights_name, "params", copy_jit, (setup.params,), freed, per_update, family=family, layer_scan=False),
+      decode(copy_jit.eval_shape(setup.params), freed)]
 
-  keys = jax.eval_shape(lambda: row_keys(jax.random.key(0), jnp.arange(prompts), g.group_size))
-  keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype,
-                              sharding=logical_sharding(setup.mesh, ("batch",), shape=keys.shape))
-  stop_ids = jax.ShapeDtypeStruct((2,), jnp.int32, sharding=NamedSharding(setup.mesh, PartitionSpec()))
-  decode_jit = _Bound(sampling._decode, dict(graphdef=setup.graphdef, method=method, settings=settings,
-                                            mesh=setup.mesh, weight_rules=weight_rules))
-  decode_bucket = f"N{g.rows}xS{cache_size}xT{g.completion_length}"
+
+def sampler_programs(setup: PlanSetup) -> list[Program]:
+  """The rollout: the group-shared `prefill` of train.batch_size / G prompts at the largest length and patch
+  buckets, and the `decode` loop of rl.max_new_tokens steps over the B * G rows (the sampler's own jits)."""
+  from mmrag_jax.recipe.context import RunContext
+
+  g = setup.geometry
   # The gradient accumulators are not live during the rollout.
-  prefill = Program("prefill", f"B{inputs.input_ids.shape[0]}xL{g.prompt_length}xP{g.num_patches}", prefill_jit,
-                    (setup.params, inputs), ("params", "accumulators"), g.micro_batches, family="sampler")
-  if config.sampler.decode_weights == "training":
-    return [prefill, Program("decode", decode_bucket, decode_jit, (setup.params, logits, cache, keys, stop_ids, None),
-                             ("params", "accumulators"), g.micro_batches, family="sampler",
-                             loop_steps=g.completion_length, runs_vision=False)]
-  # The decode weights: made by each rollout's sampler, read by every token step beside the resident
-  # parameters, freed before the update.
-  copy_jit = sampling.decode_weights_fn(setup.params, c.compute_dtype, setup.mesh)
-  weights = copy_jit.eval_shape(setup.params)
-  return [
-      prefill,
-      Program("decode_weights", "params", copy_jit, (setup.params,), ("accumulators",), g.micro_batches,
-              family="sampler", layer_scan=False),
-      Program("decode", decode_bucket, decode_jit, (weights, logits, cache, keys, stop_ids, None), ("accumulators",),
-              g.micro_batches, family="sampler", loop_steps=g.completion_length, runs_vision=False),
-  ]
+  return _generation_programs(setup, prompts=g.rows // g.group_size, group_size=g.group_size,
+                              num_patches=g.num_patches, new_tokens=g.completion_length,
+                              method=RunContext.sampling_method(_ConfigHolder(setup.config)),
+                              names=("prefill", "decode_weights", "decode"), family="sampler",
+                              per_update=g.micro_batches, in_resident=("params", "accumulators"))
+
+
+def predict_programs(setup: PlanSetup) -> list[Program]:
+  """Stage-2 prediction after training: greedy generation of predict.max_new_tokens tokens for
+  predict.batch_size prompts (one sample each) at the largest length bucket and the smallest patch bucket that
+  holds their pixel rows (stage-2 configs only; `predict_prefill`, `predict_weights`, `predict_decode`)."""
+  if setup.config.stage != 2:
+    return []
+  from mmrag_jax.sampling import Greedy
+
+  c = setup.config
+  # Inference after training: the optimizer, accumulators and KL reference are not live.
+  return _generation_programs(setup, prompts=c.predict.batch_size, group_size=1,
+                              num_patches=patch_bucket(c, c.predict.batch_size),
+                              new_tokens=c.predict.max_new_tokens, method=Greedy(),
+                              names=("predict_prefill", "predict_weights", "predict_decode"), family="predict",
+                              per_update=1, in_resident=("params", "optimizer", "accumulators", "reference"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -355,4 +383,5 @@ def scorer_programs(setup: PlanSetup) -> list[Program]:
                   family="scorer")]
 
 
-PROGRAM_FAMILIES = {"update": update_programs, "sampler": sampler_programs, "scorer": scorer_programs}
+PROGRAM_FAMILIES = {"update": update_programs, "sampler": sampler_programs, "scorer": scorer_programs,
+                    "predict": predict_programs}

@@ -154,20 +154,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"stage1.{e.field}", str(e).split(": ", 1)[1]) from e
 
 
+def _images_and_patches(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """Images per prompt (1 in stage 1, stage2.k in stage 2) and the most patches one image has at
+  pipeline.max_pixels (the released models' 14 px patches)."""
+  return (1 if config.stage == 1 else config.stage2.k), max_frame_patches(config.pipeline.max_pixels, VisionConfig())
+
+
 def batch_pixel_rows(config: ml_collections.ConfigDict, prompts: int) -> int:
   """The most pixel rows a batch of `prompts` prompts can hold: pipeline.patch_budget when set, else each
-  prompt's images (1 in stage 1, stage2.k in stage 2) at pipeline.max_pixels."""
-  images_per_prompt = 1 if config.stage == 1 else config.stage2.k
-  per_image = max_frame_patches(config.pipeline.max_pixels, VisionConfig())  # the released models' 14 px patches
+  prompt's images at pipeline.max_pixels (`_images_and_patches`)."""
+  images_per_prompt, per_image = _images_and_patches(config)
   return config.pipeline.patch_budget or prompts * images_per_prompt * per_image
 
 
 def check_patch_buckets(config: ml_collections.ConfigDict) -> None:
   """The largest sampler patch bucket must hold the pixel rows of any batch the pipeline can build."""
-  p = config.pipeline
-  images_per_prompt = 1 if config.stage == 1 else config.stage2.k
+  images_per_prompt, per_image = _images_and_patches(config)
   images = "images" if config.stage == 1 else "images (stage2.k)"
-  per_image = max_frame_patches(p.max_pixels, VisionConfig())
   prompts = max(config.train.batch_size // config.rl.group_size, config.predict.batch_size, config.scorer.batch_size
                 if config.stage == 1 else 0)
   worst = batch_pixel_rows(config, prompts)
@@ -175,8 +178,8 @@ def check_patch_buckets(config: ml_collections.ConfigDict) -> None:
   if worst > largest:
     raise ConfigError("sampler.patch_buckets", f"the largest bucket {largest} is below the {worst} pixel rows a "
                       f"batch can hold ({prompts} prompts x {images_per_prompt} {images} x {per_image} patches at "
-                      f"pipeline.max_pixels={p.max_pixels}, or pipeline.patch_budget); add a bucket >= {worst}"
-                      + ("" if config.stage == 1 else " or lower stage2.k"))
+                      f"pipeline.max_pixels={config.pipeline.max_pixels}, or pipeline.patch_budget); add a bucket "
+                      f">= {worst}" + ("" if config.stage == 1 else " or lower stage2.k"))
 
 
 def policy_temperature(config: ml_collections.ConfigDict) -> float:

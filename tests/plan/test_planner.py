@@ -30,7 +30,7 @@ from mmrag_jax.sweep.grid import load_config  # noqa: E402
 TOPOLOGY = "v5e:2x2"
 # Demo model, FSDP over the 4 chips, a short prompt / completion / image bucket so compiles take seconds.
 SMALL = {"mesh.shape": (1, -1, 1), "sampler.length_buckets": (64,), "pipeline.length_buckets": (64,),
-         "sampler.patch_buckets": (64,), "rl.max_new_tokens": 16}
+         "sampler.patch_buckets": (64,), "rl.max_new_tokens": 16, "predict.max_new_tokens": 16}
 SMALL_ARGS = [f"--config.{k}={v!r}".replace(" ", "") for k, v in SMALL.items()]
 
 
@@ -172,10 +172,10 @@ def test_accumulate_flops_match_the_analytic_matmul_count(tpu):
 def test_per_device_flops_are_the_whole_programs_split_evenly(plan):
   # Text rows, pixel rows and attention blocks are all split over the 4 chips. What stays replicated (the
   # optimizer's scalar work, a few index computations) moves the ratio by a few percent either way (the
-  # one-device program has its own small extras). decode_weights is a copy: no FLOPs, no ratio.
+  # one-device program has its own small extras). The decode weights are a copy: no FLOPs, no ratio.
   imbalance = {r["name"]: r["flops_imbalance"] for r in plan["programs"]}
   print("FLOPs imbalance per program:", imbalance)
-  assert imbalance.pop("decode_weights") is None
+  assert imbalance.pop("decode_weights") is None and imbalance.pop("predict_weights") is None
   assert all(0.95 <= v <= 1.05 for v in imbalance.values()), imbalance
   assert plan["summary"]["max_flops_imbalance"] == max(imbalance.values())
 
@@ -204,7 +204,8 @@ def test_summary_holds_the_result_fields(plan):
   # norms, the loss and AdamW on top): a share, below 1.
   assert 0.5 < summary["update_model_flops_fraction"] < 1
   # beta = 0: no reference pass; stage 2: no scorer.
-  assert [r["name"] for r in plan["programs"]] == ["accumulate", "apply", "prefill", "decode_weights", "decode"]
+  assert [r["name"] for r in plan["programs"]] == ["accumulate", "apply", "prefill", "decode_weights", "decode",
+                                                    "predict_prefill", "predict_weights", "predict_decode"]
   assert summary["predicted_rollout_s"] > 0 and summary["decode_vs_roofline"] >= 1.0
   accumulate = next(r for r in plan["programs"] if r["name"] == "accumulate")
   assert accumulate["collective_bytes"]["all-gather"] > 0  # FSDP gathers the weights
@@ -260,6 +261,20 @@ def test_the_decode_loop_is_timed_per_token_step(plan):
   # XLA's cost analysis counts the while-loop body once: the loop's time is one step x max_new_tokens.
   assert decode["loop_steps"] == SMALL["rl.max_new_tokens"]
   assert decode["roofline"]["time_s"] == pytest.approx(decode["roofline"]["step_s"] * decode["loop_steps"])
+
+
+def test_a_stage2_plan_includes_greedy_prediction_after_training(plan):
+  """predict.batch_size prompts, one sample each, predict.max_new_tokens greedy steps; only the parameters
+  stay live beside them (and the decode copy beside the loop); the training rollout's time leaves them out."""
+  config, records = _config(), {r["name"]: r for r in plan["programs"]}
+  prompts, length, steps = config.predict.batch_size, SMALL["sampler.length_buckets"][0], SMALL["predict.max_new_tokens"]
+  assert records["predict_prefill"]["bucket"].startswith(f"B{prompts}xL{length}xP")
+  decode = records["predict_decode"]
+  assert decode["bucket"] == f"N{prompts}xS{length + steps}xT{steps}" and decode["loop_steps"] == steps
+  assert set(records["predict_prefill"]["resident_outside_bytes"]) == set()
+  assert set(decode["resident_outside_bytes"]) == {"params"} and decode["fits"]
+  rollout = sum(r["per_update"] * r["roofline"]["time_s"] for r in plan["programs"] if r["family"] == "sampler")
+  assert plan["summary"]["predicted_rollout_s"] == pytest.approx(rollout)
 
 
 def test_a_stage1_plan_includes_the_scorer_forward():
