@@ -60,6 +60,7 @@ def main(argv: list[str]) -> int:
   # jax.distributed.initialize() before that.
   from mmrag_jax.parallel import maybe_initialize_distributed, shutdown_distributed
 
+  _use_compilation_cache(config, workdir)
   try:
     maybe_initialize_distributed()
     from mmrag_jax.recipe.run import run
@@ -72,6 +73,22 @@ def main(argv: list[str]) -> int:
   _print_outputs(os.path.abspath(workdir))
   shutdown_distributed()
   return 0
+
+
+def _use_compilation_cache(config: ConfigDict, workdir: str) -> None:
+  """XLA's persistent compilation cache in WORKDIR/jax_cache (`config.compilation_cache`): a rerun, a resumed
+  run or the next mode in the same workdir loads its compiled programs instead of compiling them again. A
+  cache directory the environment names (JAX_COMPILATION_CACHE_DIR) is kept. Set before the first compile:
+  jax decides once per process whether it caches."""
+  import jax
+
+  if not config.get("compilation_cache", True):
+    jax.config.update("jax_enable_compilation_cache", False)
+    return
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(workdir), "jax_cache"))
+  # jax's default keeps only programs that compile for >= 1 s; the many small ones add up on CPU.
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def _fail(message: str, code: int = 2) -> None:

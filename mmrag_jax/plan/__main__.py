@@ -8,13 +8,15 @@ also compiles each program for one device to measure how evenly the slice splits
 parameters on a copy cut to 2 decoder layers and 2 vision blocks, every kind of layer once); --programs
 picks program families (default: all).
 
-Prints a per-program table, one line per program that does not fit, and as the last line `RESULT {json}`.
+Logs each compilation to stderr as it finishes (the 7B programs take minutes each), then prints a
+per-program table, one line per program that does not fit, and as the last line `RESULT {json}`.
 Exit status: 0 everything fits, 1 something does not, 2 a bad command line, config or slice name, or no libtpu.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from typing import Any
@@ -93,6 +95,12 @@ def main(argv: list[str]) -> int:
   if not libtpu_available():
     return _fail(INSTALL_HINT)
 
+  import jax
+
+  logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+  logging.getLogger("mmrag_jax.plan").setLevel(logging.INFO)
+  # Compile times are part of the plan: never read programs from a persistent cache (JAX_COMPILATION_CACHE_DIR).
+  jax.config.update("jax_enable_compilation_cache", False)
   from mmrag_jax.parallel import resolve_mesh_shape
   from mmrag_jax.plan.planner import make_plan
   from mmrag_jax.plan.report import table

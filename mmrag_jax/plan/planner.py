@@ -65,11 +65,20 @@ _BASE_PROBE = (2, "wf")
 _PROBES = {"text": (3, "wf"), "window": (2, "wwf"), "full": (2, "wff")}
 
 
+def _compiled(program: programs.Program, what: str) -> analysis.CompiledProgram:
+  """`program`'s figures, its compile time logged (progress: the 7B programs take minutes each)."""
+  compiled = analysis.compile_program(program.fn, program.args)[0]
+  _log.info("%s %s (%s): compiled in %.1f s%s", what, program.name, program.bucket, compiled.compile_s,
+            "" if compiled.error is None else ", refused: " + compiled.error)
+  return compiled
+
+
 def _compile_all(config: ml_collections.ConfigDict, devices: Any, families: Sequence[str], model: Qwen25VLConfig,
-                 keep: Callable[[programs.Program], bool] = lambda p: True) -> dict[str, analysis.CompiledProgram]:
+                 keep: Callable[[programs.Program], bool] = lambda p: True,
+                 what: str = "probe") -> dict[str, analysis.CompiledProgram]:
   """The figures of the programs of `families` for `model` (those `keep` accepts)."""
   setup = programs.build_setup(config, devices, model=model)
-  return {p.name: analysis.compile_program(p.fn, p.args)[0] for p in _build(setup, families) if keep(p)}
+  return {p.name: _compiled(p, what) for p in _build(setup, families) if keep(p)}
 
 
 def layer_corrected(full: analysis.CompiledProgram, base: analysis.CompiledProgram,
@@ -104,13 +113,14 @@ def flops_imbalance(config: ml_collections.ConfigDict, tpu: Slice, families: Seq
   small = ml_collections.ConfigDict(config.to_dict())
   data, fsdp, _ = resolve_mesh_shape(tuple(config.mesh.shape), len(tpu.devices))
   small.train.batch_size = min(config.train.batch_size, config.rl.group_size * data * fsdp)
-  sharded = _compile_all(small, tpu.devices, families, model)
+  sharded = _compile_all(small, tpu.devices, families, model, what="balance, sharded:")
   single = ml_collections.ConfigDict(small.to_dict())
   single.mesh.shape = (1, 1, 1)
-  whole = _compile_all(single, tpu.devices[:1], families, model)
+  whole = _compile_all(single, tpu.devices[:1], families, model, what="balance, one device:")
   if any(c.error is not None for c in whole.values()):
     try:
-      large = _compile_all(single, load_slice(_LARGE_CHIP).devices[:1], families, model)
+      large = _compile_all(single, load_slice(_LARGE_CHIP).devices[:1], families, model,
+                           what="balance, one large device:")
       whole = {name: large[name] if c.error is not None else c for name, c in whole.items()}
     except (TopologyError, jax.errors.JaxRuntimeError) as error:  # then those programs stay unmeasured
       _log.warning("no one-device compilation for the FLOPs balance of %s: %s",
@@ -134,13 +144,14 @@ def make_plan(config: ml_collections.ConfigDict, slice_name: str, *, hbm_bytes: 
   setup = programs.build_setup(config, tpu.devices)
   resident = {name: analysis.device_bytes(tree) for name, tree in setup.resident().items()}
   built = _build(setup, families)
-  compiled_programs = [analysis.compile_program(p.fn, p.args)[0] for p in built]
+  compiled_programs = [_compiled(p, "program") for p in built]
   missing = {kind: n for kind, n in uncounted_layers(setup.model).items() if n > 0}
   if missing:
     # Only programs that scan layers of that kind need its probe (the decode loop runs no vision block).
     needs = lambda kind: (lambda p: p.layer_scan and (kind == "text" or p.runs_vision))
     probe = lambda kind, text, blocks: _compile_all(config, tpu.devices, families,
-                                                    probe_model(setup.model, text, blocks), needs(kind))
+                                                    probe_model(setup.model, text, blocks), needs(kind),
+                                                    what=f"probe of {text} layers, blocks {blocks!r}:")
     base = probe("text", *_BASE_PROBE)
     extra = {kind: (n, probe(kind, *_PROBES[kind])) for kind, n in missing.items()}
     compiled_programs = [

@@ -25,6 +25,7 @@ def base_config(stage: int) -> ml_collections.ConfigDict:
   c.mode = "train"                # train | eval | predict
   c.preset = DEFAULT_PRESET
   c.seed = 0
+  c.compilation_cache = True      # the CLI keeps compiled programs in WORKDIR/jax_cache for reruns
 
   c.model = ml_collections.ConfigDict()
   c.model.path = ""               # Hugging Face Qwen2.5-VL checkpoint directory (stage 1 training)

@@ -14,11 +14,12 @@ Jit boundaries and donation. Prefill (vision tower + prompt, then the G-fold row
 call; the whole decode loop is another, which takes the cache donated and hands it back, so its
 `while_loop` writes the prompt's cache buffers in place rather than copying [layers, B * G, S, KVH, Dh].
 
-Decode step. A float32 model on CPU without a mesh decodes with the packed step of `packed_decoder.py`:
-the text decoder's weights copied into matrix-vector layouts (a second copy of them in memory), about
-2x faster per token there. The copy is made on the first `generate`, kept while the model's parameter
-arrays stay the same objects, and remade (one jitted copy of the weights) after they change. Elsewhere
-(accelerators, meshes, bfloat16) the loop runs the model's own decode step, on decode weights: a copy of
+Decode step. A float32 model on CPU without a mesh, or on a one-device mesh (the trainer's on one core),
+decodes with the packed step of `packed_decoder.py`: the text decoder's weights copied into
+matrix-vector layouts (a second copy of them in memory), about 2x faster per token there. The copy is
+made on the first `generate`, kept while the model's parameter arrays stay the same objects, and remade
+(one jitted copy of the weights) after they change. Elsewhere (accelerators, meshes of several devices,
+bfloat16) the loop runs the model's own decode step, on decode weights: a copy of
 the parameters in the compute dtype with FSDP's split turned into tensor parallelism
 (`SamplerConfig.decode_weights`), so a token step reads its chip's share of bfloat16 weights from its own
 HBM instead of all-gathering every float32 weight.
@@ -181,10 +182,12 @@ def _decode(graphdef: nnx.GraphDef, state: nnx.State, logits: jax.Array, cache: 
 
 
 def _decodes_packed(model: Qwen25VL, state: nnx.State, mesh: Mesh | None) -> bool:
-  """Whether decoding takes the packed CPU step: float32 compute, parameters on CPU, no mesh."""
+  """Whether decoding takes the packed CPU step: float32 compute, parameters on CPU, no mesh or a one-device
+  mesh (the trainer's on a one-core host: nothing to lay out, so the packed step's layouts win)."""
   first = jax.tree.leaves(state)[0]
   on_cpu = all(device.platform == "cpu" for device in first.devices())
-  return mesh is None and on_cpu and jnp.dtype(model.config.compute_dtype) == jnp.float32
+  one_device = mesh is None or mesh.devices.size == 1
+  return one_device and on_cpu and jnp.dtype(model.config.compute_dtype) == jnp.float32
 
 
 class _PerParameters:
@@ -300,10 +303,10 @@ class Sampler:
     if self.mesh is not None:
       keys = jax.device_put(keys, logical_sharding(self.mesh, ("batch",), shape=keys.shape))
     stop_ids = np.asarray(self.stop_ids, np.int32)
-    final = _decode(model_split[0], self.decode_state(model_split), logits, cache, keys, stop_ids,
-                    self.packed_decoder(model_split),
-                    method=self.config.method, settings=self.settings, mesh=self.mesh,
-                    weight_rules=self.weight_rules)
+    packed = self.packed_decoder(model_split)
+    final = _decode(model_split[0], self.decode_state(model_split), logits, cache, keys, stop_ids, packed,
+                    method=self.config.method, settings=self.settings,
+                    mesh=self.mesh if packed is None else None, weight_rules=self.weight_rules)
     return SampleOutput(tokens=to_host(final.tokens), lengths=to_host(final.lengths),
                         truncated=~to_host(final.done), policy_logprobs=to_host(final.policy_logprobs),
                         sampling_logprobs=to_host(final.sampling_logprobs), group_size=group_size)

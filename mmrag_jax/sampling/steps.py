@@ -3,8 +3,9 @@
 Both run the model's cached decoder (`prefill_hidden` / `decode_hidden`) and project the hidden states
 with float32 accumulation, exactly as `token_logprobs` does. The sampler's log-probs therefore come
 from the same float32 logits the trainer recomputes, also when the model computes in bfloat16
-(bfloat16 logits alone would be off by ~0.1 nats). A float32 model on CPU without a mesh decodes with
-the packed step of `packed_decoder.py` instead of `decode_one` (same math, CPU-friendly layouts).
+(bfloat16 logits alone would be off by ~0.1 nats). A float32 model on CPU without a mesh, or on a
+one-device one, decodes with the packed step of `packed_decoder.py` instead of `decode_one` (same math,
+CPU-friendly layouts).
 
 Group-shared prefix: the B prompts are prefilled once (vision tower and prompt attention run B times,
 not B * G), then every cache row is repeated G times inside the same jitted call:

@@ -123,3 +123,18 @@ def test_prompts_fewer_than_the_data_parallel_devices_are_filled_not_replicated(
   np.testing.assert_array_equal(out.tokens, shared_rollout.tokens)
   np.testing.assert_allclose(out.policy_logprobs, shared_rollout.policy_logprobs, rtol=0,
                              atol=reference_roundoff.pairwise(reference_roundoff.policy_logprob))
+
+
+def test_a_one_device_mesh_decodes_with_the_packed_step(checkpoint_dir, make_config, rollout_spec, prompts,
+                                                        shared_rollout, reference_roundoff):
+  """The trainer hands its mesh to the sampler; on one device (a one-core host) there is nothing to lay out,
+  so the loop takes the packed CPU step, as without a mesh: the same packed copy decodes, the same samples."""
+  mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+  sampler = Sampler(load_pretrained(checkpoint_dir, mesh=mesh), make_config(method=rollout_spec.method), mesh=mesh)
+  assert sampler.packed_decoder() is not None
+  state = nnx.state(sampler.model)
+  assert all(a is b for a, b in zip(jax.tree.leaves(sampler.decode_state()), jax.tree.leaves(state)))
+  out = sampler.generate(prompts, jax.random.key(rollout_spec.seed), group_size=rollout_spec.group_size)
+  np.testing.assert_array_equal(out.tokens, shared_rollout.tokens)
+  np.testing.assert_allclose(out.policy_logprobs, shared_rollout.policy_logprobs, rtol=0,
+                             atol=reference_roundoff.pairwise(reference_roundoff.policy_logprob))
