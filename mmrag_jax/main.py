@@ -82,7 +82,7 @@ def _use_compilation_cache(config: ConfigDict, workdir: str) -> None:
   jax decides once per process whether it caches."""
   import jax
 
-  if not config.get("compilation_cache", True):
+  if not config.compilation_cache:
     jax.config.update("jax_enable_compilation_cache", False)
     return
   if not jax.config.jax_compilation_cache_dir:

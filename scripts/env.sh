@@ -19,6 +19,5 @@ fi
 # glibc's malloc backs its large blocks with transparent huge pages where the kernel allows them (THP
 # "madvise" or "always"): XLA:CPU's fresh buffers then fault in 2 MiB pages instead of 4 KiB ones (a GRPO step
 # of the versus-TRL size, 2-core AMD EPYC, 2026-12-02: ~224,000 page faults -> ~10,000, update
-# 2.3-2.6 s -> 2.1-2.2 s). Older glibc
-# ignores the setting; a GLIBC_TUNABLES already set is kept.
+# 2.3-2.6 s -> 2.1-2.2 s). Older glibc ignores the setting; a GLIBC_TUNABLES already set is kept.
 export GLIBC_TUNABLES="${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1}"

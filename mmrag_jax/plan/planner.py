@@ -74,9 +74,9 @@ def _compiled(program: programs.Program, what: str) -> analysis.CompiledProgram:
 
 
 def _compile_all(config: ml_collections.ConfigDict, devices: Any, families: Sequence[str], model: Qwen25VLConfig,
-                 keep: Callable[[programs.Program], bool] = lambda p: True,
-                 what: str = "probe") -> dict[str, analysis.CompiledProgram]:
-  """The figures of the programs of `families` for `model` (those `keep` accepts)."""
+                 keep: Callable[[programs.Program], bool] = lambda p: True, *,
+                 what: str) -> dict[str, analysis.CompiledProgram]:
+  """The figures of the programs of `families` for `model` (those `keep` accepts); `what` names them in the log."""
   setup = programs.build_setup(config, devices, model=model)
   return {p.name: _compiled(p, what) for p in _build(setup, families) if keep(p)}
 
@@ -144,7 +144,7 @@ def make_plan(config: ml_collections.ConfigDict, slice_name: str, *, hbm_bytes: 
   setup = programs.build_setup(config, tpu.devices)
   resident = {name: analysis.device_bytes(tree) for name, tree in setup.resident().items()}
   built = _build(setup, families)
-  compiled_programs = [_compiled(p, "program") for p in built]
+  compiled_programs = [_compiled(p, "program:") for p in built]
   missing = {kind: n for kind, n in uncounted_layers(setup.model).items() if n > 0}
   if missing:
     # Only programs that scan layers of that kind need its probe (the decode loop runs no vision block).
