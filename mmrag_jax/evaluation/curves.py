@@ -35,7 +35,7 @@ def read_metrics_jsonl(path: str) -> list[dict[str, object]]:
   integer "step".
   """
   rows = []
-  for where, row in iter_json_lines(path):
+  for _, where, row in iter_json_lines(path):
     step = row.get("step")
     if not isinstance(step, int) or isinstance(step, bool):
       raise DataError(f"{where}: 'step' must be an integer, got {step!r}")

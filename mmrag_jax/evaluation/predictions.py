@@ -75,7 +75,7 @@ def _add(predictions: dict[str, Prediction], prediction: Prediction, where: str)
 
 def _read_jsonl(path: str) -> dict[str, Prediction]:
   predictions: dict[str, Prediction] = {}
-  for where, record in iter_json_lines(path, PredictionFileError):
+  for _, where, record in iter_json_lines(path, PredictionFileError):
     for key in ("qid", "answer"):
       if key not in record:
         raise PredictionFileError(f"{where}: missing key {key!r}")
