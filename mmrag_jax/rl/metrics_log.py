@@ -8,7 +8,6 @@ tensorboardX, which needs no TensorFlow; `tensorboard --logdir <workdir>` reads 
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping
 
@@ -17,10 +16,7 @@ import tqdm
 
 from mmrag_jax.data.files import iter_json_lines
 from mmrag_jax.data.records import SkipReport
-
-
-def _is_number(value: object) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+from mmrag_jax.validation import is_finite_number
 
 
 class MetricsWriter:
@@ -55,7 +51,7 @@ class MetricsWriter:
     if not self.enabled:
       return
     row = {"step": int(step)}
-    row.update({name: (float(v) if _is_number(v) else None) for name, v in metrics.items()})
+    row.update({name: (float(v) if is_finite_number(v) else None) for name, v in metrics.items()})
     self._file.write(json.dumps(row) + "\n")
     self._file.flush()
     if self._events is not None:
