@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mmrag_jax.benchmarks.report import print_result
+from mmrag_jax.data.files import iter_json_lines
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STAGE1_CONFIG = os.path.join(_REPO, "configs", "stage1.py") + ":toy"
@@ -92,16 +93,12 @@ def _read_json(path: str) -> Any:
 
 
 def _read_jsonl(path: str) -> list[dict[str, Any]]:
-  if not os.path.isfile(path):
-    return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [row for _, _, row in iter_json_lines(path)] if os.path.isfile(path) else []
 
 
 def reward_edges(workdir: str) -> tuple[float | None, float | None]:
   """Mean `reward/total` over the first and the last EDGE_STEPS loop steps of a GRPO run."""
-  rewards = [row["reward/total"] for row in _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-             if isinstance(row.get("reward/total"), (int, float))]
+  rewards = _reward_curve(workdir)
   if not rewards:
     return None, None
   head, tail = rewards[:EDGE_STEPS], rewards[-EDGE_STEPS:]

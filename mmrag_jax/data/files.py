@@ -1,9 +1,12 @@
-"""Reading the benchmarks' text files so that every failure names the file and the place in it.
+"""Reading JSON and JSON-lines files (benchmarks, predictions, scores, metrics) so that every failure names
+the file and the place in it.
 
   load_json_object(path, "Guid")  -> [(key, value), ...] of the top-level JSON object, in file order,
                                      repeated keys kept (`json.load` silently keeps only the last)
   iter_lines(path)                -> (line number, byte offset, raw bytes) of a plain or gzipped file
-  iter_json_lines(path)           -> ("FILE line N", object) of every non-blank line of a JSONL file
+  iter_json_lines(path)           -> (line number, "FILE line N", object) of every non-blank line of a
+                                     plain or gzipped JSONL file; iter_json_lines(path, skipped=report)
+                                     counts bad lines in a `SkipReport` instead of raising
   decode_utf8(raw, where, offset) -> str
 
 Failures are `DataError`s (or the subclass the caller passes) such as
@@ -20,7 +23,7 @@ import json
 import zlib
 from typing import Any, Iterator
 
-from mmrag_jax.data.records import DataError
+from mmrag_jax.data.records import DataError, SkipReport
 
 JsonPairs = list[tuple[str, Any]]
 
@@ -49,21 +52,38 @@ def iter_lines(path: str, error: type[DataError] = DataError) -> Iterator[tuple[
       raise error(f"{path}: truncated or corrupt gzip data after line {number} ({e})") from e
 
 
-def iter_json_lines(path: str, error: type[DataError] = DataError) -> Iterator[tuple[str, dict[str, Any]]]:
-  """("FILE line N", object) for every non-blank line of a (gzipped) JSONL file whose lines must all be
-  JSON objects; the first line that is not UTF-8, not JSON or not an object raises `error` naming it."""
+def iter_json_lines(path: str, error: type[DataError] = DataError,
+                    skipped: SkipReport | None = None) -> Iterator[tuple[int, str, dict[str, Any]]]:
+  """(line number, "FILE line N", object) for every non-blank line of a plain or gzipped JSONL file.
+
+  A line that is not UTF-8, not JSON or not a JSON object raises `error` naming it; with `skipped` it is
+  reported there as 'malformed' instead (raised only when the report is strict) and reading goes on.
+  """
   for number, offset, raw in iter_lines(path, error):
     where = f"{path} line {number}"
-    line = decode_utf8(raw, where, offset, error)
-    if not line.strip():
-      continue
     try:
-      obj = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise error(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from e
-    if not isinstance(obj, dict):
-      raise error(f"{where}: expected an object, got {type(obj).__name__}")
-    yield where, obj
+      obj = _json_object(raw, where, offset, error)
+    except error as e:
+      if skipped is None:
+        raise
+      skipped.skip("malformed", where, str(e).removeprefix(f"{where}: "))
+      continue
+    if obj is not None:
+      yield number, where, obj
+
+
+def _json_object(raw: bytes, where: str, offset: int, error: type[DataError]) -> dict[str, Any] | None:
+  """The JSON object of one raw line; None for a blank line."""
+  line = decode_utf8(raw, where, offset, error)
+  if not line.strip():
+    return None
+  try:
+    obj = json.loads(line)
+  except json.JSONDecodeError as e:
+    raise error(f"{where}: invalid JSON: {e.msg} at column {e.colno}") from e
+  if not isinstance(obj, dict):
+    raise error(f"{where}: expected an object, got {type(obj).__name__}")
+  return obj
 
 
 def load_json_object(path: str, keyed_by: str, error: type[DataError] = DataError, hint: str = "") -> JsonPairs:

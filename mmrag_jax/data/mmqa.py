@@ -15,14 +15,13 @@ involve tables are dropped; pool = text_doc_ids ∪ image_doc_ids; gold = suppor
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from typing import Any, Iterator, NamedTuple
 
-from mmrag_jax.data.files import decode_utf8, iter_lines
+from mmrag_jax.data.files import iter_json_lines
 from mmrag_jax.data.images import DirectoryImageStore, ImageChecker
-from mmrag_jax.data.records import DUPLICATE_ID, IMAGE, TEXT, Candidate, DataError, Question, SkipReport
+from mmrag_jax.data.records import DUPLICATE_ID, IMAGE, TEXT, Candidate, Question, SkipReport
 
 MMQA_SPLITS = ("train", "dev", "test")
 TEXTS_FILE = "MMQA_texts.jsonl.gz"
@@ -49,41 +48,24 @@ def question_file(data_dir: str, split: str) -> str:
   return os.path.join(data_dir, f"MMQA_{split}.jsonl.gz")
 
 
-def iter_jsonl_gz(path: str, report: SkipReport) -> Iterator[tuple[int, dict[str, Any]]]:
-  """Yields (1-based line number, object) for every parseable JSON-object line of a gzipped JSONL file.
+def iter_mmqa_file(path: str, report: SkipReport) -> Iterator[tuple[int, str, dict[str, Any]]]:
+  """(line number, "FILE line N", object) of every JSON-object line of an MMQA file (`iter_json_lines`).
 
   Lines that are not UTF-8 (the byte offset is named) or not a JSON object are reported as 'malformed'
   (raised in strict mode); blank lines are ignored. A truncated or corrupt gzip stream raises `DataError`.
   """
   if not os.path.isfile(path):
     raise FileNotFoundError(f"MMQA file not found: {path}")
-  for number, offset, raw in iter_lines(path):
-    where = f"{path} line {number}"
-    try:
-      line = decode_utf8(raw, where, offset)
-    except DataError as e:
-      report.skip("malformed", where, str(e).removeprefix(f"{where}: "))
-      continue
-    if not line.strip():
-      continue
-    try:
-      obj = json.loads(line)
-    except json.JSONDecodeError as e:
-      report.skip("malformed", where, f"invalid JSON: {e.msg}")
-      continue
-    if not isinstance(obj, dict):
-      report.skip("malformed", where, f"a {type(obj).__name__}, not an object")
-      continue
-    yield number, obj
+  return iter_json_lines(path, skipped=report)
 
 
 def load_contexts(path: str, required: tuple[str, ...], report: SkipReport) -> dict[str, dict[str, Any]]:
   """Context file -> {id: entry}; entries missing a required field are reported as 'malformed'."""
   contexts = {}
-  for number, obj in iter_jsonl_gz(path, report):
+  for _, where, obj in iter_mmqa_file(path, report):
     missing = [k for k in ("id", *required) if k not in obj]
     if missing:
-      report.skip("malformed", f"{path} line {number}", f"missing field(s) {missing}")
+      report.skip("malformed", where, f"missing field(s) {missing}")
       continue
     contexts[str(obj["id"])] = obj
   return contexts
@@ -228,9 +210,9 @@ def read_mmqa(data_dir: str, split: str, *, image_dir: str | None = None, includ
       checker=ImageChecker(images, image_check))
   questions: list[Question] = []
   first_line: dict[str, int] = {}
-  for number, line in iter_jsonl_gz(path, report):
+  for number, where, line in iter_mmqa_file(path, report):
     key = str(line["qid"]) if "qid" in line else None
-    where = f"{path} line {number}" + (f" qid {key}" if key is not None else "")
+    where += f" qid {key}" if key is not None else ""
     if key in first_line:
       report.skip(DUPLICATE_ID, where, f"the qid of line {first_line[key]}: that first line is kept", key=key)
       continue

@@ -31,7 +31,7 @@ def read_stage1_scores(path: str) -> dict[str, dict[str, float]]:
   """Reads a score file; raises `DataError` naming the line of a malformed or non-UTF-8 line, a repeated
   qid or a NaN score."""
   scores: dict[str, dict[str, float]] = {}
-  for where, obj in iter_json_lines(path):
+  for _, where, obj in iter_json_lines(path):
     try:
       qid, row = str(obj["qid"]), obj["scores"]
       parsed = {str(k): float(v) for k, v in row.items()}

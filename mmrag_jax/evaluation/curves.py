@@ -18,14 +18,11 @@ import numpy as np
 
 from mmrag_jax.data.files import iter_json_lines
 from mmrag_jax.data.records import DataError
+from mmrag_jax.validation import is_finite_number, is_int
 
 SUBPLOT_COLUMNS = 3
 SUBPLOT_SIZE_IN = (4.0, 2.6)  # width, height of one subplot in inches (100 dpi)
 MARKER_MAX_POINTS = 40  # sparse series (eval/*, short runs) get a marker per point
-
-
-def _is_number(value: object) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def read_metrics_jsonl(path: str) -> list[dict[str, object]]:
@@ -35,9 +32,9 @@ def read_metrics_jsonl(path: str) -> list[dict[str, object]]:
   integer "step".
   """
   rows = []
-  for where, row in iter_json_lines(path):
+  for _, where, row in iter_json_lines(path):
     step = row.get("step")
-    if not isinstance(step, int) or isinstance(step, bool):
+    if not is_int(step):
       raise DataError(f"{where}: 'step' must be an integer, got {step!r}")
     rows.append(row)
   return rows
@@ -46,7 +43,7 @@ def read_metrics_jsonl(path: str) -> list[dict[str, object]]:
 def default_curve_keys(rows: Sequence[dict[str, object]]) -> list[str]:
   """The keys worth a curve, in display order: reward/total, the other reward/*, completion_length,
   update/loss, then eval/*; only those with at least one finite value."""
-  present = {key for row in rows for key, value in row.items() if key != "step" and _is_number(value)}
+  present = {key for row in rows for key, value in row.items() if key != "step" and is_finite_number(value)}
   rewards = sorted(k for k in present if k.startswith("reward/") and k != "reward/total")
   evals = sorted(k for k in present if k.startswith("eval/"))
   ordered = ["reward/total", *rewards, "completion_length", "update/loss", *evals]
@@ -60,7 +57,7 @@ def metric_series(rows: Sequence[dict[str, object]], key: str) -> tuple[np.ndarr
   for row in rows:
     if key in row:
       value = row[key]
-      by_step[int(row["step"])] = float(value) if _is_number(value) else None
+      by_step[int(row["step"])] = float(value) if is_finite_number(value) else None
   points = sorted((s, v) for s, v in by_step.items() if v is not None)
   steps = np.array([s for s, _ in points], dtype=np.int64)
   values = np.array([v for _, v in points], dtype=np.float64)
@@ -86,7 +83,7 @@ def plot_training_curves(metrics_jsonl: str, out_png: str, keys: Sequence[str] |
       raise ValueError("keys is empty: pass None for the default curves or name at least one metric")
     missing = [k for k in keys if metric_series(rows, k)[0].size == 0]
     if missing:
-      available = sorted({k for row in rows for k, v in row.items() if k != "step" and _is_number(v)})
+      available = sorted({k for row in rows for k, v in row.items() if k != "step" and is_finite_number(v)})
       raise ValueError(f"{metrics_jsonl}: no finite values for {missing}; metrics present: {available}")
 
   from matplotlib.backends.backend_agg import FigureCanvasAgg

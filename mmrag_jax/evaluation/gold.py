@@ -95,8 +95,7 @@ def load_mmqa_gold(data_dir: str, split: str, include_tables: bool = False) -> t
   path = mmqa_data.question_file(data_dir, split)
   report = SkipReport(source=f"mmqa/{split} gold")
   golds, first_line = [], {}
-  for number, line in mmqa_data.iter_jsonl_gz(path, report):
-    where = f"{path} line {number}"
+  for number, where, line in mmqa_data.iter_mmqa_file(path, report):
     try:
       qid, metadata = str(line["qid"]), line["metadata"]
       if not isinstance(metadata, dict):

@@ -21,6 +21,7 @@ from typing import Any
 
 from mmrag_jax.data.files import iter_json_lines, load_json_object
 from mmrag_jax.data.records import DataError
+from mmrag_jax.validation import is_int
 
 FORMATS = ("auto", "jsonl", "webqa", "mmqa")
 
@@ -61,8 +62,7 @@ def _parse_answer(value: Any, where: str) -> str | tuple[str, ...]:
 def _parse_sources(value: Any, where: str) -> tuple[str, ...]:
   if value is None:
     return ()
-  if not isinstance(value, list) or not all(isinstance(s, (str, int)) and not isinstance(s, bool)
-                                            for s in value):
+  if not isinstance(value, list) or not all(isinstance(s, str) or is_int(s) for s in value):
     raise PredictionFileError(f"{where}: 'sources' must be a list of ids (strings or integers), got {value!r}")
   return tuple(str(source) for source in value)
 
@@ -75,11 +75,11 @@ def _add(predictions: dict[str, Prediction], prediction: Prediction, where: str)
 
 def _read_jsonl(path: str) -> dict[str, Prediction]:
   predictions: dict[str, Prediction] = {}
-  for where, record in iter_json_lines(path, PredictionFileError):
+  for _, where, record in iter_json_lines(path, PredictionFileError):
     for key in ("qid", "answer"):
       if key not in record:
         raise PredictionFileError(f"{where}: missing key {key!r}")
-    if not isinstance(record["qid"], (str, int)) or isinstance(record["qid"], bool):
+    if not (isinstance(record["qid"], str) or is_int(record["qid"])):
       raise PredictionFileError(f"{where}: 'qid' must be a string, got {record['qid']!r}")
     prediction = Prediction(qid=str(record["qid"]), answer=_parse_answer(record["answer"], where),
                             sources=_parse_sources(record.get("sources"), where))

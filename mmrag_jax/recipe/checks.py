@@ -14,9 +14,11 @@ from mmrag_jax.errors import RunError
 from mmrag_jax.model.config import VisionConfig
 from mmrag_jax.model.vision_index import max_frame_patches
 from mmrag_jax.recipe.presets import stage1_run_config
+from mmrag_jax.rl.advantages import group_size_error
 from mmrag_jax.rl.config import GRPOConfig
 from mmrag_jax.rl.rewards import Stage1RewardConfig, Stage2RewardConfig
 from mmrag_jax.sampling.sampler import DECODE_WEIGHTS
+from mmrag_jax.validation import is_int, is_number
 
 MODES = ("train", "eval", "predict")
 DATASETS = ("webqa", "mmqa")
@@ -44,7 +46,7 @@ def _get(config: ml_collections.ConfigDict, field: str) -> Any:
 def _positive_int(config: ml_collections.ConfigDict, field: str, allow_zero: bool = False) -> int:
   value = _get(config, field)
   low = 0 if allow_zero else 1
-  if isinstance(value, bool) or not isinstance(value, int) or value < low:
+  if not is_int(value) or value < low:
     raise ConfigError(field, f"must be an integer >= {low}, got {value!r}")
   return value
 
@@ -53,8 +55,8 @@ def _number(config: ml_collections.ConfigDict, field: str, *, low: float = 0.0, 
             allow_low: bool = False) -> float:
   """A real number in (low, high] ([low, high] with allow_low); the finiteness of every float is checked apart."""
   value = _get(config, field)
-  above = isinstance(value, (int, float)) and (value >= low if allow_low else value > low)
-  if isinstance(value, bool) or not above or (high is not None and value > high):
+  above = is_number(value) and (value >= low if allow_low else value > low)
+  if not above or (high is not None and value > high):
     bounds = f"{'>=' if allow_low else '>'} {low}" + ("" if high is None else f" and <= {high}")
     raise ConfigError(field, f"must be a number {bounds}, got {value!r}")
   return value
@@ -121,8 +123,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError("pipeline.min_pixels", f"{config.pipeline.min_pixels} exceeds pipeline.max_pixels="
                       f"{config.pipeline.max_pixels}")
   _number(config, "warmup.learning_rate")  # the warm-up's own rate: GRPOConfig would name rl.learning_rate
-  if config.rl.group_size < 2:
-    raise ConfigError("rl.group_size", f"GRPO compares samples of one prompt: needs >= 2, got {config.rl.group_size}")
+  if why := group_size_error(config.rl.group_size):  # before the checks below divide by it
+    raise ConfigError("rl.group_size", why)
   if config.train.batch_size % config.rl.group_size:
     raise ConfigError("train.batch_size", f"{config.train.batch_size} completions is not a whole number of groups "
                       f"of rl.group_size={config.rl.group_size}; use a multiple of it")

@@ -161,7 +161,7 @@ def cost_summary(history: Sequence[Mapping[str, float]], *, total_time_s: float,
   }
 
 
-def flat_metrics(report: Mapping[str, Any] | None, keys: Sequence[str]) -> dict[str, float | None]:
-  if report is None:
-    return {}
-  return {key: report.get(key) for key in keys if key in report}
+def headline_metrics(ctx: RunContext, report: Mapping[str, Any] | None) -> dict[str, float | None]:
+  """The dataset's headline metrics of an `evaluate_split` report (WEBQA_KEYS / MMQA_KEYS); {} for None."""
+  keys = WEBQA_KEYS if ctx.config.data.dataset == "webqa" else MMQA_KEYS
+  return {key: report.get(key) for key in keys if key in report} if report is not None else {}

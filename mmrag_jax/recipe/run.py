@@ -1,12 +1,15 @@
 """One run of the recipe: `run(config, workdir)` dispatches on (config.stage, config.mode).
 
-  stage 1  train            warm-up? -> GRPO -> export -> score `stage1.score_splits` (default: the train
+  stage 1  train            warm-up? -> GRPO [eval] -> export -> score `stage1.score_splits` (default: the train
                             and eval splits) -> ranking_<split>.jsonl + recall@k
            eval | predict   score `data.eval_split` with WORKDIR/export (or model.path)
-  stage 2  train            [stage 1 first, if stage2.run_stage1] -> warm-up? -> GRPO from the stage-1
-                            policy on its ranking -> export -> the full pipeline on `data.eval_split`
+  stage 2  train            [stage 1 first, if stage2.run_stage1] -> warm-up? -> GRPO [eval] from the
+                            stage-1 policy on its ranking -> export -> the full pipeline on `data.eval_split`
            eval | predict   the full pipeline on `data.eval_split` with WORKDIR/export (or the stage-1
                             policy): stage-1 ranking -> top-k -> stage-2 answers -> files + metrics
+[eval]: with `train.eval_every` > 0, every that many loop steps the policy is scored on `data.eval_split`
+(`data.max_eval_questions` of it): stage 1 its recall@k, stage 2 its answers' headline metrics, logged in
+metrics.jsonl as eval/recall@1, eval/qa_acc, ...
 Every run holds WORKDIR/.lock while it works (recipe/workdir.py: a second run there refuses, naming the
 first) and ends by writing summary.json (final metrics and cost).
 """
@@ -61,7 +64,8 @@ def run_stage1(ctx: RunContext) -> dict[str, Any]:
   if c.mode == "train":
     model_dir = require_path(c, "model.path", "a Hugging Face Qwen2.5-VL checkpoint directory")
     train = ctx.read_split(c.data.train_split, c.data.max_train_questions)
-    result = train_stage1(ctx, ctx.load_model(model_dir), model_dir, train)
+    val = ctx.read_split(c.data.eval_split, c.data.max_eval_questions) if c.train.eval_every else None
+    result = train_stage1(ctx, ctx.load_model(model_dir), model_dir, train, val)
     model, model_dir, history = result.model, result.export_dir or model_dir, result.history
     splits = score_splits(c)
   else:
@@ -145,21 +149,21 @@ def run_stage2(ctx: RunContext) -> dict[str, Any]:
     print(f"running stage 1 in {stage1_dir}")
     run(stage1_run_config(c), stage1_dir)
   init_dir = c.stage2.init_from or os.path.join(stage1_dir, EXPORT_DIR)
+  scores = _split_scores(ctx, stage1_dir, split)
   history: list[dict[str, float]] = []
   if c.mode == "train":
     model = ctx.load_model(init_dir, field="stage2.init_from")
-    result = train_stage2(ctx, model, init_dir, train, _scores(stage1_dir, c.data.train_split))
+    result = train_stage2(ctx, model, init_dir, train, _scores(stage1_dir, c.data.train_split),
+                          val=(split, scores) if c.train.eval_every else None)
     model, model_dir, history = result.model, result.export_dir or init_dir, result.history
   else:
     model_dir = _policy_dir(ctx, "stage2.init_from", init_dir)
     model = ctx.load_model(model_dir, field="stage2.init_from")
-  scores = _split_scores(ctx, stage1_dir, split)
   parsed = predict_split(ctx, model, model_dir, split, scores)
   recall = _stage1_recall(stage1_dir, split.name) or _stage1_recall(ctx.workdir, split.name)
   report = outputs.write_split_outputs(ctx, split, scores, parsed, extra_metrics=recall)
   outputs.write_curves(ctx)
-  keys = outputs.WEBQA_KEYS if c.data.dataset == "webqa" else outputs.MMQA_KEYS
-  metrics = {**outputs.flat_metrics(report, keys), **recall}
+  metrics = {**outputs.headline_metrics(ctx, report), **recall}
   return {"metrics": metrics, "history": history, "model": model, "report": report}
 
 

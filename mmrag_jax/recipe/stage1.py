@@ -23,6 +23,7 @@ from mmrag_jax.recipe.context import RunContext, Split
 from mmrag_jax.recipe.training import TrainResult, train_policy
 from mmrag_jax.rl.reward_fns import stage1_reward_fn
 from mmrag_jax.rl.rollout import processor_batch
+from mmrag_jax.rl.trainer import EvalFn
 from mmrag_jax.sampling import Scorer, judgment_continuation, with_continuation
 
 _log = logging.getLogger(__name__)
@@ -40,8 +41,16 @@ def stage1_targets(think: bool):
   return targets
 
 
-def train_stage1(ctx: RunContext, model: Qwen25VL, model_dir: str, train: Split) -> TrainResult:
-  """GRPO on point-wise (question, candidate) prompts with the stage-1 rule rewards."""
+def recall_eval(ctx: RunContext, model_dir: str, split: Split) -> EvalFn:
+  """The periodic evaluation of the judge: recall@k of the gold sources on `split` ({"recall@1": ...})."""
+  ks = tuple(ctx.config.scorer.recall_ks)
+  return lambda policy, step: recall_at_k(split.questions, score_candidates(ctx, policy, model_dir, split)[0], ks)
+
+
+def train_stage1(ctx: RunContext, model: Qwen25VL, model_dir: str, train: Split, val: Split | None = None
+                 ) -> TrainResult:
+  """GRPO on point-wise (question, candidate) prompts with the stage-1 rule rewards; with `val`, the
+  recall@k on it every `train.eval_every` loop steps."""
   c = ctx.config
   processor = ctx.processor(model_dir)
   reward = reward_config(c)
@@ -54,7 +63,8 @@ def train_stage1(ctx: RunContext, model: Qwen25VL, model_dir: str, train: Split)
   return train_policy(ctx, model, model_dir, processor, data=pipeline(ctx.prompts_per_batch),
                       reward_fn=stage1_reward_fn(reward),
                       warmup_data=pipeline(ctx.prompts_per_batch) if c.warmup.steps else None,
-                      target_fn=stage1_targets(c.prompt.stage1_think))
+                      target_fn=stage1_targets(c.prompt.stage1_think),
+                      eval_fn=recall_eval(ctx, model_dir, val) if val is not None else None)
 
 
 def score_candidates(ctx: RunContext, model: Qwen25VL, model_dir: str, split: Split

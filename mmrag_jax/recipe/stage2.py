@@ -18,6 +18,7 @@ from mmrag_jax.data.pipeline import stage2_pipeline
 from mmrag_jax.data.scores import Stage1Scores
 from mmrag_jax.model import Qwen25VL
 from mmrag_jax.processing.targets import MMQA_ANSWER_SEPARATOR, stage2_target
+from mmrag_jax.recipe import outputs
 from mmrag_jax.recipe.checks import ConfigError, reward_config
 from mmrag_jax.recipe.context import RunContext, Split
 from mmrag_jax.recipe.training import TrainResult, train_policy
@@ -25,6 +26,7 @@ from mmrag_jax.rl.reward_fns import stage2_reward_fn
 from mmrag_jax.rl.rewards.parse import parse_stage2
 from mmrag_jax.rl.rewards.tags import scan_blocks
 from mmrag_jax.rl.rollout import completion_texts, processor_batch
+from mmrag_jax.rl.trainer import EvalFn
 from mmrag_jax.sampling import Sampler
 
 _log = logging.getLogger(__name__)
@@ -51,8 +53,21 @@ def stage2_targets(batch: Mapping[str, Any]) -> list[str]:
           for row in range(len(batch["qid"]))]
 
 
-def train_stage2(ctx: RunContext, model: Qwen25VL, model_dir: str, train: Split, scores: Stage1Scores) -> TrainResult:
-  """GRPO on list-wise prompts: all gold candidates + the hardest negatives of the stage-1 ranking."""
+def answer_eval(ctx: RunContext, model_dir: str, split: Split, scores: Stage1Scores) -> EvalFn:
+  """The periodic evaluation of the policy: the headline metrics of its greedy answers on `split` (WebQA
+  retrieval_f1, qa_acc, and qa_fl / qa with a BART checkpoint; MMQA em, f1, retrieval_f1)."""
+  def evaluate(policy: Qwen25VL, step: int) -> dict[str, float]:
+    parsed = predict_split(ctx, policy, model_dir, split, scores)
+    report, _ = outputs.evaluate_split(ctx, split, outputs.as_predictions(parsed))
+    return {k: v for k, v in outputs.headline_metrics(ctx, report).items() if v is not None}
+
+  return evaluate
+
+
+def train_stage2(ctx: RunContext, model: Qwen25VL, model_dir: str, train: Split, scores: Stage1Scores,
+                 val: tuple[Split, Stage1Scores] | None = None) -> TrainResult:
+  """GRPO on list-wise prompts: all gold candidates + the hardest negatives of the stage-1 ranking; with
+  `val` (a split and its stage-1 ranking), its answer metrics every `train.eval_every` loop steps."""
   c = ctx.config
   processor = ctx.processor(model_dir)
   reward = reward_config(c)
@@ -64,7 +79,8 @@ def train_stage2(ctx: RunContext, model: Qwen25VL, model_dir: str, train: Split,
   return train_policy(ctx, model, model_dir, processor, data=pipeline(ctx.prompts_per_batch),
                       reward_fn=stage2_reward_fn(reward),
                       warmup_data=pipeline(ctx.prompts_per_batch) if c.warmup.steps else None,
-                      target_fn=stage2_targets)
+                      target_fn=stage2_targets,
+                      eval_fn=answer_eval(ctx, model_dir, *val) if val is not None else None)
 
 
 def _answer(text: str | None, dataset: str, separator: str | None) -> str | list[str]:

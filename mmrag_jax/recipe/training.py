@@ -18,7 +18,7 @@ from mmrag_jax.rl.checkpointing import latest_committed_step
 from mmrag_jax.rl.interrupts import NonFiniteTraining, StopSignals, TrainingInterrupted, signal_name
 from mmrag_jax.rl.metrics_log import MetricsWriter, ProgressBar, read_metrics
 from mmrag_jax.rl.rollout import RewardFn
-from mmrag_jax.rl.trainer import GRPOTrainer
+from mmrag_jax.rl.trainer import EvalFn, GRPOTrainer
 from mmrag_jax.rl.warmup import TargetFn, WarmupConfig, supervised_warmup
 
 _log = logging.getLogger(__name__)
@@ -76,7 +76,8 @@ def _warmup(ctx: RunContext, model: Qwen25VL, processor: Any, data: Iterator[Map
 
 def train_policy(ctx: RunContext, model: Qwen25VL, model_dir: str, processor: Any, *,
                  data: Iterator[Mapping[str, Any]], reward_fn: RewardFn,
-                 warmup_data: Iterator[Mapping[str, Any]] | None, target_fn: TargetFn) -> TrainResult:
+                 warmup_data: Iterator[Mapping[str, Any]] | None, target_fn: TargetFn,
+                 eval_fn: EvalFn | None = None) -> TrainResult:
   """Warm-up (skipped when resuming), GRPO for `train.num_steps` loop steps, export.
 
   Resuming means a committed checkpoint exists: the checkpoint holds the warmed-up policy, its optimizer
@@ -84,6 +85,7 @@ def train_policy(ctx: RunContext, model: Qwen25VL, model_dir: str, processor: An
   committed starts over, warm-up included. SIGTERM / SIGINT stop the run at a step boundary
   (`TrainingInterrupted`, see `rl/interrupts.py`).
   model_dir: the checkpoint the model came from (its tokenizer and processor files go into the export).
+  eval_fn: the periodic evaluation, run every `train.eval_every` loop steps and logged as 'eval/...'.
   """
   c = ctx.config
   resuming = latest_committed_step(ctx.path("checkpoints")) is not None
@@ -94,7 +96,7 @@ def train_policy(ctx: RunContext, model: Qwen25VL, model_dir: str, processor: An
     grpo = ctx.grpo_config()
     trainer = GRPOTrainer(model, grpo, ctx.sampler_config(max_new_tokens=grpo.max_new_tokens),
                           ctx.trainer_config(), mesh=ctx.mesh, workdir=ctx.workdir, data=data, reward_fn=reward_fn,
-                          detokenize=processor.decode)
+                          detokenize=processor.decode, eval_fn=eval_fn)
     if trainer.step:
       _log.info("resuming GRPO from loop step %d", trainer.step)
     trainer.run(stop)

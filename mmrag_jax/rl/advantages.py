@@ -47,6 +47,11 @@ def _safe_divide(centered: jax.Array, scale: jax.Array) -> jax.Array:
   return centered / jnp.where(scale > 0, scale, 1.0)
 
 
+def group_size_error(group_size: int) -> str | None:
+  """Why `group_size` completions per prompt cannot give group-relative advantages; None when they can."""
+  return None if group_size >= 2 else f"must be >= 2: advantages compare a prompt's samples, got {group_size}"
+
+
 @functools.partial(jax.jit, static_argnames=("group_size", "scaling"))
 def group_advantages(rewards: jax.Array, valid: jax.Array | None = None, *, group_size: int,
                      scaling: str = "group", eps: float = 1e-4) -> Advantages:
@@ -61,8 +66,8 @@ def group_advantages(rewards: jax.Array, valid: jax.Array | None = None, *, grou
   """
   if scaling not in ADVANTAGE_SCALINGS:
     raise ValueError(f"advantage scaling {scaling!r} is not one of {ADVANTAGE_SCALINGS}")
-  if group_size < 2:
-    raise ValueError(f"group_size must be >= 2 for group-relative advantages, got {group_size}")
+  if why := group_size_error(group_size):
+    raise ValueError(f"group_size {why}")
   if rewards.ndim != 1 or rewards.shape[0] % group_size:
     raise ValueError(f"rewards must be [N] with N a multiple of group_size={group_size}, got {rewards.shape}")
   rewards = rewards.astype(jnp.float32)

@@ -20,8 +20,9 @@ from typing import Any
 
 import optax
 
-from mmrag_jax.rl.advantages import ADVANTAGE_SCALINGS
+from mmrag_jax.rl.advantages import ADVANTAGE_SCALINGS, group_size_error
 from mmrag_jax.rl.losses import PolicyLossConfig
+from mmrag_jax.validation import check_int, check_non_negative
 
 OLD_LOGPROB_SOURCES = ("trainer", "sampler")
 # Which parameters GRPO leaves untouched: none, the vision blocks (merger and language model train), or
@@ -85,20 +86,14 @@ class GRPOConfig:
   freeze_vision_tower: str = "none"
 
   def __post_init__(self) -> None:
-    positive_ints = ("group_size", "num_iterations", "logprob_chunk_size", "max_new_tokens", "total_steps")
-    for name in positive_ints:
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"GRPOConfig.{name} must be a positive int, got {value!r}")
-    if self.group_size < 2:
-      raise ValueError(f"GRPOConfig.group_size must be >= 2 (advantages compare samples), got {self.group_size}")
-    if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-      raise ValueError(f"GRPOConfig.warmup_steps must be a non-negative int, got {self.warmup_steps!r}")
+    for name in ("group_size", "num_iterations", "logprob_chunk_size", "max_new_tokens", "total_steps"):
+      check_int("GRPOConfig", name, getattr(self, name), low=1)
+    if why := group_size_error(self.group_size):
+      raise ValueError(f"GRPOConfig.group_size {why}")
+    check_int("GRPOConfig", "warmup_steps", self.warmup_steps, low=0)
     for name in ("advantage_eps", "learning_rate", "adam_eps", "weight_decay", "max_grad_norm",
                  "final_lr_fraction"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"GRPOConfig.{name} must be a non-negative number, got {value!r}")
+      check_non_negative("GRPOConfig", name, getattr(self, name))
     for name in ("adam_b1", "adam_b2"):
       if not 0 <= getattr(self, name) < 1:
         raise ValueError(f"GRPOConfig.{name} must lie in [0, 1), got {getattr(self, name)!r}")
@@ -109,9 +104,7 @@ class GRPOConfig:
                        f"got {self.advantage_scaling!r}")
     if not isinstance(self.dynamic_sampling, bool):
       raise ValueError(f"GRPOConfig.dynamic_sampling must be a bool, got {self.dynamic_sampling!r}")
-    if isinstance(self.max_refill_batches, bool) or not isinstance(self.max_refill_batches, int) or (
-        self.max_refill_batches < 0):
-      raise ValueError(f"GRPOConfig.max_refill_batches must be a non-negative int, got {self.max_refill_batches!r}")
+    check_int("GRPOConfig", "max_refill_batches", self.max_refill_batches, low=0)
     if self.freeze_vision_tower not in FROZEN_VISION:
       raise ValueError(f"GRPOConfig.freeze_vision_tower must be one of {FROZEN_VISION}, "
                        f"got {self.freeze_vision_tower!r}")

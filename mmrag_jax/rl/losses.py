@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 
 from mmrag_jax.rl.kl import KL_ESTIMATORS, kl_estimator
+from mmrag_jax.validation import check_non_negative, is_number
 
 AGGREGATIONS = ("token-mean", "sequence-mean-token-mean", "sequence-mean-token-sum-normalized")
 # Rollout importance correction between the distribution the sampler drew from and the trainer's.
@@ -88,13 +89,10 @@ class PolicyLossConfig:
     if self.importance_correction not in IMPORTANCE_CORRECTIONS:
       raise ValueError(f"PolicyLossConfig.importance_correction must be one of {IMPORTANCE_CORRECTIONS}, "
                        f"got {self.importance_correction!r}")
-    if isinstance(self.importance_cap, bool) or not isinstance(self.importance_cap, (int, float)) or not (
-        self.importance_cap >= 1 and self.importance_cap < float("inf")):
+    if not is_number(self.importance_cap) or not 1 <= self.importance_cap < float("inf"):
       raise ValueError(f"PolicyLossConfig.importance_cap must be a finite number >= 1, got {self.importance_cap!r}")
     for name in ("eps_low", "eps_high", "beta"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"PolicyLossConfig.{name} must be a non-negative number, got {value!r}")
+      check_non_negative("PolicyLossConfig", name, getattr(self, name))
     if self.eps_low >= 1:
       raise ValueError(f"PolicyLossConfig.eps_low must be < 1, got {self.eps_low!r}")
     if self.kl_estimator not in KL_ESTIMATORS:

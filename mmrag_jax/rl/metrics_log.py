@@ -8,16 +8,15 @@ tensorboardX, which needs no TensorFlow; `tensorboard --logdir <workdir>` reads 
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping
 
 import jax
 import tqdm
 
-
-def _is_number(value: object) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+from mmrag_jax.data.files import iter_json_lines
+from mmrag_jax.data.records import SkipReport
+from mmrag_jax.validation import is_finite_number
 
 
 class MetricsWriter:
@@ -52,7 +51,7 @@ class MetricsWriter:
     if not self.enabled:
       return
     row = {"step": int(step)}
-    row.update({name: (float(v) if _is_number(v) else None) for name, v in metrics.items()})
+    row.update({name: (float(v) if is_finite_number(v) else None) for name, v in metrics.items()})
     self._file.write(json.dumps(row) + "\n")
     self._file.flush()
     if self._events is not None:
@@ -69,33 +68,27 @@ class MetricsWriter:
       self._events = None
 
 
-def _row_step(line: str) -> float:
-  """A row's step; a line cut short by a killed process counts as after every step (it is dropped)."""
-  try:
-    return json.loads(line).get("step", 0)
-  except json.JSONDecodeError:
-    return float("inf")
-
-
 def _drop_rows_after(path: str, step: int) -> None:
-  """Rewrites a metrics file without the rows of steps after `step` (atomically: a crash keeps the old file)."""
+  """Rewrites a metrics file without the rows of steps after `step` (atomically: a crash keeps the old file).
+
+  A line cut short by a killed process is dropped too. Kept rows are written as `write` wrote them.
+  """
   if not os.path.exists(path):
     return
-  with open(path, encoding="utf-8") as f:
-    lines = [line for line in f if line.strip()]
-  kept = [line for line in lines if _row_step(line) <= step]
-  if len(kept) == len(lines):
+  cut = SkipReport(source=path)
+  rows = [row for _, _, row in iter_json_lines(path, skipped=cut)]
+  kept = [row for row in rows if row.get("step", 0) <= step]
+  if len(kept) == len(rows) and not cut.total:
     return
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
-    f.writelines(kept)
+    f.writelines(json.dumps(row) + "\n" for row in kept)
   os.replace(tmp, path)
 
 
 def read_metrics(workdir: str) -> list[dict[str, float]]:
-  """The rows of `<workdir>/metrics.jsonl` in order."""
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The rows of `<workdir>/metrics.jsonl` in order; a bad line raises `DataError` naming it."""
+  return [row for _, _, row in iter_json_lines(os.path.join(workdir, "metrics.jsonl"))]
 
 
 class ProgressBar:

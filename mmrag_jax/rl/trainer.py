@@ -52,6 +52,7 @@ from mmrag_jax.rl.policy import LogprobFn
 from mmrag_jax.rl.rollout import Detokenize, RewardFn, Rollout, collect_rollout, rollout_metrics
 from mmrag_jax.rl.update import PolicyUpdater, put_global
 from mmrag_jax.sampling import SamplerConfig
+from mmrag_jax.validation import check_int
 
 _log = logging.getLogger(__name__)
 
@@ -83,13 +84,9 @@ class TrainerConfig:
 
   def __post_init__(self) -> None:
     for name in ("num_steps", "micro_batches", "max_to_keep"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"TrainerConfig.{name} must be a positive int, got {value!r}")
+      check_int("TrainerConfig", name, getattr(self, name), low=1)
     for name in ("checkpoint_every", "eval_every", "seed"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"TrainerConfig.{name} must be a non-negative int, got {value!r}")
+      check_int("TrainerConfig", name, getattr(self, name), low=0)
 
 
 class GRPOTrainer:

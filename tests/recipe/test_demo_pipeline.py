@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 
 from mmrag_jax.data import read_webqa
+from mmrag_jax.data.files import iter_json_lines
 from mmrag_jax.data.scores import read_stage1_scores, write_stage1_scores
 from mmrag_jax.evaluation import cli
 from mmrag_jax.recipe.run import run
@@ -17,8 +18,7 @@ from tests.recipe.conftest import small_demo_config
 
 
 def _records(path):
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [row for _, _, row in iter_json_lines(path)]
 
 
 def _top_k(scores: dict[str, float], pool: list[str], k: int) -> list[str]:

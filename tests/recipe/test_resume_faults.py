@@ -16,7 +16,6 @@ the rerun's metric rows and final parameters must equal the straight run's bit f
 from __future__ import annotations
 
 import copy
-import json
 import os
 import signal
 
@@ -29,6 +28,7 @@ from mmrag_jax.recipe.context import RunContext
 from mmrag_jax.recipe.demo import prepare_demo_inputs
 from mmrag_jax.recipe.stage1 import train_stage1
 from mmrag_jax.rl.interrupts import TrainingInterrupted
+from mmrag_jax.rl.metrics_log import read_metrics
 from mmrag_jax.rl.trainer import GRPOTrainer
 from mmrag_jax.rl.update import PolicyUpdater
 from tests.recipe.conftest import load_config
@@ -74,13 +74,11 @@ def train(inputs, workdir):
 
 
 def _warmup_rows(workdir):
-  with open(os.path.join(workdir, "warmup", "metrics.jsonl"), encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return read_metrics(os.path.join(workdir, "warmup"))
 
 
 def _metric_steps(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    return [json.loads(line)["step"] for line in f if line.strip()]
+  return [row["step"] for row in read_metrics(workdir)]
 
 
 def before_step(step, act):

@@ -11,6 +11,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
+from mmrag_jax.validation import check_non_negative
+
 # Policy for the <think> block: stage 1 makes it optional by default, stage 2 requires it.
 THINK_POLICIES = ("optional", "required", "forbidden")
 
@@ -18,9 +20,7 @@ _ConfigT = TypeVar("_ConfigT", bound="_RewardConfig")
 
 
 def _check_weight(config: Any, name: str) -> None:
-  value = getattr(config, name)
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0.0:
-    raise ValueError(f"{type(config).__name__}.{name} must be a non-negative number, got {value!r}")
+  check_non_negative(type(config).__name__, name, getattr(config, name))
 
 
 def _check_fraction(config: Any, name: str) -> None:
