@@ -57,7 +57,8 @@ def tiny_step_seconds(batch: dict[str, np.ndarray], repeats: int) -> tuple[float
   from flax import nnx
 
   from mmrag_jax.model.config import tiny
-  from mmrag_jax.model.qwen25vl import Qwen25VL, prepare_inputs, token_logprobs
+  from mmrag_jax.model.logprobs import chunked_logprobs
+  from mmrag_jax.model.qwen25vl import Qwen25VL, prepare_inputs
 
   config = tiny()
   model = Qwen25VL(config, rngs=nnx.Rngs(0))
@@ -68,7 +69,8 @@ def tiny_step_seconds(batch: dict[str, np.ndarray], repeats: int) -> tuple[float
   @nnx.jit
   def step(model, inputs, targets):
     def loss(model):
-      return token_logprobs(model, inputs, targets).sum()
+      logprobs, _ = chunked_logprobs(model.hidden_states(inputs), model.head_weight(), targets)
+      return logprobs.sum()
     return nnx.value_and_grad(loss)(model)
 
   start = time.perf_counter()

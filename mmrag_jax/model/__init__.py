@@ -1,4 +1,4 @@
-"""Flax NNX Qwen2.5-VL: config, model, host-side input preparation, KV-cache decoding, HF checkpoints."""
+"""Flax NNX Qwen2.5-VL: config, model, host-side inputs, chunked token log-probs, KV-cache decoding, HF checkpoints."""
 
 from mmrag_jax.model.checkpoint import load_pretrained, save_pretrained
 from mmrag_jax.model.config import (
@@ -21,14 +21,13 @@ from mmrag_jax.model.kv_cache import (
     prefill_hidden,
     repeat_rows,
 )
+from mmrag_jax.model.logprobs import chunked_logprobs
 from mmrag_jax.model.qwen25vl import (
     ModelInputs,
     Qwen25VL,
     abstract_model,
     forward,
-    logprobs_from_hidden,
     prepare_inputs,
-    token_logprobs,
 )
 from mmrag_jax.model.rope_index import image_scatter_indices, mrope_positions
 from mmrag_jax.model.vision_index import VisionIndex
@@ -44,13 +43,13 @@ __all__ = [
     "VisionConfig",
     "VisionIndex",
     "abstract_model",
+    "chunked_logprobs",
     "decode_hidden",
     "decode_step",
     "forward",
     "image_scatter_indices",
     "init_cache",
     "load_pretrained",
-    "logprobs_from_hidden",
     "mrope_positions",
     "prefill",
     "prefill_hidden",
@@ -61,5 +60,4 @@ __all__ = [
     "qwen25vl_7b",
     "save_pretrained",
     "tiny",
-    "token_logprobs",
 ]

@@ -1,11 +1,11 @@
-"""Qwen2.5-VL: vision tower + text decoder + LM head, host-side input preparation and token log-probs.
+"""Qwen2.5-VL: vision tower + text decoder + LM head, and host-side input preparation.
 
 Typical use, with the numpy dict the transformers processor returns:
 
     inputs = prepare_inputs(batch, model.config, num_patches=4096)    # host, numpy
     logits = nnx.jit(forward)(model, inputs)                          # [B, L, V]
 
-`model(**batch)` does both in one call.
+`model(**batch)` does both in one call. Token log-probs: `logprobs.chunked_logprobs` on `model.hidden_states`.
 """
 
 from __future__ import annotations
@@ -160,21 +160,29 @@ class Qwen25VL(nnx.Module):
     """hidden [..., D] -> logits [..., V] in the compute dtype."""
     return hidden.astype(self.config.compute_dtype) @ self.head_weight()
 
-  def embed(self, inputs: ModelInputs) -> jax.Array:
-    """Token embeddings with merged image features written over the `<|image_pad|>` slots: [B, L, D]."""
+  def embed(self, inputs: ModelInputs, image_slots: jax.Array | None = None) -> jax.Array:
+    """Token embeddings [B, L, D] with merged image features written over the `<|image_pad|>` slots.
+
+    The vision tower runs once on the P pixel rows. image_slots: None writes its output at
+    `inputs.image_scatter`; [G, P / merge**2] flat (b * L + l) slots (padding B * L, dropped) write G
+    copies of it, e.g. one per member of a GRPO group sharing a prompt (`rl.batch.TrainBatch`).
+    """
     embeds = self.language_model.embed_tokens(inputs.input_ids)
     if inputs.pixel_values is None:
       return embeds
     batch, length, dim = embeds.shape
-    image_embeds = self.visual(inputs.pixel_values, inputs.vision_index)  # [P / merge**2, D]
+    image_embeds = self.visual(inputs.pixel_values, inputs.vision_index).astype(embeds.dtype)  # [P / merge**2, D]
+    slots = inputs.image_scatter
+    if image_slots is not None:
+      slots, image_embeds = image_slots.reshape(-1), jnp.tile(image_embeds, (image_slots.shape[0], 1))
     flat = embeds.reshape(batch * length, dim)
-    flat = flat.at[inputs.image_scatter].set(image_embeds.astype(flat.dtype), mode="drop")
+    flat = flat.at[slots].set(image_embeds, mode="drop")
     return flat.reshape(batch, length, dim)
 
-  def hidden_states(self, inputs: ModelInputs) -> jax.Array:
-    """Final-norm hidden states [B, L, D]. Rows of pad positions are finite but meaningless."""
+  def hidden_states(self, inputs: ModelInputs, image_slots: jax.Array | None = None) -> jax.Array:
+    """Final-norm hidden states [B, L, D] (image_slots: see `embed`). Pad rows are finite but meaningless."""
     mask = causal_padding_mask(inputs.attention_mask)
-    hidden, _ = self.language_model(self.embed(inputs), inputs.positions, mask)
+    hidden, _ = self.language_model(self.embed(inputs, image_slots), inputs.positions, mask)
     return hidden
 
   def __call__(self, input_ids: Any = None, attention_mask: Any = None, pixel_values: Any = None,
@@ -222,42 +230,3 @@ def forward(model: Qwen25VL, inputs: ModelInputs) -> jax.Array:
 
 
 _jitted_forward = nnx.jit(forward)
-
-
-def token_logprobs(model: Qwen25VL, inputs: ModelInputs, targets: jax.Array, *, temperature: float = 1.0,
-                   chunk_size: int = 512) -> jax.Array:
-  """log p(targets[b, l] | tokens <= l) for every position: [B, L] float32.
-
-  targets: [B, L] int, usually the input ids shifted left by one (mask out what should not count).
-  The head matmul accumulates in float32 and logits are divided by `temperature`. The [B, L, V] logits
-  are never materialised: the sequence is processed in chunks of `chunk_size` positions whose logits are
-  recomputed in the backward pass, so peak memory is about B * chunk_size * V floats.
-  """
-  hidden = model.hidden_states(inputs)
-  return logprobs_from_hidden(hidden, model.head_weight(), targets, temperature=temperature,
-                              chunk_size=chunk_size)
-
-
-def logprobs_from_hidden(hidden: jax.Array, head_weight: jax.Array, targets: jax.Array, *,
-                         temperature: float = 1.0, chunk_size: int = 512) -> jax.Array:
-  """Chunked float32 log-softmax of `hidden @ head_weight` gathered at `targets`.
-
-  hidden: [B, L, D]; head_weight: [D, V]; targets: [B, L] int. Returns [B, L] float32.
-  """
-  batch, length, dim = hidden.shape
-  chunk = max(1, min(chunk_size, length))
-  num_chunks = -(-length // chunk)
-  pad = num_chunks * chunk - length
-  hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-  targets = jnp.pad(targets.astype(jnp.int32), ((0, 0), (0, pad)))
-  hidden_chunks = hidden.reshape(batch, num_chunks, chunk, dim).swapaxes(0, 1)  # [C, B, chunk, D]
-  target_chunks = targets.reshape(batch, num_chunks, chunk).swapaxes(0, 1)  # [C, B, chunk]
-
-  @jax.checkpoint  # keep only the chunk inputs for backward; the [B, chunk, V] logits are recomputed
-  def chunk_logprobs(h: jax.Array, t: jax.Array, w: jax.Array) -> jax.Array:
-    logits = jnp.einsum("bcd,dv->bcv", h, w, preferred_element_type=jnp.float32) / temperature
-    picked = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
-    return picked - jax.nn.logsumexp(logits, axis=-1)
-
-  out = jax.lax.map(lambda ht: chunk_logprobs(ht[0], ht[1], head_weight), (hidden_chunks, target_chunks))
-  return out.swapaxes(0, 1).reshape(batch, num_chunks * chunk)[:, :length]

@@ -24,7 +24,7 @@ from mmrag_jax.rl.config import GRPOConfig
 from mmrag_jax.rl.kl import KL_ESTIMATORS, kl_estimator
 from mmrag_jax.rl.losses import AGGREGATIONS, PolicyLossConfig, aggregate, clipped_surrogate, policy_loss
 from mmrag_jax.rl.metrics_log import MetricsWriter, ProgressBar, read_metrics
-from mmrag_jax.rl.policy import QwenLogprobs, completion_logprobs, logprobs_and_entropy
+from mmrag_jax.rl.policy import QwenLogprobs, completion_logprobs
 from mmrag_jax.rl.reward_fns import stage1_reward_fn, stage2_reward_fn
 from mmrag_jax.rl.rollout import Rollout, collect_rollout, rollout_metrics
 from mmrag_jax.rl.trainer import GRPOTrainer, TrainerConfig
@@ -63,7 +63,6 @@ __all__ = [
     "completion_logprobs",
     "group_advantages",
     "kl_estimator",
-    "logprobs_and_entropy",
     "policy_loss",
     "read_metrics",
     "rollout_metrics",

@@ -5,7 +5,7 @@ Per step, for every row n of the N = B * G rows:
      with the suppressed ids (vision placeholders) removed from it;
   2. record it with two log-probs (float32, 0 on padding):
        policy_logprobs    log softmax(logits)[token]: the temperature-1, untruncated policy, i.e. what
-                          `token_logprobs(model, ...)` recomputes. The GRPO ratio uses these.
+                          `rl.policy.completion_logprobs` recomputes. The GRPO ratio uses these.
        sampling_logprobs  log softmax(processed logits)[token]: the distribution actually sampled from
                           (temperature, top-k/top-p, suppression; 0 for greedy);
   3. a row that emitted a stop id is done: it keeps its length and receives only pads afterwards;

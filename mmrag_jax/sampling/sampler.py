@@ -3,7 +3,7 @@
     sampler = Sampler(model, SamplerConfig(max_new_tokens=256, method=TopP(0.95, temperature=1.0)))
     out = sampler.generate(batch, jax.random.key(0), group_size=8, prompt_ids=example_ids)
     out.tokens            # [B * 8, 256], rows b * 8 ... b * 8 + 7 are prompt b's samples
-    out.policy_logprobs   # [B * 8, 256], log-probs the GRPO trainer's `token_logprobs` recomputes
+    out.policy_logprobs   # [B * 8, 256], log-probs the GRPO trainer's `completion_logprobs` recomputes
 
 Compilation. Prompts are left-padded to the smallest of a few `length_buckets` and image patches to the
 smallest of a few `patch_buckets`, so prefill compiles once per (batch size, length bucket, patch
@@ -25,7 +25,7 @@ the parameters in the compute dtype with FSDP's split turned into tensor paralle
 HBM instead of all-gathering every float32 weight.
 
 Log-probs. `policy_logprobs` are those of the temperature-1, untruncated policy (float32 logits,
-float32-accumulated head, as in `token_logprobs`): the trainer's old-policy log-probs, no recomputation
+float32-accumulated head, as in `chunked_logprobs`): the trainer's old-policy log-probs, no recomputation
 needed when the sampling and training parameters are the same. `sampling_logprobs` are those of the
 processed distribution actually sampled from (temperature, top-k / top-p, suppressed ids), for
 importance corrections. Vision placeholder ids are suppressed by default: the model embeds a generated

@@ -1,7 +1,7 @@
 """Model steps of the rollout: group-shared prefill and single-token decode, with a float32 head.
 
 Both run the model's cached decoder (`prefill_hidden` / `decode_hidden`) and project the hidden states
-with float32 accumulation, exactly as `token_logprobs` does. The sampler's log-probs therefore come
+with float32 accumulation, exactly as `chunked_logprobs` does. The sampler's log-probs therefore come
 from the same float32 logits the trainer recomputes, also when the model computes in bfloat16
 (bfloat16 logits alone would be off by ~0.1 nats). A float32 model on CPU without a mesh, or on a
 one-device one, decodes with the packed step of `packed_decoder.py` instead of `decode_one` (same math,
@@ -29,7 +29,7 @@ from mmrag_jax.parallel import (DEFAULT_RULES, LogicalRules, activation_mesh, kv
 
 
 def float32_logits(model: Qwen25VL, hidden: jax.Array) -> jax.Array:
-  """hidden [..., D] -> logits [..., V] float32 (float32 accumulation, like `token_logprobs`)."""
+  """hidden [..., D] -> logits [..., V] float32 (float32 accumulation, like `chunked_logprobs`)."""
   return jnp.einsum("...d,dv->...v", hidden, model.head_weight(), preferred_element_type=jnp.float32)
 
 

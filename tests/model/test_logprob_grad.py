@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from flax import nnx
 
-from mmrag_jax.model import abstract_model, logprobs_from_hidden, token_logprobs
+from mmrag_jax.model import abstract_model, chunked_logprobs
 from mmrag_jax.model.hf_keys import canonical_key, model_params, to_flax
 
 RESPONSE_LENGTH = 6
@@ -44,7 +44,8 @@ def test_response_logprob_gradients_match_torch(hf_parity_model, flax_parity_mod
   nnx.update(model, nnx.state(flax_parity_model, nnx.Param))
 
   def masked_sum(model):
-    logprobs = token_logprobs(model, parity_inputs, jnp.asarray(targets), chunk_size=CHUNK)
+    logprobs, _ = chunked_logprobs(model.hidden_states(parity_inputs), model.head_weight(), jnp.asarray(targets),
+                                   chunk_size=CHUNK)
     return jnp.sum(logprobs * mask), logprobs
 
   grads, logprobs = nnx.jit(nnx.grad(masked_sum, has_aux=True))(model)
@@ -71,7 +72,7 @@ def test_chunked_logprobs_equal_full_log_softmax():
   logits = hidden @ weight / 0.7
   shifted = logits - logits.max(-1, keepdims=True)
   expected = np.take_along_axis(shifted - np.log(np.exp(shifted).sum(-1, keepdims=True)), targets[..., None], -1)
-  chunked = jax.jit(functools.partial(logprobs_from_hidden, temperature=0.7, chunk_size=3))
-  got = chunked(jnp.asarray(hidden), jnp.asarray(weight), jnp.asarray(targets))
+  chunked = jax.jit(functools.partial(chunked_logprobs, temperature=0.7, chunk_size=3))
+  got, _ = chunked(jnp.asarray(hidden), jnp.asarray(weight), jnp.asarray(targets))
   assert got.dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(got), expected[..., 0], atol=1e-5)

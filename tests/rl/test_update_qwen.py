@@ -10,7 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
-from mmrag_jax.model import Qwen25VL, prepare_inputs, token_logprobs
+from mmrag_jax.model import Qwen25VL, chunked_logprobs, prepare_inputs
 from mmrag_jax.parallel import make_mesh
 from mmrag_jax.rl.batch import build_train_batch
 from mmrag_jax.rl.config import GRPOConfig
@@ -27,7 +27,7 @@ def test_update_logprobs_and_gradient_equal_an_independent_full_forward_with_ima
   batch = dataclasses.replace(batch, advantages=advantages)
   mask = batch.completion_mask
 
-  # Oracle: the model's own token_logprobs on prompt + completion with every image repeated per row,
+  # Oracle: chunked_logprobs over a plain forward of prompt + completion with every image repeated per row,
   # pulled back with the token-mean GRPO gradient at ratio 1: d loss / d logp = -A mask / sum(mask).
   full = completion_batch(prompts, tokens, group, config)
   full_inputs = prepare_inputs(full, config)
@@ -38,7 +38,11 @@ def test_update_logprobs_and_gradient_equal_an_independent_full_forward_with_ima
 
   @jax.jit
   def oracle(p):
-    logprobs = lambda q: token_logprobs(nnx.merge(graphdef, q), full_inputs, jnp.asarray(full["targets"]))[:, window]
+    def logprobs(q):
+      model = nnx.merge(graphdef, q)
+      logp, _ = chunked_logprobs(model.hidden_states(full_inputs), model.head_weight(), jnp.asarray(full["targets"]))
+      return logp[:, window]
+
     logp, vjp = jax.vjp(logprobs, p)
     return logp, vjp(d_logp)[0]
 

@@ -8,7 +8,7 @@ import scipy.special
 import torch
 from flax import nnx
 
-from mmrag_jax.model import prepare_inputs, token_logprobs
+from mmrag_jax.model import chunked_logprobs, prepare_inputs
 from mmrag_jax.sampling import Sampler, completion_batch, select_rows
 
 
@@ -55,11 +55,18 @@ def completion_slice(per_position: np.ndarray, prompt_length: int, steps: int) -
   return per_position[:, prompt_length - 1:prompt_length - 1 + steps]
 
 
-def test_policy_logprobs_equal_full_forward_token_logprobs(model, prompts, config, rollout_spec, shared_rollout,
-                                                           reference_roundoff):
-  """The trainer's recomputation (`token_logprobs` on prompt + completion) gives the returned log-probs."""
+@nnx.jit
+def full_forward_logprobs(model, inputs, targets):
+  """[B, L] log-probs of `targets` from a plain forward of the whole sequences."""
+  logprobs, _ = chunked_logprobs(model.hidden_states(inputs), model.head_weight(), targets)
+  return logprobs
+
+
+def test_policy_logprobs_equal_full_forward_logprobs(model, prompts, config, rollout_spec, shared_rollout,
+                                                     reference_roundoff):
+  """A full forward of prompt + completion (`chunked_logprobs`, the trainer's head) gives the returned log-probs."""
   sequences = completion_batch(prompts, shared_rollout.tokens, rollout_spec.group_size, config)
-  recomputed = nnx.jit(token_logprobs)(model, prepare_inputs(sequences, config), sequences["targets"])
+  recomputed = full_forward_logprobs(model, prepare_inputs(sequences, config), sequences["targets"])
   at_completion = completion_slice(np.asarray(recomputed), prompts["input_ids"].shape[1],
                                    shared_rollout.tokens.shape[1])
   mask = shared_rollout.completion_mask
