@@ -16,6 +16,8 @@ import tqdm
 
 from mmrag_jax.data.pipeline import stage2_pipeline
 from mmrag_jax.data.scores import Stage1Scores
+from mmrag_jax.formats.parse import parse_stage2, split_mmqa_answer
+from mmrag_jax.formats.tags import scan_blocks
 from mmrag_jax.model import Qwen25VL
 from mmrag_jax.processing.targets import MMQA_ANSWER_SEPARATOR, stage2_target
 from mmrag_jax.recipe import outputs
@@ -23,8 +25,6 @@ from mmrag_jax.recipe.checks import ConfigError, reward_config
 from mmrag_jax.recipe.context import RunContext, Split
 from mmrag_jax.recipe.training import TrainResult, train_policy
 from mmrag_jax.rl.reward_fns import stage2_reward_fn
-from mmrag_jax.rl.rewards.parse import parse_stage2
-from mmrag_jax.rl.rewards.tags import scan_blocks
 from mmrag_jax.rl.rollout import completion_texts, processor_batch
 from mmrag_jax.rl.trainer import EvalFn
 from mmrag_jax.sampling import Sampler
@@ -87,7 +87,8 @@ def _answer(text: str | None, dataset: str, separator: str | None) -> str | list
   text = (text or "").strip()
   if dataset != "mmqa":
     return text
-  parts = [p.strip() for p in text.split(separator or MMQA_ANSWER_SEPARATOR.strip())]  # as the reward splits
+  # The reward's spans; without a separator, the one the prompt asks for.
+  parts = split_mmqa_answer(text, separator or MMQA_ANSWER_SEPARATOR.strip())
   return [p for p in parts if p] or [text]
 
 
