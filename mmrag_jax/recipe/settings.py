@@ -187,6 +187,7 @@ def _grpo(config: ml_collections.ConfigDict) -> GRPOConfig:
 
 
 def sampling_method(config: ml_collections.ConfigDict) -> SamplingMethod:
+  """config.sampler's method (sampler.method: greedy | categorical | top_k | top_p) and its parameters."""
   s = config.sampler
   if s.method == "greedy":
     return Greedy()
@@ -198,6 +199,7 @@ def sampling_method(config: ml_collections.ConfigDict) -> SamplingMethod:
 
 
 def sampler_config(config: ml_collections.ConfigDict, *, max_new_tokens: int, greedy: bool = False) -> SamplerConfig:
+  """The sampler of `max_new_tokens` tokens per completion: config.sampler's method, or argmax with `greedy`."""
   s = config.sampler
   return SamplerConfig(max_new_tokens=max_new_tokens, method=Greedy() if greedy else sampling_method(config),
                        length_buckets=tuple(s.length_buckets), patch_buckets=tuple(s.patch_buckets),
@@ -205,6 +207,7 @@ def sampler_config(config: ml_collections.ConfigDict, *, max_new_tokens: int, gr
 
 
 def scorer_config(config: ml_collections.ConfigDict) -> ScorerConfig:
+  """Stage 1's P(yes) scorer: scorer.batch_size candidates per forward pass, the sampler's buckets."""
   s = config.sampler
   return ScorerConfig(batch_size=config.scorer.batch_size, length_buckets=tuple(s.length_buckets),
                       patch_buckets=tuple(s.patch_buckets))
@@ -212,6 +215,8 @@ def scorer_config(config: ml_collections.ConfigDict) -> ScorerConfig:
 
 def pipeline_config(config: ml_collections.ConfigDict, processor_path: str, batch_size: int, *,
                     train: bool) -> PipelineConfig:
+  """The input pipeline of `batch_size` prompts: shuffled, endless and with workers for training, one pass
+  in the calling process otherwise."""
   c = config
   return PipelineConfig(
       processor_path=processor_path, min_pixels=c.pipeline.min_pixels, max_pixels=c.pipeline.max_pixels,
@@ -222,6 +227,7 @@ def pipeline_config(config: ml_collections.ConfigDict, processor_path: str, batc
 
 
 def _warmup(config: ml_collections.ConfigDict) -> WarmupConfig:
+  """The format warm-up: warmup.*, with the GRPO batch's geometry (rl.*, the sampler's buckets)."""
   c = config
   return WarmupConfig(steps=c.warmup.steps, learning_rate=c.warmup.learning_rate,
                       max_new_tokens=c.rl.max_new_tokens, length_buckets=tuple(c.sampler.length_buckets),
@@ -246,7 +252,7 @@ def settings(config: ml_collections.ConfigDict) -> Settings:
   sampler_fields = {"temperature": "sampler.temperature", "k": "sampler.top_k", "p": "sampler.top_p",
                     **_section_fields(c, "sampler")}
   trainer = _built(lambda: _trainer(c), "train", {**_section_fields(c, "train"), "seed": "seed"})
-  _built(lambda: sampling_method(c), "sampler", sampler_fields)
+  _built(lambda: sampling_method(c), "sampler", sampler_fields)  # a bad sampler.temperature is the sampler's
   grpo = _grpo(c)
   reward_cls = Stage1RewardConfig if c.stage == 1 else Stage2RewardConfig
   reward = _built(lambda: reward_cls.from_mapping(c.reward.to_dict()), "reward", _section_fields(c, "reward"))
