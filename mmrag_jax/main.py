@@ -24,7 +24,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import ConfigDict, config_flags
 
-from mmrag_jax.errors import RunError  # ConfigError (recipe/checks.py) is one
+from mmrag_jax.errors import RunError  # ConfigError (recipe/settings.py) is one
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/stage2.py:demo.",
                                           lock_config=False)

@@ -24,7 +24,7 @@ from mmrag_jax.benchmarks.report import print_result, print_table  # noqa: E402
 from mmrag_jax.evaluation import mmqa_metrics, webqa_metrics
 from mmrag_jax.rl.rewards import MMQAAnswer, Stage2Reference, Stage2RewardConfig, WebQAAnswer
 from mmrag_jax.rl.rewards.batch import pack_stage2
-from mmrag_jax.rl.rewards.parse import parse_stage2
+from mmrag_jax.formats.parse import parse_stage2
 from mmrag_jax.rl.rewards.stage2 import stage2_reward_kernel
 
 _KEYWORDS = {

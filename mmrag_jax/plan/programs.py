@@ -27,7 +27,8 @@ from mmrag_jax.model import ModelInputs, Qwen25VLConfig, VisionIndex, abstract_m
 from mmrag_jax.model.qwen25vl import map_input_arrays
 from mmrag_jax.model.vision_index import max_frame_patches
 from mmrag_jax.parallel import DEFAULT_RULES, decode_rules, logical_sharding, make_mesh, param_shardings
-from mmrag_jax.recipe.checks import batch_pixel_rows, grpo_config
+from mmrag_jax.recipe.checks import batch_pixel_rows
+from mmrag_jax.recipe.settings import sampling_method, settings
 from mmrag_jax.rl import update
 from mmrag_jax.rl.batch import TrainBatch
 from mmrag_jax.rl.policy import QwenLogprobs
@@ -172,7 +173,7 @@ class PlanSetup:
     accumulators (the trainable part) and the KL reference (a copy of the trainable part, when beta > 0)."""
     trainable = update.split_trainable(self.params, self.freeze)[0]
     state = {"params": self.params, "optimizer": self.opt_state, "accumulators": trainable}
-    if grpo_config(self.config).beta > 0:
+    if settings(self.config).grpo.beta > 0:
       state["reference"] = trainable
     return state
 
@@ -187,7 +188,7 @@ def build_setup(config: ml_collections.ConfigDict, devices: Any, *, model: Qwen2
   replaces the config's architecture (`model_config`) when given."""
   model = model_config(config) if model is None else model
   mesh = make_mesh(tuple(config.mesh.shape), devices=list(devices))
-  grpo = grpo_config(config)
+  grpo = settings(config).grpo
   graphdef, abstract_state = nnx.split(abstract_model(model))
   shardings = param_shardings(abstract_state, mesh, DEFAULT_RULES)
   params = _with_shardings(abstract_state, shardings)
@@ -209,14 +210,14 @@ def _scalar(mesh: Mesh, dtype: Any) -> jax.ShapeDtypeStruct:
 
 
 def _logprob_fn(setup: PlanSetup) -> QwenLogprobs:
-  grpo = grpo_config(setup.config)
+  grpo = settings(setup.config).grpo
   return QwenLogprobs(grpo.temperature, grpo.logprob_chunk_size)
 
 
 def update_programs(setup: PlanSetup) -> list[Program]:
   """The GRPO optimizer step: `accumulate` (once per micro-batch) and `apply` (once), as `PolicyUpdater` runs
   them; and the reference log-prob pass (once per micro-batch) when the loss has a KL term."""
-  grpo = grpo_config(setup.config)
+  grpo = settings(setup.config).grpo
   frozen_sh = update._FrozenTree.of(setup.param_shardings)
   _, accumulate, logprobs = update._jitted_model_steps(setup.graphdef, grpo.loss_config(), _logprob_fn(setup),
                                                        frozen_sh, setup.freeze)
@@ -317,13 +318,11 @@ def _generation_programs(setup: PlanSetup, *, prompts: int, group_size: int, num
 def sampler_programs(setup: PlanSetup) -> list[Program]:
   """The rollout: the group-shared `prefill` of train.batch_size / G prompts at the largest length and patch
   buckets, and the `decode` loop of rl.max_new_tokens steps over the B * G rows (the sampler's own jits)."""
-  from mmrag_jax.recipe.context import RunContext
-
   g = setup.geometry
   # The gradient accumulators are not live during the rollout.
   return _generation_programs(setup, prompts=g.rows // g.group_size, group_size=g.group_size,
                               num_patches=g.num_patches, new_tokens=g.completion_length,
-                              method=RunContext.sampling_method(_ConfigHolder(setup.config)),
+                              method=sampling_method(setup.config),
                               names=("prefill", "decode_weights", "decode"), family="sampler",
                               per_update=g.micro_batches, in_resident=("params", "accumulators"))
 
@@ -357,13 +356,6 @@ class _Bound:
       static = {k: v for k, v in self.static.items() if k != "graphdef"}
       return self.fn.lower(self.static["graphdef"], *args, **static)
     return self.fn.lower(*args, **self.static)
-
-
-class _ConfigHolder:
-  """The `config` attribute `RunContext.sampling_method` reads."""
-
-  def __init__(self, config: ml_collections.ConfigDict):
-    self.config = config
 
 
 def scorer_programs(setup: PlanSetup) -> list[Program]:

@@ -5,7 +5,10 @@
   stage2                       stage-2 training, the full pipeline on a split
   training                     format warm-up -> GRPO -> Hugging Face export (both stages)
   outputs                      predictions.jsonl, submission, metrics.json, report.html, curves, summary
-  checks / presets / context   config validation, shared fields and presets, the resolved run
+  presets                      the fields both stages share, and the presets
+  settings                     settings(config): the config as typed settings objects, built once
+  checks                       config validation across fields (batch geometry, buckets, splits, paths)
+  context                      the run's workdir and mesh (RunDir), checkpoints, processors, splits
   demo                         synthetic data and a tiny random checkpoint for the demo preset
 
 This package sits above model / sampling / rl / data / evaluation and is imported by nothing below it.

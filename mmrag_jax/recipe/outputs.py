@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,7 +16,8 @@ from mmrag_jax.evaluation.gold import add_gold_notes, load_mmqa_gold, load_webqa
 from mmrag_jax.evaluation.mmqa_eval import evaluate_mmqa, score_mmqa
 from mmrag_jax.evaluation.predictions import Prediction, write_mmqa_predictions, write_webqa_submission
 from mmrag_jax.evaluation.webqa_eval import evaluate_webqa, score_webqa
-from mmrag_jax.recipe.context import RunContext, Split
+from mmrag_jax.recipe.context import RunDir, Split, is_main_process, write_json
+from mmrag_jax.recipe.settings import DataSettings
 
 _log = logging.getLogger(__name__)
 
@@ -54,23 +56,23 @@ def scored_golds(golds: Sequence[Any], split: Split, limit: int) -> list[Any]:
   return list(golds[:last + 1])
 
 
-def evaluate_split(ctx: RunContext, split: Split, predictions: Mapping[str, Prediction]
+def evaluate_split(split: Split, predictions: Mapping[str, Prediction], data: DataSettings, bart: str
                    ) -> tuple[dict[str, Any] | None, dict[str, float]]:
   """Official metrics of a labeled split and each question's answer score (WebQA QA-Acc / MMQA F1, in
   [0, 1]); (None, {}) on an unlabeled split. Questions of the split the reader skipped (e.g. no gold
-  source in the pool) count, with score 0; `data.max_eval_questions` limits them to the part read."""
-  c = ctx.config.data
+  source in the pool) count, with score 0; `data.max_eval_questions` limits them to the part read.
+  bart: a BART checkpoint for WebQA's QA-FL ('' = none)."""
   if not any(q.is_labeled for q in split.questions):
     return None, {}
-  if c.dataset == "webqa":
-    golds, skipped = load_webqa_gold(c.data_dir, split.name)
-    golds = scored_golds(golds, split, c.max_eval_questions)
-    fluency_fn, fluency_info = _fluency(ctx.config.predict.bart)
+  if data.dataset == "webqa":
+    golds, skipped = load_webqa_gold(data.data_dir, split.name)
+    golds = scored_golds(golds, split, data.max_eval_questions)
+    fluency_fn, fluency_info = _fluency(bart)
     report = evaluate_webqa(golds, predictions, fluency_fn, fluency_info)
     per_question = {s.qid: s.qa_acc for s in score_webqa(golds, predictions)}
   else:
-    golds, skipped = load_mmqa_gold(c.data_dir, split.name)
-    golds = scored_golds(golds, split, c.max_eval_questions)
+    golds, skipped = load_mmqa_gold(data.data_dir, split.name)
+    golds = scored_golds(golds, split, data.max_eval_questions)
     report = evaluate_mmqa(golds, predictions)
     per_question = {s.qid: s.f1 for s in score_mmqa(golds, predictions)}
   return add_gold_notes({"split": split.name, **report}, skipped), per_question
@@ -106,43 +108,42 @@ def write_jsonl(path: str, records: Sequence[Mapping[str, Any]]) -> None:
       f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def write_split_outputs(ctx: RunContext, split: Split, scores: Stage1Scores, parsed: Mapping[str, Mapping[str, Any]],
+def write_split_outputs(run: RunDir, split: Split, scores: Stage1Scores, parsed: Mapping[str, Mapping[str, Any]], *,
+                        data: DataSettings, bart: str, report_html: bool,
                         extra_metrics: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
-  """Scores the split (when labeled) and writes predictions, submission, metrics and the report
-  (whose metrics table also shows `extra_metrics`, e.g. the stage-1 recall@k).
+  """Scores the split (when labeled) and writes predictions, submission, metrics and (with `report_html`) the
+  report, whose metrics table also shows `extra_metrics`, e.g. the stage-1 recall@k.
 
   Returns the metrics report (None for an unlabeled split).
   """
   predictions = as_predictions(parsed)
-  report, per_question = evaluate_split(ctx, split, predictions)
+  report, per_question = evaluate_split(split, predictions, data, bart)
   records = [question_record(q, scores.get(q.qid, {}), parsed[q.qid], per_question.get(q.qid))
              for q in split.questions if q.qid in parsed]
-  if not ctx.is_main_process:
+  if not is_main_process():
     return report
-  write_jsonl(ctx.path(PREDICTIONS_FILE), records)
-  writer = write_webqa_submission if ctx.config.data.dataset == "webqa" else write_mmqa_predictions
-  writer(predictions.values(), ctx.path(SUBMISSION_FILES[ctx.config.data.dataset]))
+  write_jsonl(run.path(PREDICTIONS_FILE), records)
+  writer = write_webqa_submission if data.dataset == "webqa" else write_mmqa_predictions
+  writer(predictions.values(), run.path(SUBMISSION_FILES[data.dataset]))
   if report is not None:
-    ctx.write_json(METRICS_FILE, report)
-  if ctx.config.predict.report:
+    write_json(run.path(METRICS_FILE), report)
+  if report_html:
     from mmrag_jax.evaluation.report import write_report
 
     shown = {**(report or {"split": split.name, "labeled": False}), **(extra_metrics or {})}
-    write_report(ctx.path(REPORT_FILE), records, shown,
-                 images=split.images, title=f"MMRAG-RFT {ctx.config.data.dataset} {split.name}")
+    write_report(run.path(REPORT_FILE), records, shown,
+                 images=split.images, title=f"MMRAG-RFT {data.dataset} {split.name}")
   return report
 
 
-def write_curves(ctx: RunContext) -> str | None:
+def write_curves(run: RunDir) -> str | None:
   """training_curves.png from metrics.jsonl, when the run trained."""
-  import os
-
-  metrics = ctx.path("metrics.jsonl")
-  if not ctx.is_main_process or not os.path.isfile(metrics):
+  metrics = run.path("metrics.jsonl")
+  if not is_main_process() or not os.path.isfile(metrics):
     return None
   from mmrag_jax.evaluation.curves import plot_training_curves
 
-  return plot_training_curves(metrics, ctx.path(CURVES_FILE))
+  return plot_training_curves(metrics, run.path(CURVES_FILE))
 
 
 def cost_summary(history: Sequence[Mapping[str, float]], *, total_time_s: float, num_devices: int,
@@ -161,7 +162,7 @@ def cost_summary(history: Sequence[Mapping[str, float]], *, total_time_s: float,
   }
 
 
-def headline_metrics(ctx: RunContext, report: Mapping[str, Any] | None) -> dict[str, float | None]:
+def headline_metrics(dataset: str, report: Mapping[str, Any] | None) -> dict[str, float | None]:
   """The dataset's headline metrics of an `evaluate_split` report (WEBQA_KEYS / MMQA_KEYS); {} for None."""
-  keys = WEBQA_KEYS if ctx.config.data.dataset == "webqa" else MMQA_KEYS
+  keys = WEBQA_KEYS if dataset == "webqa" else MMQA_KEYS
   return {key: report.get(key) for key in keys if key in report} if report is not None else {}

@@ -11,6 +11,8 @@ Batch geometry (one micro-batch):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -156,29 +158,42 @@ def _toy(c: ml_collections.ConfigDict) -> None:
   c.predict.batch_size = 16
 
 
-def _3b(c: ml_collections.ConfigDict) -> None:
-  c.mesh.shape = (1, -1, 1)  # FSDP over every device: 3.75B params + AdamW in float32 is ~60 GB
-  c.model.remat = True       # stage-2 activations without remat are ~70 GB per 4 rows (tpu/README.md)
-  c.model.attention_query_chunk = 512  # one layer's scores: 4608^2 x heads floats per row otherwise
-  c.train.batch_size = 64
-  # Rows split over every chip of a v5litepod-16: 16 prediction prompts, whose 5 images of 448 x 448 px
-  # (stage 2) are up to 81,920 pixel rows.
-  c.predict.batch_size = 16
-  c.sampler.patch_buckets = (4096, 16384, 65536, 81920)
+# What the real-checkpoint presets set beyond FSDP over every device and remat, per model size. The sizes are
+# the largest that fit (`python -m mmrag_jax.plan`; tpu/README.md).
+_REAL_CHECKPOINT = {
+    # 3.75B params + AdamW in float32 is ~60 GB; stage-2 activations without remat are ~70 GB per 4 rows.
+    "3b": {
+        "model.attention_query_chunk": 512,  # one layer's scores: 4608^2 x heads floats per row otherwise
+        "train.batch_size": 64,
+        # Rows split over every chip of a v5litepod-16: 16 prediction prompts, whose 5 images of 448 x 448 px
+        # (stage 2) are up to 81,920 pixel rows.
+        "predict.batch_size": 16,
+        "sampler.patch_buckets": (4096, 16384, 65536, 81920),
+    },
+    # 8.3B params + AdamW in float32 is ~133 GB. 64 completions per step as 2 micro-batches of 32, queries in
+    # chunks of 256, the LM head in chunks of 128 positions: the stage-2 update then fits a v5p-8.
+    "7b": {
+        "model.attention_query_chunk": 256,
+        "rl.logprob_chunk_size": 128,
+        "train.batch_size": 32,
+        "train.micro_batches": 2,
+    },
+}
 
 
-def _7b(c: ml_collections.ConfigDict) -> None:
-  c.mesh.shape = (1, -1, 1)  # 8.3B params + AdamW in float32 is ~133 GB: FSDP over a slice
-  c.model.remat = True
-  # 64 completions per step as 2 micro-batches of 32, queries in chunks of 256, the LM head in chunks of 128
-  # positions: the stage-2 update then fits a v5p-8 (`python -m mmrag_jax.plan`; tpu/README.md).
-  c.model.attention_query_chunk = 256
-  c.rl.logprob_chunk_size = 128
-  c.train.batch_size = 32
-  c.train.micro_batches = 2
+def _real_checkpoint(size: str) -> Callable[[ml_collections.ConfigDict], None]:
+  """The preset of a Qwen2.5-VL checkpoint of `size` (a key of _REAL_CHECKPOINT)."""
+  def apply(c: ml_collections.ConfigDict) -> None:
+    c.mesh.shape = (1, -1, 1)  # FSDP over every device: the parameters and AdamW state do not fit one chip
+    c.model.remat = True
+    for field, value in _REAL_CHECKPOINT[size].items():
+      section, name = field.split(".")
+      c[section][name] = value
+
+  return apply
 
 
-_APPLY = {"demo": _demo, "toy": _toy, "3b": _3b, "7b": _7b}
+_APPLY = {"demo": _demo, "toy": _toy, **{size: _real_checkpoint(size) for size in _REAL_CHECKPOINT}}
 
 
 def apply_preset(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:

@@ -16,10 +16,12 @@ import tqdm
 from mmrag_jax.data.pipeline import stage1_pipeline
 from mmrag_jax.data.scores import write_stage1_scores
 from mmrag_jax.evaluation.ranking import describe_unscored, recall_at_k, unscored_summary
+from jax.sharding import Mesh
+
 from mmrag_jax.model import Qwen25VL
 from mmrag_jax.processing.targets import stage1_target
-from mmrag_jax.recipe.checks import reward_config
-from mmrag_jax.recipe.context import RunContext, Split
+from mmrag_jax.recipe.context import RunDir, Split, is_main_process, load_policy_processor, write_json
+from mmrag_jax.recipe.settings import Settings, for_checkpoint
 from mmrag_jax.recipe.training import TrainResult, train_policy
 from mmrag_jax.rl.reward_fns import stage1_reward_fn
 from mmrag_jax.rl.rollout import processor_batch
@@ -41,33 +43,30 @@ def stage1_targets(think: bool):
   return targets
 
 
-def recall_eval(ctx: RunContext, model_dir: str, split: Split) -> EvalFn:
+def recall_eval(model_dir: str, split: Split, s: Settings, mesh: Mesh) -> EvalFn:
   """The periodic evaluation of the judge: recall@k of the gold sources on `split` ({"recall@1": ...})."""
-  ks = tuple(ctx.config.scorer.recall_ks)
-  return lambda policy, step: recall_at_k(split.questions, score_candidates(ctx, policy, model_dir, split)[0], ks)
+  return lambda policy, step: recall_at_k(split.questions, score_candidates(policy, model_dir, split, s, mesh)[0],
+                                          s.recall_ks)
 
 
-def train_stage1(ctx: RunContext, model: Qwen25VL, model_dir: str, train: Split, val: Split | None = None
+def train_stage1(model: Qwen25VL, model_dir: str, train: Split, s: Settings, run: RunDir, val: Split | None = None
                  ) -> TrainResult:
-  """GRPO on point-wise (question, candidate) prompts with the stage-1 rule rewards; with `val`, the
-  recall@k on it every `train.eval_every` loop steps."""
-  c = ctx.config
-  processor = ctx.processor(model_dir)
-  reward = reward_config(c)
-  negatives = c.stage1.negatives_per_positive
+  """GRPO on point-wise (question, candidate) prompts with the stage-1 rule rewards, from checkpoint
+  `model_dir`; with `val`, the recall@k on it every `train.eval_every` loop steps."""
+  pipeline_config = for_checkpoint(s.train_pipeline, model_dir)
+  processor = load_policy_processor(model_dir, pipeline_config)
+  negatives = s.stage1.negatives_per_positive
 
-  def pipeline(batch_size: int):
-    return iter(stage1_pipeline(train.questions, train.images, ctx.pipeline_config(model_dir, batch_size, train=True),
-                                negatives_per_positive=negatives))
+  def pipeline():
+    return iter(stage1_pipeline(train.questions, train.images, pipeline_config, negatives_per_positive=negatives))
 
-  return train_policy(ctx, model, model_dir, processor, data=pipeline(ctx.prompts_per_batch),
-                      reward_fn=stage1_reward_fn(reward),
-                      warmup_data=pipeline(ctx.prompts_per_batch) if c.warmup.steps else None,
-                      target_fn=stage1_targets(c.prompt.stage1_think),
-                      eval_fn=recall_eval(ctx, model_dir, val) if val is not None else None)
+  return train_policy(model, model_dir, processor, s, run, data=pipeline(), reward_fn=stage1_reward_fn(s.reward),
+                      warmup_data=pipeline() if s.warmup.steps else None,
+                      target_fn=stage1_targets(pipeline_config.prompt.stage1_think),
+                      eval_fn=recall_eval(model_dir, val, s, run.mesh) if val is not None else None)
 
 
-def score_candidates(ctx: RunContext, model: Qwen25VL, model_dir: str, split: Split
+def score_candidates(model: Qwen25VL, model_dir: str, split: Split, s: Settings, mesh: Mesh
                      ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, str]]]:
   """P(yes) of every candidate of every question: ({qid: {candidate id: score}}, the unscored candidates
   {qid: {candidate id: reason}}).
@@ -75,17 +74,16 @@ def score_candidates(ctx: RunContext, model: Qwen25VL, model_dir: str, split: Sp
   A candidate whose prompt could not be built (unreadable image, prompt over the largest length bucket,
   images over the batch budget) gets score 0; its reason is one of `batching.DROP_REASONS`.
   """
-  processor = ctx.processor(model_dir)
+  pipeline_config = for_checkpoint(s.score_pipeline, model_dir)
+  processor = load_policy_processor(model_dir, pipeline_config)
   prefix, yes_id, no_id = judgment_continuation(processor.tokenizer, stage1_target(1), stage1_target(0))
-  scorer = Scorer(model, yes_token_id=yes_id, no_token_id=no_id, config=ctx.scorer_config(), mesh=ctx.mesh)
-  batch_size = ctx.config.scorer.batch_size
-  pipeline = stage1_pipeline(split.questions, split.images, ctx.pipeline_config(model_dir, batch_size, train=False),
-                             negatives_per_positive=None)
+  scorer = Scorer(model, yes_token_id=yes_id, no_token_id=no_id, config=s.scorer, mesh=mesh)
+  pipeline = stage1_pipeline(split.questions, split.images, pipeline_config, negatives_per_positive=None)
   total = sum(len(q.candidates) for q in split.questions)
   scores: dict[str, dict[str, float]] = {q.qid: {} for q in split.questions}
   unscored: dict[str, dict[str, str]] = {}
   progress = tqdm.tqdm(total=total, desc=f"stage-1 scoring {split.name}", unit="cand",
-                       disable=not ctx.is_main_process or not ctx.config.train.progress_bar)
+                       disable=not is_main_process() or not s.trainer.progress_bar)
   for batch in pipeline:
     probs = scorer(with_continuation(processor_batch(batch), prefix))
     for row, qid in enumerate(batch["qid"]):
@@ -101,25 +99,25 @@ def score_candidates(ctx: RunContext, model: Qwen25VL, model_dir: str, split: Sp
   return scores, unscored
 
 
-def run_stage1_inference(ctx: RunContext, model: Qwen25VL, model_dir: str, split: Split
+def run_stage1_inference(model: Qwen25VL, model_dir: str, split: Split, s: Settings, run: RunDir
                          ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
-  """Scores a split and writes its ranking and recall files.
+  """Scores a split and writes its ranking and recall files into the run's workdir.
 
   Returns ({'recall@k': ..., 'unscored': n, 'unscored_by_reason': {...}, 'questions_with_unscored_gold':
   n, ...}, the scores {qid: {candidate id: P(yes)}}).
   """
-  scores, unscored = score_candidates(ctx, model, model_dir, split)
-  if ctx.is_main_process:
-    write_stage1_scores(ctx.path(ranking_file(split.name)), scores)
-  recall = recall_at_k(split.questions, scores, tuple(ctx.config.scorer.recall_ks))
+  scores, unscored = score_candidates(model, model_dir, split, s, run.mesh)
+  if is_main_process():
+    write_stage1_scores(run.path(ranking_file(split.name)), scores)
+  recall = recall_at_k(split.questions, scores, s.recall_ks)
   num_candidates = int(sum(len(q.candidates) for q in split.questions))
   unscored_report = unscored_summary(split.questions, unscored)
   report = {"split": split.name, "num_questions": len(split.questions), "num_candidates": num_candidates,
             **recall, **unscored_report}
-  ctx.write_json(f"recall_{split.name}.json", report)
+  write_json(run.path(f"recall_{split.name}.json"), report)
   shown = ", ".join(f"{k} {v:.3f}" for k, v in recall.items()) or "unlabeled split"
   coverage = describe_unscored(unscored_report, num_candidates)
   _log.info("stage-1 %s: %s (%s)", split.name, shown, coverage)
-  print(f"stage-1 ranking of {split.name}: {ctx.path(ranking_file(split.name))}  [{shown}]"
+  print(f"stage-1 ranking of {split.name}: {run.path(ranking_file(split.name))}  [{shown}]"
         + (f"\n  {coverage}" if unscored else ""))
   return report, scores

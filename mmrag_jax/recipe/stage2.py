@@ -13,18 +13,19 @@ from typing import Any
 import jax
 import numpy as np
 import tqdm
+from jax.sharding import Mesh
 
 from mmrag_jax.data.pipeline import stage2_pipeline
 from mmrag_jax.data.scores import Stage1Scores
+from mmrag_jax.formats.parse import parse_stage2, split_mmqa_answer
+from mmrag_jax.formats.tags import scan_blocks
 from mmrag_jax.model import Qwen25VL
 from mmrag_jax.processing.targets import MMQA_ANSWER_SEPARATOR, stage2_target
 from mmrag_jax.recipe import outputs
-from mmrag_jax.recipe.checks import ConfigError, reward_config
-from mmrag_jax.recipe.context import RunContext, Split
+from mmrag_jax.recipe.context import RunDir, Split, is_main_process, load_policy_processor
+from mmrag_jax.recipe.settings import ConfigError, Settings, for_checkpoint
 from mmrag_jax.recipe.training import TrainResult, train_policy
 from mmrag_jax.rl.reward_fns import stage2_reward_fn
-from mmrag_jax.rl.rewards.parse import parse_stage2
-from mmrag_jax.rl.rewards.tags import scan_blocks
 from mmrag_jax.rl.rollout import completion_texts, processor_batch
 from mmrag_jax.rl.trainer import EvalFn
 from mmrag_jax.sampling import Sampler
@@ -53,41 +54,40 @@ def stage2_targets(batch: Mapping[str, Any]) -> list[str]:
           for row in range(len(batch["qid"]))]
 
 
-def answer_eval(ctx: RunContext, model_dir: str, split: Split, scores: Stage1Scores) -> EvalFn:
+def answer_eval(model_dir: str, split: Split, scores: Stage1Scores, s: Settings, mesh: Mesh) -> EvalFn:
   """The periodic evaluation of the policy: the headline metrics of its greedy answers on `split` (WebQA
   retrieval_f1, qa_acc, and qa_fl / qa with a BART checkpoint; MMQA em, f1, retrieval_f1)."""
   def evaluate(policy: Qwen25VL, step: int) -> dict[str, float]:
-    parsed = predict_split(ctx, policy, model_dir, split, scores)
-    report, _ = outputs.evaluate_split(ctx, split, outputs.as_predictions(parsed))
-    return {k: v for k, v in outputs.headline_metrics(ctx, report).items() if v is not None}
+    parsed = predict_split(policy, model_dir, split, scores, s, mesh)
+    report, _ = outputs.evaluate_split(split, outputs.as_predictions(parsed), s.data, s.bart)
+    return {k: v for k, v in outputs.headline_metrics(s.data.dataset, report).items() if v is not None}
 
   return evaluate
 
 
-def train_stage2(ctx: RunContext, model: Qwen25VL, model_dir: str, train: Split, scores: Stage1Scores,
+def train_stage2(model: Qwen25VL, model_dir: str, train: Split, scores: Stage1Scores, s: Settings, run: RunDir,
                  val: tuple[Split, Stage1Scores] | None = None) -> TrainResult:
-  """GRPO on list-wise prompts: all gold candidates + the hardest negatives of the stage-1 ranking; with
-  `val` (a split and its stage-1 ranking), its answer metrics every `train.eval_every` loop steps."""
-  c = ctx.config
-  processor = ctx.processor(model_dir)
-  reward = reward_config(c)
+  """GRPO on list-wise prompts from checkpoint `model_dir`: all gold candidates + the hardest negatives of
+  the stage-1 ranking; with `val` (a split and its stage-1 ranking), its answer metrics every
+  `train.eval_every` loop steps."""
+  pipeline_config = for_checkpoint(s.train_pipeline, model_dir)
+  processor = load_policy_processor(model_dir, pipeline_config)
 
-  def pipeline(batch_size: int):
-    return iter(stage2_pipeline(train.questions, train.images, ctx.pipeline_config(model_dir, batch_size, train=True),
-                                k=c.stage2.k, mode="train", scores=scores))
+  def pipeline():
+    return iter(stage2_pipeline(train.questions, train.images, pipeline_config, k=s.stage2.k, mode="train",
+                                scores=scores))
 
-  return train_policy(ctx, model, model_dir, processor, data=pipeline(ctx.prompts_per_batch),
-                      reward_fn=stage2_reward_fn(reward),
-                      warmup_data=pipeline(ctx.prompts_per_batch) if c.warmup.steps else None,
-                      target_fn=stage2_targets,
-                      eval_fn=answer_eval(ctx, model_dir, *val) if val is not None else None)
+  return train_policy(model, model_dir, processor, s, run, data=pipeline(), reward_fn=stage2_reward_fn(s.reward),
+                      warmup_data=pipeline() if s.warmup.steps else None, target_fn=stage2_targets,
+                      eval_fn=answer_eval(model_dir, *val, s, run.mesh) if val is not None else None)
 
 
 def _answer(text: str | None, dataset: str, separator: str | None) -> str | list[str]:
   text = (text or "").strip()
   if dataset != "mmqa":
     return text
-  parts = [p.strip() for p in text.split(separator or MMQA_ANSWER_SEPARATOR.strip())]  # as the reward splits
+  # The reward's spans; without a separator, the one the prompt asks for.
+  parts = split_mmqa_answer(text, separator or MMQA_ANSWER_SEPARATOR.strip())
   return [p for p in parts if p] or [text]
 
 
@@ -103,22 +103,21 @@ def parse_prediction(completion: str, candidate_ids: Sequence[str], dataset: str
           "format_ok": not parsed.malformed}
 
 
-def predict_split(ctx: RunContext, model: Qwen25VL, model_dir: str, split: Split,
-                  scores: Stage1Scores) -> dict[str, dict[str, Any]]:
+def predict_split(model: Qwen25VL, model_dir: str, split: Split, scores: Stage1Scores, s: Settings,
+                  mesh: Mesh) -> dict[str, dict[str, Any]]:
   """Greedy stage-2 answers for every question of the split: {qid: parsed prediction + prompt ids}.
 
   A question whose prompt could not be built (the pipeline logs why) gets an empty answer and
   `format_ok` False, so every question has a prediction.
   """
-  c = ctx.config
-  processor = ctx.processor(model_dir)
-  config = ctx.pipeline_config(model_dir, c.predict.batch_size, train=False)
-  pipeline = stage2_pipeline(split.questions, split.images, config, k=c.stage2.k, mode="inference", scores=scores)
-  sampler = Sampler(model, ctx.sampler_config(max_new_tokens=c.predict.max_new_tokens, greedy=True), mesh=ctx.mesh)
-  key = jax.random.key(c.seed)
+  config = for_checkpoint(s.predict_pipeline, model_dir)
+  processor = load_policy_processor(model_dir, config)
+  pipeline = stage2_pipeline(split.questions, split.images, config, k=s.stage2.k, mode="inference", scores=scores)
+  sampler = Sampler(model, s.predict, mesh=mesh)
+  key = jax.random.key(s.seed)
   out: dict[str, dict[str, Any]] = {}
   progress = tqdm.tqdm(total=len(split.questions), desc=f"stage-2 answers {split.name}", unit="q",
-                       disable=not ctx.is_main_process or not c.train.progress_bar)
+                       disable=not is_main_process() or not s.trainer.progress_bar)
   for batch in pipeline:
     samples = sampler.generate(processor_batch(batch), key, group_size=1)
     texts = completion_texts(samples, processor.decode, sampler.stop_ids)
@@ -128,7 +127,7 @@ def predict_split(ctx: RunContext, model: Qwen25VL, model_dir: str, split: Split
       ids = [str(i) for i in batch["candidate_ids"][row][:int(batch["num_candidates"][row])]]
       dataset = str(batch["dataset"][row])
       completion = texts[row] if batch["valid"][row] else ""
-      record = parse_prediction(completion, ids, dataset, c.reward.think, c.reward.mmqa_span_separator)
+      record = parse_prediction(completion, ids, dataset, s.reward.think, s.reward.mmqa_span_separator)
       record.update(kept_ids=ids, truncated=bool(np.asarray(samples.truncated)[row]))
       out[str(qid)] = record
       progress.update(1)

@@ -13,8 +13,10 @@ from typing import Any
 from flax import nnx
 
 from mmrag_jax.model import Qwen25VL
-from mmrag_jax.recipe.context import RunContext
+from mmrag_jax.recipe.context import EXPORT_DIR, RunDir, export_policy
+from mmrag_jax.recipe.settings import Settings
 from mmrag_jax.rl.checkpointing import latest_committed_step
+from mmrag_jax.rl.config import GRPOConfig
 from mmrag_jax.rl.interrupts import NonFiniteTraining, StopSignals, TrainingInterrupted, signal_name
 from mmrag_jax.rl.metrics_log import MetricsWriter, ProgressBar, read_metrics
 from mmrag_jax.rl.rollout import RewardFn
@@ -36,16 +38,13 @@ class TrainResult:
   warmup_history: list[dict[str, float]]
 
 
-def _warmup(ctx: RunContext, model: Qwen25VL, processor: Any, data: Iterator[Mapping[str, Any]],
-            target_fn: TargetFn, stop: StopSignals) -> tuple[nnx.Module, list[dict[str, float]]]:
-  c = ctx.config
-  config = WarmupConfig(steps=c.warmup.steps, learning_rate=c.warmup.learning_rate,
-                        max_new_tokens=c.rl.max_new_tokens, length_buckets=tuple(c.sampler.length_buckets),
-                        patch_buckets=tuple(c.sampler.patch_buckets),
-                        logprob_chunk_size=c.rl.logprob_chunk_size, group_size=c.rl.group_size)
+def _warmup(model: Qwen25VL, processor: Any, data: Iterator[Mapping[str, Any]], target_fn: TargetFn,
+            stop: StopSignals, *, config: WarmupConfig, grpo: GRPOConfig, run: RunDir, progress_bar: bool
+            ) -> tuple[nnx.Module, list[dict[str, float]]]:
+  """`config.steps` supervised steps on `target_fn`'s completions, with the loss settings of `grpo`."""
   # A fresh file: its rows describe the warm-up that produced this run's model, not an abandoned one.
-  writer = MetricsWriter(ctx.path(WARMUP_DIR), tensorboard=False, after_step=0)
-  bar = ProgressBar(config.steps, enabled=None if c.train.progress_bar else False)
+  writer = MetricsWriter(run.path(WARMUP_DIR), tensorboard=False, after_step=0)
+  bar = ProgressBar(config.steps, enabled=None if progress_bar else False)
   rows: list[dict[str, float]] = []
 
   def on_step(step: int, metrics: dict[str, float]) -> None:
@@ -64,8 +63,8 @@ def _warmup(ctx: RunContext, model: Qwen25VL, processor: Any, data: Iterator[Map
   tokenize = lambda text: processor.tokenizer.encode(text, add_special_tokens=False)
   _log.info("format warm-up: %d supervised steps", config.steps)
   try:
-    model = supervised_warmup(model, data, target_fn, tokenize, config, mesh=ctx.mesh,
-                              stop_id=model.config.eos_token_id, base=ctx.grpo_config(), on_step=on_step)
+    model = supervised_warmup(model, data, target_fn, tokenize, config, mesh=run.mesh,
+                              stop_id=model.config.eos_token_id, base=grpo, on_step=on_step)
   finally:
     bar.close()
     writer.close()
@@ -74,11 +73,11 @@ def _warmup(ctx: RunContext, model: Qwen25VL, processor: Any, data: Iterator[Map
   return model, rows
 
 
-def train_policy(ctx: RunContext, model: Qwen25VL, model_dir: str, processor: Any, *,
+def train_policy(model: Qwen25VL, model_dir: str, processor: Any, s: Settings, run: RunDir, *,
                  data: Iterator[Mapping[str, Any]], reward_fn: RewardFn,
                  warmup_data: Iterator[Mapping[str, Any]] | None, target_fn: TargetFn,
                  eval_fn: EvalFn | None = None) -> TrainResult:
-  """Warm-up (skipped when resuming), GRPO for `train.num_steps` loop steps, export.
+  """Warm-up (skipped when resuming), GRPO for `train.num_steps` loop steps, export into run's export/.
 
   Resuming means a committed checkpoint exists: the checkpoint holds the warmed-up policy, its optimizer
   state and the KL reference, so the warm-up is not run again. A run killed before its first checkpoint
@@ -87,27 +86,24 @@ def train_policy(ctx: RunContext, model: Qwen25VL, model_dir: str, processor: An
   model_dir: the checkpoint the model came from (its tokenizer and processor files go into the export).
   eval_fn: the periodic evaluation, run every `train.eval_every` loop steps and logged as 'eval/...'.
   """
-  c = ctx.config
-  resuming = latest_committed_step(ctx.path("checkpoints")) is not None
+  resuming = latest_committed_step(run.path("checkpoints")) is not None
   warmup_rows: list[dict[str, float]] = []
   with StopSignals() as stop:
-    if c.warmup.steps and not resuming and warmup_data is not None:
-      model, warmup_rows = _warmup(ctx, model, processor, warmup_data, target_fn, stop)
-    grpo = ctx.grpo_config()
-    trainer = GRPOTrainer(model, grpo, ctx.sampler_config(max_new_tokens=grpo.max_new_tokens),
-                          ctx.trainer_config(), mesh=ctx.mesh, workdir=ctx.workdir, data=data, reward_fn=reward_fn,
-                          detokenize=processor.decode, eval_fn=eval_fn)
+    if s.warmup.steps and not resuming and warmup_data is not None:
+      model, warmup_rows = _warmup(model, processor, warmup_data, target_fn, stop, config=s.warmup, grpo=s.grpo,
+                                   run=run, progress_bar=s.trainer.progress_bar)
+    trainer = GRPOTrainer(model, s.grpo, s.rollout, s.trainer, mesh=run.mesh, workdir=run.workdir, data=data,
+                          reward_fn=reward_fn, detokenize=processor.decode, eval_fn=eval_fn)
     if trainer.step:
       _log.info("resuming GRPO from loop step %d", trainer.step)
     trainer.run(stop)
     model = trainer.model()
-    export_dir = ctx.export(model, model_dir) if c.train.export else ""
+    export_dir = export_policy(model, model_dir, run.path(EXPORT_DIR)) if s.export else ""
   signum = stop.agreed()
   if signum is not None:
     raise TrainingInterrupted(f"stopped by {signal_name(signum)} after training finished"
                               f"{' and the export' if export_dir else ''}; rerun the same command for the rest of "
                               f"the run", signum)
-  metrics_file = os.path.join(ctx.workdir, "metrics.jsonl")
   # Every step of the run, those of earlier (resumed) attempts included.
-  history = read_metrics(ctx.workdir) if os.path.exists(metrics_file) else []
+  history = read_metrics(run.workdir) if os.path.exists(run.path("metrics.jsonl")) else []
   return TrainResult(model=model, export_dir=export_dir, history=history, warmup_history=warmup_rows)

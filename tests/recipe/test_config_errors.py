@@ -6,9 +6,10 @@ import os
 
 import pytest
 
-from mmrag_jax.recipe.checks import ConfigError, validate
+from mmrag_jax.recipe.checks import validate
 from mmrag_jax.recipe.presets import score_splits, stage1_run_config
 from mmrag_jax.recipe.run import run
+from mmrag_jax.recipe.settings import ConfigError, settings
 from tests.recipe.conftest import load_config
 
 
@@ -70,7 +71,7 @@ CASES = [
     ("nan clip of the nested stage 1", lambda: _demo(2, stage1__rl__eps_high=float("nan")), "stage1.rl.eps_high",
      ["finite"]),
     ("zero sampling temperature", lambda: _demo(1, sampler__temperature=0.0), "sampler.temperature", ["> 0"]),
-    ("nucleus mass above one", lambda: _demo(1, sampler__top_p=1.5), "sampler.top_p", ["<= 1.0"]),
+    ("nucleus mass above one", lambda: _demo(1, sampler__top_p=1.5), "sampler.top_p", ["(0, 1]"]),
     ("stage-1 score split of the other dataset",
      lambda: _demo(1, data__dataset="mmqa", data__eval_split="dev", stage1__score_splits=("train", "val")),
      "stage1.score_splits", ["'val'", "splits of mmqa"]),
@@ -83,6 +84,18 @@ CASES = [
      "sampler.patch_buckets", ["add a bucket >= 256"]),
     ("patch budget not whole merge blocks", lambda: _demo(1, pipeline__patch_budget=10), "pipeline.patch_budget",
      ["multiple of 4"]),
+    ("no loop steps", lambda: _demo(1, train__num_steps=0), "train.num_steps", ["TrainerConfig", "positive int"]),
+    ("negative checkpoint interval", lambda: _demo(2, train__checkpoint_every=-1), "train.checkpoint_every",
+     ["non-negative int"]),
+    ("negative seed", lambda: _demo(1, seed=-1), "seed", ["TrainerConfig.seed"]),
+    ("no completion tokens", lambda: _demo(1, rl__max_new_tokens=0), "rl.max_new_tokens", ["positive int"]),
+    ("no answer tokens", lambda: _demo(2, predict__max_new_tokens=0), "predict.max_new_tokens", [">= 1"]),
+    ("empty scorer batch", lambda: _demo(1, scorer__batch_size=0), "scorer.batch_size", [">= 1"]),
+    ("top-k of nothing", lambda: _demo(1, sampler__method="top_k", sampler__top_k=0), "sampler.top_k", [">= 1"]),
+    ("unknown decode weights", lambda: _demo(1, sampler__decode_weights="sharded"), "sampler.decode_weights",
+     ["gathered"]),
+    ("unknown prompt field", lambda: _demo(1, prompt__style="short"), "prompt", ["style"]),
+    ("nested stage-1 group of one", lambda: _demo(2, stage1__rl__group_size=1), "stage1.rl.group_size", [">= 2"]),
     ("real recipe without a checkpoint", lambda: _real(1), "model.path", ["--config.model.path", "demo"]),
     ("checkpoint path that does not exist", lambda: _real(1, model__path="/nonexistent/ckpt"), "model.path",
      ["does not exist"]),
@@ -154,8 +167,6 @@ def test_unknown_preset_lists_the_presets():
 
 
 def test_the_trained_temperature_follows_the_sampler():
-  from mmrag_jax.recipe.checks import grpo_config
-
-  assert grpo_config(_demo(1, sampler__temperature=0.7)).temperature == 0.7
-  assert grpo_config(_demo(1, sampler__temperature=0.7, rl__temperature=0.7)).temperature == 0.7
-  assert grpo_config(_demo(1, sampler__method="greedy", sampler__temperature=0.7)).temperature == 1.0
+  assert settings(_demo(1, sampler__temperature=0.7)).grpo.temperature == 0.7
+  assert settings(_demo(1, sampler__temperature=0.7, rl__temperature=0.7)).grpo.temperature == 0.7
+  assert settings(_demo(1, sampler__method="greedy", sampler__temperature=0.7)).grpo.temperature == 1.0

@@ -24,8 +24,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mmrag_jax.recipe.context import RunContext
+from mmrag_jax.recipe.context import RunDir, load_model, read_split, resolve_mesh
 from mmrag_jax.recipe.demo import prepare_demo_inputs
+from mmrag_jax.recipe.settings import settings
 from mmrag_jax.recipe.stage1 import train_stage1
 from mmrag_jax.rl.interrupts import TrainingInterrupted
 from mmrag_jax.rl.metrics_log import read_metrics
@@ -64,10 +65,9 @@ def small_config(inputs):
 
 def train(inputs, workdir):
   """Stage-1 training in `workdir` -> (metric rows without timings, warm-up rows, final params)."""
-  c = copy.deepcopy(small_config(inputs))
-  ctx = RunContext(c, str(workdir))
-  model_dir = c.model.path
-  result = train_stage1(ctx, ctx.load_model(model_dir), model_dir, ctx.read_split("train", 0))
+  s = settings(copy.deepcopy(small_config(inputs)))
+  run = RunDir(str(workdir), resolve_mesh(tuple(s.source.mesh.shape)))
+  result = train_stage1(load_model(s.model_path, s.model, run.mesh), s.model_path, read_split(s.data, "train"), s, run)
   params = [np.asarray(x) for x in jax.tree.leaves(nnx.state(result.model, nnx.Param))]
   rows = [{k: v for k, v in row.items() if not k.startswith(VOLATILE)} for row in result.history]
   return rows, _warmup_rows(workdir), params

@@ -1,11 +1,12 @@
-"""Each malformed-completion kind gives its documented flags and rewards (tags.py, parse.py)."""
+"""Each malformed-completion kind gives its documented flags and rewards (mmrag_jax/formats: tags.py, parse.py)."""
 
 import numpy as np
 import pytest
 
-from mmrag_jax.rl.rewards import (MALFORMED_NAMES, Stage1RewardConfig, Stage2Reference, Stage2RewardConfig,
-                                  WebQAAnswer, stage1_rewards, stage2_rewards)
-from mmrag_jax.rl.rewards.parse import parse_stage1, parse_stage2
+from mmrag_jax.formats.parse import parse_stage1, parse_stage2
+from mmrag_jax.formats.tags import MALFORMED_NAMES
+from mmrag_jax.rl.rewards import (Stage1RewardConfig, Stage2Reference, Stage2RewardConfig, WebQAAnswer, stage1_rewards,
+                                  stage2_rewards)
 
 # Official WebQA F1 of a perfect single-keyword match: 2PR / (P + R + 1e-5) with P = R = 1.
 PERFECT_KEYWORD_F1 = 2.0 / (2.0 + 1e-5)

@@ -11,6 +11,7 @@ import dataclasses
 import numbers
 
 from mmrag_jax.evaluation import mmqa_metrics, webqa_metrics
+from mmrag_jax.formats.parse import split_mmqa_answer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,13 +77,6 @@ class AnswerBags:
   gold_spans: tuple[str, ...]
   gold_bags: tuple[tuple[str, ...], ...]
   gold_numbers: tuple[tuple[bool, ...], ...]
-
-
-def split_mmqa_answer(answer: str, separator: str | None) -> list[str]:
-  """Answer spans of a generated MultimodalQA answer: the whole text, or its pieces around `separator`."""
-  if separator is None:
-    return [answer]
-  return [piece.strip() for piece in answer.split(separator)]
 
 
 def answer_bags(prediction: str, reference: WebQAAnswer | MMQAAnswer,

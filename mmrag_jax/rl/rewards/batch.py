@@ -17,8 +17,8 @@ import numpy as np
 from mmrag_jax.evaluation import webqa_metrics
 from mmrag_jax.rl.rewards import kernels
 from mmrag_jax.rl.rewards.answers import AnswerBags, MMQAAnswer, Stage2Reference, answer_bags
-from mmrag_jax.rl.rewards.parse import Stage1Parse, Stage2Parse
-from mmrag_jax.rl.rewards.tags import NUM_MALFORMED, Malformed
+from mmrag_jax.formats.parse import Stage1Parse, Stage2Parse
+from mmrag_jax.formats.tags import NUM_MALFORMED, Malformed
 
 _MIN_CANDIDATES = 8
 _MIN_TOKENS = 16

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import numpy as np
 
-from mmrag_jax.rl.rewards.tags import MALFORMED_NAMES
+from mmrag_jax.formats.tags import MALFORMED_NAMES
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Stage-1 rewards (point-wise relevance judgment): format and relevance, each in {0, 1}.
 
   format     1 iff the completion is `[<think>...</think>] <answer>yes|no</answer>` with no malformed kind
-             (see `tags.py`; the think block follows config.think).
-  relevance  1 iff the answer is exactly `yes` / `no` and equals the gold label (see `parse.py`).
+             (see `formats/tags.py`; the think block follows config.think).
+  relevance  1 iff the answer is exactly `yes` / `no` and equals the gold label (see `formats/parse.py`).
   total      format_weight * format + relevance_weight * relevance.
 """
 
@@ -16,7 +16,7 @@ import jax
 from mmrag_jax.rl.rewards import kernels
 from mmrag_jax.rl.rewards.batch import Stage1Batch, pack_stage1
 from mmrag_jax.rl.rewards.config import Stage1RewardConfig
-from mmrag_jax.rl.rewards.parse import parse_stage1
+from mmrag_jax.formats.parse import parse_stage1
 from mmrag_jax.rl.rewards.result import RewardResult, malformed_counts
 
 

@@ -1,7 +1,7 @@
 """Stage-2 rewards (list-wise evidence ranking and answer), each component in [0, 1].
 
   format   1 iff the completion is `<think>...</think> <evidence>[i], [j]</evidence> <answer>...</answer>`
-           with no malformed kind (see `tags.py`).
+           with no malformed kind (see `formats/tags.py`).
   set_f1   F1 of the cited candidates vs the gold ones (the WebQA retrieval metric, per question).
   ndcg     binary-gain NDCG of the citation order (gold first is best).
   ranking  set_f1_fraction * set_f1 + (1 - set_f1_fraction) * ndcg.
@@ -10,7 +10,7 @@
   answer_em  MultimodalQA list EM, logged on its own (0 on WebQA rows).
   total    format_weight * format + ranking_weight * ranking + answer_weight * answer.
 
-When a block cannot be scored (see `parse.py`) its components are 0; with gate_on_format, ranking and
+When a block cannot be scored (see `formats/parse.py`) its components are 0; with gate_on_format, ranking and
 answer are also 0 whenever format is 0.
 """
 
@@ -26,7 +26,7 @@ from mmrag_jax.rl.rewards import kernels
 from mmrag_jax.rl.rewards.answers import Stage2Reference
 from mmrag_jax.rl.rewards.batch import Stage2Batch, pack_stage2
 from mmrag_jax.rl.rewards.config import Stage2RewardConfig
-from mmrag_jax.rl.rewards.parse import parse_stage2
+from mmrag_jax.formats.parse import parse_stage2
 from mmrag_jax.rl.rewards.result import RewardResult, malformed_counts
 
 

@@ -1,4 +1,5 @@
-"""Host-side parsing of one completion per stage: malformed kinds and the parts the rewards score.
+"""Host-side parsing of one completion per stage: malformed kinds and the parts the rewards score and the
+prediction files record (`mmrag_jax.rl.rewards` and `mmrag_jax.recipe.stage2` both read completions here).
 
 Stage 1 template: `[<think>...</think>] <answer>yes|no</answer>` (think block per config).
 Stage 2 template: `<think>...</think> <evidence>[3], [1]</evidence> <answer>...</answer>`.
@@ -23,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from mmrag_jax.rl.rewards.tags import BlockState, Malformed, scan_blocks
+from mmrag_jax.formats.tags import BlockState, Malformed, scan_blocks
 
 STAGE1_BLOCKS = ("think", "answer")
 STAGE2_BLOCKS = ("think", "evidence", "answer")
@@ -117,3 +118,14 @@ def parse_stage2(completion: str, num_candidates: int, think: str) -> Stage2Pars
     if answer is None:
       kinds.add(Malformed.EMPTY_BLOCK)
   return Stage2Parse(cited, answer, frozenset(kinds), _is_non_ascii(completion))
+
+
+def split_mmqa_answer(answer: str, separator: str | None) -> list[str]:
+  """Answer spans of a generated MultimodalQA answer: the whole text, or its pieces around `separator`.
+
+    split_mmqa_answer("Paris; Rome", ";") -> ["Paris", "Rome"]
+    split_mmqa_answer("Paris; Rome", None) -> ["Paris; Rome"]
+  """
+  if separator is None:
+    return [answer]
+  return [piece.strip() for piece in answer.split(separator)]
