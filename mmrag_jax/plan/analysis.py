@@ -3,7 +3,10 @@
 All figures are per device (one SPMD program runs on every device). Collective bytes are the result
 shapes of the all-gather / reduce-scatter / all-reduce / all-to-all / collective-permute ops in the
 optimized HLO, each counted once: ops inside a loop body (the chunked log-prob map) are not multiplied
-by the trip count, so this is a lower bound.
+by the trip count, so this is a lower bound. The same holds for XLA's FLOPs count of a loop body: where the
+SPMD partitioner turns an all-gather or reduce-scatter and its matmul into a windowed-einsum loop (it does on
+16-chip v5e slices with FSDP-sharded weights), the matmul's FLOPs are counted for one iteration only.
+`windowed_einsum_loops` counts those loops so that the plan can say which FLOPs figures are lower bounds.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16
                 "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
 # `%x = bf16[8,128]{1,0} all-gather(...)` or a tuple result; async pairs are counted at their `-done`.
 _OP = re.compile(r"=\s*(?P<shape>\(.*?\)|\S+)\s+(?P<op>" + "|".join(COLLECTIVES) + r")(?P<suffix>-start|-done)?\(")
+# A while loop the SPMD partitioner made of a collective and its dot: `..., body=%windowed_dot_general_body_ag.1`.
+_WINDOWED_LOOP = re.compile(r"\bwhile\(.*?body=%[\w.\-]*windowed_dot_general_body")
 _ARRAY = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\]")
 
 
@@ -38,6 +43,12 @@ def collective_bytes(hlo_text: str) -> dict[str, int]:
       continue  # its tuple holds operand and result; the matching -done gives the result
     totals[match.group("op")] += shape_bytes(match.group("shape"))
   return totals
+
+
+def windowed_einsum_loops(hlo_text: str) -> int:
+  """How many while loops of an optimized HLO module are windowed einsums (a collective split into steps, each
+  step's matmul overlapping the next transfer): XLA's FLOPs count holds one step of each."""
+  return len(_WINDOWED_LOOP.findall(hlo_text))
 
 
 def _first(analysis: Any) -> dict[str, Any]:
@@ -60,6 +71,7 @@ class CompiledProgram:
   compile_s: float
   lower_s: float
   error: str | None = None
+  windowed_einsum_loops: int = 0
 
   @property
   def collective_bytes(self) -> int:
@@ -105,13 +117,14 @@ def compile_program(fn: Any, args: tuple[Any, ...]) -> tuple[CompiledProgram, An
   done = time.perf_counter()
   memory = compiled.memory_analysis()
   cost = _first(compiled.cost_analysis())
+  text = compiled.as_text()
   return CompiledProgram(
       argument_bytes=int(memory.argument_size_in_bytes), output_bytes=int(memory.output_size_in_bytes),
       temp_bytes=int(memory.temp_size_in_bytes), alias_bytes=int(memory.alias_size_in_bytes),
       code_bytes=int(memory.generated_code_size_in_bytes), flops=float(cost.get("flops", 0.0)),
       bytes_accessed=float(cost.get("bytes accessed", 0.0)),
-      collectives=collective_bytes(compiled.as_text()), compile_s=done - lowered_at,
-      lower_s=lowered_at - start), compiled
+      collectives=collective_bytes(text), compile_s=done - lowered_at, lower_s=lowered_at - start,
+      windowed_einsum_loops=windowed_einsum_loops(text)), compiled
 
 
 def device_bytes(tree: Any) -> int:

@@ -207,6 +207,9 @@ def test_summary_holds_the_result_fields(plan):
   assert [r["name"] for r in plan["programs"]] == ["accumulate", "apply", "prefill", "decode_weights", "decode",
                                                     "predict_prefill", "predict_weights", "predict_decode"]
   assert summary["predicted_rollout_s"] > 0 and summary["decode_vs_roofline"] >= 1.0
+  # No windowed-einsum loop at this size: every FLOPs figure is a full count.
+  assert summary["flops_lower_bound_programs"] == []
+  assert all(r["windowed_einsum_loops"] == 0 for r in plan["programs"])
   accumulate = next(r for r in plan["programs"] if r["name"] == "accumulate")
   assert accumulate["collective_bytes"]["all-gather"] > 0  # FSDP gathers the weights
   assert accumulate["roofline"]["time_s"] == max(accumulate["roofline"][k] for k in ("compute_s", "hbm_s", "ici_s"))
@@ -222,6 +225,17 @@ def test_collectives_are_read_from_result_shapes_with_async_pairs_counted_once()
   """
   got = collective_bytes(hlo)
   assert (got["all-gather"], got["all-reduce"], got["collective-permute"]) == (8 * 128 * 2, 16 * 4, 16)
+
+
+def test_windowed_einsum_loops_are_told_apart_from_other_loops():
+  # Shortened lines of a 3B accumulate compiled for a v5litepod-16: two windowed-einsum loops (all-gather and
+  # reduce-scatter sides) and the log-prob head's lax.map loop.
+  hlo = """
+  %while.224 = (bf16[4,4608,2048]{2,1,0}, u32[]) while(%tuple.2070), condition=%wide.windowed_dot_general_cond_ag.1.clone.1, body=%wide.windowed_dot_general_body_ag.1.clone.1.sunk, metadata={op_name="jit(accumulate)/jvp()/closed_call/dot_general"}
+  %while.225 = (bf16[4,4608,256]{2,1,0}, u32[]) while(%tuple.2076), condition=%wide.windowed_dot_general_cond_rs.4.clone.clone, body=%windowed_dot_general_body_rs.4.clone.clone.sunk
+  %while.254 = (bf16[4,256,2048]{2,1,0}, s32[]) while(%tuple.2079), condition=%wide.region_26.28_spmd.clone, body=%wide.region_23.27_spmd.clone.sunk, metadata={op_name="jit(accumulate)/transpose(jvp())/while"}
+  """
+  assert analysis.windowed_einsum_loops(hlo) == 2
 
 
 def test_a_kl_term_adds_the_reference_pass_and_its_resident_copy(tpu):
