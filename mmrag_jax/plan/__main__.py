@@ -127,7 +127,8 @@ def main(argv: list[str]) -> int:
     print(line)
   if plan["summary"]["flops_lower_bound_programs"]:
     print(f"FLOPs of {', '.join(plan['summary']['flops_lower_bound_programs'])} are lower bounds (so MFU and "
-          "roofline times are optimistic): XLA counts one step of each windowed-einsum loop in them")
+          "roofline times are optimistic): XLA counts one step of each windowed-einsum loop in them, and no "
+          "layer probes counted their FLOPs instead")
   plan = _finite(plan)
   if opts["output"]:
     with open(opts["output"], "w") as f:

@@ -6,7 +6,7 @@ optimized HLO, each counted once: ops inside a loop body (the chunked log-prob m
 by the trip count, so this is a lower bound. The same holds for XLA's FLOPs count of a loop body: where the
 SPMD partitioner turns an all-gather or reduce-scatter and its matmul into a windowed-einsum loop (it does on
 16-chip v5e slices with FSDP-sharded weights), the matmul's FLOPs are counted for one iteration only.
-`windowed_einsum_loops` counts those loops so that the plan can say which FLOPs figures are lower bounds.
+`windowed_einsum_loops` counts those loops; `FULL_COUNT_OPTIONS` compiles a program without them, to count.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ class CompiledProgram:
   lower_s: float
   error: str | None = None
   windowed_einsum_loops: int = 0
+  flops_from_probes: bool = False  # FLOPs counted from unrolled probes compiled with FULL_COUNT_OPTIONS
 
   @property
   def collective_bytes(self) -> int:
@@ -101,8 +102,17 @@ def _out_of_hbm(error: Exception, args: tuple[Any, ...], lower_s: float, compile
                          error=str(error).splitlines()[0])
 
 
-def compile_program(fn: Any, args: tuple[Any, ...]) -> tuple[CompiledProgram, Any]:
+# Compiler options for a program compiled only to count its FLOPs: no windowed einsums, so that XLA's count
+# holds every matmul. A chip does the same matmul work either way (the loop only reorders it around the
+# transfers of the weight shards), so FLOPs balance and per-layer FLOPs are those of the real program.
+FULL_COUNT_OPTIONS = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
+                      "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
+
+
+def compile_program(fn: Any, args: tuple[Any, ...], options: dict[str, Any] | None = None
+                    ) -> tuple[CompiledProgram, Any]:
   """Lowers and compiles `fn(*args)` for the devices the arguments' shardings name; (figures, compiled).
+  options: XLA compiler options (e.g. `FULL_COUNT_OPTIONS`).
 
   A program the compiler rejects for lack of HBM comes back with `error` set, the temporaries it needed,
   no cost figures (NaN) and compiled None.
@@ -111,7 +121,7 @@ def compile_program(fn: Any, args: tuple[Any, ...]) -> tuple[CompiledProgram, An
   lowered = fn.lower(*args)
   lowered_at = time.perf_counter()
   try:
-    compiled = lowered.compile()
+    compiled = lowered.compile(compiler_options=options)
   except jax.errors.JaxRuntimeError as error:
     return _out_of_hbm(error, args, lowered_at - start, time.perf_counter() - lowered_at), None
   done = time.perf_counter()

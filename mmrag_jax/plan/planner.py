@@ -65,30 +65,37 @@ _BASE_PROBE = (2, "wf")
 _PROBES = {"text": (3, "wf"), "window": (2, "wwf"), "full": (2, "wff")}
 
 
-def _compiled(program: programs.Program, what: str) -> analysis.CompiledProgram:
+def _compiled(program: programs.Program, what: str, options: dict[str, Any] | None = None
+              ) -> analysis.CompiledProgram:
   """`program`'s figures, its compile time logged (progress: the 7B programs take minutes each)."""
-  compiled = analysis.compile_program(program.fn, program.args)[0]
+  compiled = analysis.compile_program(program.fn, program.args, options)[0]
   _log.info("%s %s (%s): compiled in %.1f s%s", what, program.name, program.bucket, compiled.compile_s,
             "" if compiled.error is None else ", refused: " + compiled.error)
   return compiled
 
 
 def _compile_all(config: ml_collections.ConfigDict, devices: Any, families: Sequence[str], model: Qwen25VLConfig,
-                 keep: Callable[[programs.Program], bool] = lambda p: True, *,
-                 what: str) -> dict[str, analysis.CompiledProgram]:
-  """The figures of the programs of `families` for `model` (those `keep` accepts); `what` names them in the log."""
+                 keep: Callable[[programs.Program], bool] = lambda p: True, *, what: str,
+                 options: dict[str, Any] | None = None) -> dict[str, analysis.CompiledProgram]:
+  """The figures of the programs of `families` for `model` (those `keep` accepts); `what` names them in the log;
+  options: XLA compiler options."""
   setup = programs.build_setup(config, devices, model=model)
-  return {p.name: _compiled(p, what) for p in _build(setup, families) if keep(p)}
+  return {p.name: _compiled(p, what, options) for p in _build(setup, families) if keep(p)}
 
 
 def layer_corrected(full: analysis.CompiledProgram, base: analysis.CompiledProgram,
-                    extra: Mapping[str, tuple[int, analysis.CompiledProgram]]) -> analysis.CompiledProgram:
+                    extra: Mapping[str, tuple[int, analysis.CompiledProgram]],
+                    beyond_base: Mapping[str, int] | None = None) -> analysis.CompiledProgram:
   """The cost figures of a program whose layers run under scans, every layer counted.
 
   XLA's cost analysis counts a loop body once, so a scanned program reads as one layer of each scan plus the
   rest. extra: per kind of layer, (layers left out, the unrolled probe with one more layer of that kind than
   `base`); this adds (layers left out) x (probe - base) to the FLOPs, bytes and collective bytes. Memory
   figures are the scanned program's own.
+
+  Where `full` has windowed-einsum loops (whose matmuls XLA counts for one step) its own FLOPs are a lower
+  bound; the probes are compiled without such loops, so the FLOPs are then the base probe's plus, per kind,
+  beyond_base[kind] (the model's layers of that kind minus the base probe's) x (probe - base).
   """
   if any(c.error is not None for c in (full, base, *(probe for _, probe in extra.values()))):
     return full
@@ -98,9 +105,23 @@ def layer_corrected(full: analysis.CompiledProgram, base: analysis.CompiledProgr
     accessed += count * (probe.bytes_accessed - base.bytes_accessed)
     for k in collectives:
       collectives[k] = int(collectives[k] + count * (probe.collectives[k] - base.collectives[k]))
-  loops = full.windowed_einsum_loops + sum(probe.windowed_einsum_loops for _, probe in extra.values())
+  from_probes = bool(full.windowed_einsum_loops and beyond_base is not None
+                     and all(n == 0 or kind in extra for kind, n in beyond_base.items()))
+  if from_probes:
+    flops = base.flops + sum(beyond_base[kind] * (probe.flops - base.flops) for kind, (_, probe) in extra.items())
   return dataclasses.replace(full, flops=flops, bytes_accessed=accessed, collectives=collectives,
-                             windowed_einsum_loops=loops + base.windowed_einsum_loops)
+                             flops_from_probes=from_probes)
+
+
+def layers_beyond_base(model: Qwen25VLConfig, runs_vision: bool) -> dict[str, int]:
+  """Per kind of layer, the model's layers of that kind minus the base probe's (`_BASE_PROBE`); the vision
+  kinds only for a program that runs the vision tower."""
+  text, blocks = _BASE_PROBE
+  full = len(model.vision.fullatt_block_indexes)
+  out = {"text": model.text.num_hidden_layers - text}
+  if runs_vision:
+    out.update(window=model.vision.depth - full - blocks.count("w"), full=full - blocks.count("f"))
+  return out
 
 
 def flops_imbalance(config: ml_collections.ConfigDict, tpu: Slice, families: Sequence[str]) -> dict[str, float]:
@@ -115,7 +136,8 @@ def flops_imbalance(config: ml_collections.ConfigDict, tpu: Slice, families: Seq
   small = ml_collections.ConfigDict(config.to_dict())
   data, fsdp, _ = resolve_mesh_shape(tuple(config.mesh.shape), len(tpu.devices))
   small.train.batch_size = min(config.train.batch_size, config.rl.group_size * data * fsdp)
-  sharded = _compile_all(small, tpu.devices, families, model, what="balance, sharded:")
+  sharded = _compile_all(small, tpu.devices, families, model, what="balance, sharded:",
+                         options=analysis.FULL_COUNT_OPTIONS)
   single = ml_collections.ConfigDict(small.to_dict())
   single.mesh.shape = (1, 1, 1)
   whole = _compile_all(single, tpu.devices[:1], families, model, what="balance, one device:")
@@ -158,12 +180,13 @@ def make_plan(config: ml_collections.ConfigDict, slice_name: str, *, hbm_bytes: 
     needs = lambda kind: (lambda p: p.layer_scan and (kind == "text" or p.runs_vision))
     probe = lambda kind, text, blocks: _compile_all(config, tpu.devices, families,
                                                     probe_model(setup.model, text, blocks), needs(kind),
-                                                    what=f"probe of {text} layers, blocks {blocks!r}:")
+                                                    what=f"probe of {text} layers, blocks {blocks!r}:",
+                                                    options=analysis.FULL_COUNT_OPTIONS)
     base = probe("text", *_BASE_PROBE)
     extra = {kind: (n, probe(kind, *_PROBES[kind])) for kind, n in missing.items()}
     compiled_programs = [
         layer_corrected(c, base[p.name], {k: (n, probes[p.name]) for k, (n, probes) in extra.items()
-                                          if p.name in probes})
+                                          if p.name in probes}, layers_beyond_base(setup.model, p.runs_vision))
         if p.layer_scan else c for p, c in zip(built, compiled_programs)]
   imbalance = flops_imbalance(config, tpu, families) if flops_balance is None or flops_balance else {}
   records = []

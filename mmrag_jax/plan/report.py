@@ -48,6 +48,7 @@ def program_record(name: str, bucket: str, per_update: int, program: CompiledPro
       "collective_bytes": program.collectives, "collective_bytes_total": program.collective_bytes,
       "compile_s": program.compile_s, "lower_s": program.lower_s,
       "flops_imbalance": flops_imbalance, "windowed_einsum_loops": program.windowed_einsum_loops,
+      "flops_from_probes": program.flops_from_probes,
       "roofline": roofline(program, tpu, loop_steps),
   }
 
@@ -89,8 +90,9 @@ def summary(records: list[dict[str, Any]], tpu: Slice, model_flops: float) -> di
                                       else None),
       "max_flops_imbalance": max(imbalances) if imbalances else None,
       # Programs whose FLOPs (so MFU, roofline times and the model-FLOPs share) are lower bounds: XLA counts one
-      # step of each windowed-einsum loop.
-      "flops_lower_bound_programs": sorted({r["name"] for r in records if r["windowed_einsum_loops"]}),
+      # step of each windowed-einsum loop, and no layer probes counted them instead.
+      "flops_lower_bound_programs": sorted({r["name"] for r in records
+                                            if r["windowed_einsum_loops"] and not r["flops_from_probes"]}),
       "predicted_rollout_s": predicted("sampler"),
       **_decode_vs_roofline(records, tpu),
       "topology": tpu.topology, "slice": tpu.name, "devices": len(tpu.devices), "chips": tpu.num_chips,

@@ -20,7 +20,7 @@ from mmrag_jax.plan import (  # noqa: E402
     make_plan)
 from mmrag_jax.plan.__main__ import main  # noqa: E402
 from mmrag_jax.plan.analysis import collective_bytes  # noqa: E402
-from mmrag_jax.plan import analysis  # noqa: E402
+from mmrag_jax.plan import analysis, planner  # noqa: E402
 from mmrag_jax.plan.programs import PROGRAM_FAMILIES, model_config, sampler_programs, update_programs  # noqa: E402
 from mmrag_jax.plan.topology import GIB, topology_name  # noqa: E402
 from mmrag_jax.rl import update  # noqa: E402
@@ -236,6 +236,37 @@ def test_windowed_einsum_loops_are_told_apart_from_other_loops():
   %while.254 = (bf16[4,256,2048]{2,1,0}, s32[]) while(%tuple.2079), condition=%wide.region_26.28_spmd.clone, body=%wide.region_23.27_spmd.clone.sunk, metadata={op_name="jit(accumulate)/transpose(jvp())/while"}
   """
   assert analysis.windowed_einsum_loops(hlo) == 2
+
+
+def _figures(flops: float, loops: int = 0) -> analysis.CompiledProgram:
+  return analysis.CompiledProgram(argument_bytes=0, output_bytes=0, temp_bytes=0, alias_bytes=0, code_bytes=0,
+                                  flops=flops, bytes_accessed=0.0, collectives=dict.fromkeys(analysis.COLLECTIVES, 0),
+                                  compile_s=0.0, lower_s=0.0, windowed_einsum_loops=loops)
+
+
+def test_a_program_with_windowed_einsum_loops_takes_its_flops_from_the_probes():
+  # Base probe 50 FLOPs; one more text layer +20, one more window block +10. The scanned program counts one
+  # text layer and one window block, 5 and 3 left out; the model has 6 text layers (4 beyond the base's 2) and
+  # 4 window blocks (3 beyond the base's 1).
+  base, extra = _figures(50.0), {"text": (5, _figures(70.0)), "window": (3, _figures(60.0))}
+  beyond = {"text": 4, "window": 3}
+  plain = planner.layer_corrected(_figures(100.0), base, extra, beyond)
+  assert (plain.flops, plain.flops_from_probes) == (100.0 + 5 * 20 + 3 * 10, False)
+  windowed = planner.layer_corrected(_figures(80.0, loops=3), base, extra, beyond)
+  assert (windowed.flops, windowed.flops_from_probes, windowed.windowed_einsum_loops) == (50.0 + 4 * 20 + 3 * 10,
+                                                                                         True, 3)
+  # Without a probe for a kind the model has more of than the base, the program's own (lower-bound) count stays.
+  partial = planner.layer_corrected(_figures(80.0, loops=3), base, {"text": extra["text"]}, beyond)
+  assert (partial.flops, partial.flops_from_probes) == (80.0 + 5 * 20, False)
+
+
+def test_the_full_count_options_compile_the_same_program_where_no_loop_is_windowed(tpu):
+  setup = build_setup(_config(), tpu.devices)
+  program = next(p for p in update_programs(setup) if p.name == "accumulate")
+  default = analysis.compile_program(program.fn, program.args)[0]
+  counted = analysis.compile_program(program.fn, program.args, analysis.FULL_COUNT_OPTIONS)[0]
+  assert default.windowed_einsum_loops == counted.windowed_einsum_loops == 0
+  assert counted.flops == default.flops and counted.temp_bytes == default.temp_bytes
 
 
 def test_a_kl_term_adds_the_reference_pass_and_its_resident_copy(tpu):
