@@ -107,7 +107,7 @@ class RunContext:
     return PipelineConfig(
         processor_path=processor_path, min_pixels=c.pipeline.min_pixels, max_pixels=c.pipeline.max_pixels,
         batch_size=batch_size, length_buckets=tuple(c.pipeline.length_buckets),
-        patch_budget=c.pipeline.patch_budget or None, seed=c.seed, shuffle=train, num_epochs=None if train else 1,
+        patch_buckets=tuple(c.pipeline.patch_buckets), seed=c.seed, shuffle=train, num_epochs=None if train else 1,
         worker_count=c.pipeline.worker_count if train else 0, read_threads=c.pipeline.read_threads,
         prompt=PromptConfig(**c.prompt.to_dict()))
 
@@ -127,13 +127,10 @@ class RunContext:
   def sampler_config(self, *, max_new_tokens: int, greedy: bool = False) -> SamplerConfig:
     s = self.config.sampler
     return SamplerConfig(max_new_tokens=max_new_tokens, method=Greedy() if greedy else self.sampling_method(),
-                         length_buckets=tuple(s.length_buckets), patch_buckets=tuple(s.patch_buckets),
                          decode_weights=s.decode_weights)
 
   def scorer_config(self) -> ScorerConfig:
-    s = self.config.sampler
-    return ScorerConfig(batch_size=self.config.scorer.batch_size, length_buckets=tuple(s.length_buckets),
-                        patch_buckets=tuple(s.patch_buckets))
+    return ScorerConfig(batch_size=self.config.scorer.batch_size)
 
   def trainer_config(self) -> TrainerConfig:
     t = self.config.train

@@ -40,9 +40,7 @@ def _warmup(ctx: RunContext, model: Qwen25VL, processor: Any, data: Iterator[Map
             target_fn: TargetFn, stop: StopSignals) -> tuple[nnx.Module, list[dict[str, float]]]:
   c = ctx.config
   config = WarmupConfig(steps=c.warmup.steps, learning_rate=c.warmup.learning_rate,
-                        max_new_tokens=c.rl.max_new_tokens, length_buckets=tuple(c.sampler.length_buckets),
-                        patch_buckets=tuple(c.sampler.patch_buckets),
-                        logprob_chunk_size=c.rl.logprob_chunk_size, group_size=c.rl.group_size)
+                        max_new_tokens=c.rl.max_new_tokens, logprob_chunk_size=c.rl.logprob_chunk_size, group_size=c.rl.group_size)
   # A fresh file: its rows describe the warm-up that produced this run's model, not an abandoned one.
   writer = MetricsWriter(ctx.path(WARMUP_DIR), tensorboard=False, after_step=0)
   bar = ProgressBar(config.steps, enabled=None if c.train.progress_bar else False)
