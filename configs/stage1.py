@@ -27,13 +27,11 @@ def get_config(arg: str | None = None):
   presets.apply_preset(c, arg)
   if c.preset == "demo":
     c.pipeline.length_buckets = (256,)  # demo prompts are 120-165 tokens
-    c.sampler.length_buckets = (256,)
-    c.sampler.patch_buckets = (256,)    # 16 one-image prompts x 16 patches
+    c.pipeline.patch_buckets = (256,)    # 16 one-image prompts x 16 patches
     c.train.num_steps = 4
     c.warmup.steps = 60
   if c.preset == "toy":
     c.pipeline.length_buckets = (160,)  # toy prompts are 110-145 tokens
-    c.sampler.length_buckets = (160,)
-    c.sampler.patch_buckets = (256, 1024)  # training: 16 one-image prompts x 16 patches; scoring: 64
+    c.pipeline.patch_buckets = (256, 1024)  # training: 16 one-image prompts x 16 patches; scoring: 64
     c.train.num_steps = 40
   return c

@@ -49,8 +49,7 @@ def get_config(arg: str | None = None):
   if c.preset == "demo":
     c.stage2.k = 3
     c.pipeline.length_buckets = (512,)  # demo prompts with 3 candidates are 310-390 tokens
-    c.sampler.length_buckets = (512,)
-    c.sampler.patch_buckets = (256, 512)  # training batches: 4 prompts x 3 images x 16 patches; prediction: 8
+    c.pipeline.patch_buckets = (256, 512)  # training batches: 4 prompts x 3 images x 16 patches; prediction: 8
     c.predict.batch_size = 8
     c.stage2.run_stage1 = True
     c.rl.max_new_tokens = 64   # targets are 52-63 tokens with the tiny tokenizer
@@ -60,8 +59,7 @@ def get_config(arg: str | None = None):
   if c.preset == "toy":
     c.stage2.k = 3
     c.pipeline.length_buckets = (320,)  # toy prompts with 3 candidates are 250-300 tokens
-    c.sampler.length_buckets = (320,)
-    c.sampler.patch_buckets = (768,)  # training and prediction: 16 prompts x 3 images x 16 patches
+    c.pipeline.patch_buckets = (768,)  # training and prediction: 16 prompts x 3 images x 16 patches
     c.rl.learning_rate = 5e-4  # stage 2 samples 64-token completions: half stage 1's rate
     c.rl.max_new_tokens = 64  # the base model's answers in the format are 30-55 tokens
     c.predict.max_new_tokens = 64

@@ -22,11 +22,10 @@ import time
 from typing import Any, Callable
 
 import grain
-import numpy as np
 
 from mmrag_jax.benchmarks.report import print_result
 from mmrag_jax.data import read_webqa
-from mmrag_jax.data.batching import real_images
+from mmrag_jax.data.batching import PipelineBatch
 from mmrag_jax.data.pipeline import PipelineConfig, stage1_pipeline, stage2_pipeline
 from mmrag_jax.data.synthetic import generate_webqa
 from mmrag_jax.processing import build_tiny_processor_dir
@@ -34,7 +33,7 @@ from mmrag_jax.processing import build_tiny_processor_dir
 K = 5
 
 
-def time_pipeline(dataset: grain.IterDataset, num_batches: int, warmup: int) -> tuple[float, dict[str, np.ndarray]]:
+def time_pipeline(dataset: grain.IterDataset, num_batches: int, warmup: int) -> tuple[float, PipelineBatch]:
   """Seconds for `num_batches` batches after `warmup` batches; also returns the first batch."""
   iterator = iter(dataset)
   try:
@@ -50,7 +49,7 @@ def time_pipeline(dataset: grain.IterDataset, num_batches: int, warmup: int) -> 
       iterator.close()
 
 
-def tiny_step_seconds(batch: dict[str, np.ndarray], repeats: int) -> tuple[float, float]:
+def tiny_step_seconds(batch: PipelineBatch, repeats: int) -> tuple[float, float]:
   """(compile seconds, median step seconds) of jitted forward + backward of the tiny model on `batch`."""
   import jax
   import jax.numpy as jnp
@@ -58,11 +57,11 @@ def tiny_step_seconds(batch: dict[str, np.ndarray], repeats: int) -> tuple[float
 
   from mmrag_jax.model.config import tiny
   from mmrag_jax.model.logprobs import chunked_logprobs
-  from mmrag_jax.model.qwen25vl import Qwen25VL, prepare_inputs
+  from mmrag_jax.model.qwen25vl import Qwen25VL
 
   config = tiny()
   model = Qwen25VL(config, rngs=nnx.Rngs(0))
-  inputs = prepare_inputs(real_images(batch), config, num_patches=batch["pixel_values"].shape[0])
+  inputs = batch.prompts.model_inputs(config)
   inputs = jax.tree.map(jnp.asarray, inputs)
   targets = jnp.roll(inputs.input_ids, -1, axis=1)
 
@@ -123,7 +122,7 @@ def main() -> None:
     results[f"{stage}_tiny_step_examples_per_s"] = round(rate, 1)
     best_pipeline = max(results[f"{stage}_examples_per_s_workers{w}"] for w in (0, 2))
     results[f"{stage}_pipeline_over_step"] = round(best_pipeline / rate, 2)
-    step_rows.append((stage, tuple(batch["input_ids"].shape), batch["pixel_values"].shape[0], compile_s,
+    step_rows.append((stage, tuple(batch.prompts.input_ids.shape), batch.prompts.patch_rows, compile_s,
                       step_s * 1e3, rate))
 
   print(f"{'pipeline':<8} {'workers':>7} {'batches':>7} {'ms/batch':>9} {'examples/s':>11}")

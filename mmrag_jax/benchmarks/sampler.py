@@ -47,7 +47,15 @@ from flax import nnx  # noqa: E402
 from mmrag_jax.benchmarks.report import print_result, print_table  # noqa: E402
 from mmrag_jax.model import Qwen25VLConfig, TextConfig, VisionConfig, load_pretrained, tiny  # noqa: E402
 from mmrag_jax.model.synthetic_batch import random_processor_batch  # noqa: E402
-from mmrag_jax.sampling import Greedy, Sampler, SamplerConfig, Scorer, ScorerConfig, select_rows  # noqa: E402
+from mmrag_jax.sampling import (  # noqa: E402
+    Greedy,
+    Sampler,
+    SamplerConfig,
+    Scorer,
+    ScorerConfig,
+    prompt_batch,
+    select_rows,
+)
 from mmrag_jax.sampling.packed_decoder import PackedDecoder, matvec, pack_decoder  # noqa: E402
 
 GROUP = 8
@@ -90,7 +98,7 @@ def workload(quick: bool) -> Workload:
                   judgment_tokens=8, runs=5)
 
 
-def prompt_batch(config: Qwen25VLConfig, rows: int, text_tokens: int, images: int, grid: tuple[int, int, int],
+def layout_batch(config: Qwen25VLConfig, rows: int, text_tokens: int, images: int, grid: tuple[int, int, int],
                  seed: int) -> dict[str, np.ndarray]:
   """`rows` prompts, each: text, then `images` images of patch grid `grid` between text runs (no padding)."""
   runs = [len(chunk) for chunk in np.array_split(np.arange(text_tokens), images + 1)]
@@ -115,18 +123,13 @@ def torch_inputs(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
   return {k: torch.from_numpy(v) for k, v in batch.items()}
 
 
-def exact_buckets(batch: dict[str, np.ndarray], copies: int = 1) -> dict[str, tuple[int, ...]]:
-  """Buckets equal to the batch's own length and patch count (times `copies`): no padding work."""
-  return dict(length_buckets=(batch["input_ids"].shape[1],), patch_buckets=(copies * len(batch["pixel_values"]),))
-
-
 def bench_decode(work: Workload, model, hf_model) -> dict[str, float]:
-  batch = prompt_batch(work.config, work.decode_batch, work.decode_prompt_tokens, 1, (1, 4, 4), seed=1)
-  length = batch["input_ids"].shape[1]
-  sampler = Sampler(model, SamplerConfig(max_new_tokens=work.decode_steps, method=Greedy(), stop_ids=(),
-                                         **exact_buckets(batch)))
+  batch = layout_batch(work.config, work.decode_batch, work.decode_prompt_tokens, 1, (1, 4, 4), seed=1)
+  prompts = prompt_batch(batch, work.config)  # the batch's own length and patch count: no padding work
+  length = prompts.length
+  sampler = Sampler(model, SamplerConfig(max_new_tokens=work.decode_steps, method=Greedy(), stop_ids=()))
   key = jax.random.key(0)
-  ours = sampler.generate(batch, key)
+  ours = sampler.generate(prompts, key)
 
   c = work.config
   generation_config = transformers.GenerationConfig(
@@ -145,8 +148,8 @@ def bench_decode(work: Workload, model, hf_model) -> dict[str, float]:
 
   reference = hf_generate()[:, length:]
   seconds = median_seconds({
-      "ours_total": lambda: sampler.generate(batch, key),
-      "ours_prefill": lambda: jax.block_until_ready(sampler.prefill(batch, 1)),
+      "ours_total": lambda: sampler.generate(prompts, key),
+      "ours_prefill": lambda: jax.block_until_ready(sampler.prefill(prompts, 1)),
       "hf_total": hf_generate,
       "hf_prefill": hf_prefill,
   }, work.runs)
@@ -188,31 +191,32 @@ def weight_stream(packed: PackedDecoder, columns: jax.Array) -> jax.Array:
 
 
 def bench_prefix(work: Workload, model) -> dict[str, float]:
-  batch = prompt_batch(work.config, 1, work.prefix_text_tokens, work.prefix_images, (1, 16, 16), seed=2)
+  prompts = prompt_batch(layout_batch(work.config, 1, work.prefix_text_tokens, work.prefix_images, (1, 16, 16),
+                                      seed=2), work.config)
   prefills = {}
   for share in (True, False):
-    buckets = exact_buckets(batch, copies=1 if share else GROUP)
-    sampler = Sampler(model, SamplerConfig(max_new_tokens=32, share_prefix=share, **buckets))
-    prefills["shared" if share else "separate"] = lambda s=sampler: jax.block_until_ready(s.prefill(batch, GROUP))
+    sampler = Sampler(model, SamplerConfig(max_new_tokens=32, share_prefix=share))
+    prefills["shared" if share else "separate"] = lambda s=sampler: jax.block_until_ready(s.prefill(prompts, GROUP))
   seconds = median_seconds(prefills, work.runs)
-  return {"prompt_length": batch["input_ids"].shape[1], "shared_s": seconds["shared"],
+  return {"prompt_length": prompts.length, "shared_s": seconds["shared"],
           "separate_s": seconds["separate"]}
 
 
 def bench_scorer(work: Workload, model) -> dict[str, float]:
-  batch = prompt_batch(work.config, work.candidates, work.candidate_tokens, 1, (1, 8, 8), seed=3)
+  batch = layout_batch(work.config, work.candidates, work.candidate_tokens, 1, (1, 8, 8), seed=3)
   length, size = batch["input_ids"].shape[1], 16
-  buckets = exact_buckets(select_rows(batch, np.arange(size), work.config))
-  scorer = Scorer(model, yes_token_id=10, no_token_id=11, config=ScorerConfig(batch_size=size, **buckets))
-  generator = Sampler(model, SamplerConfig(max_new_tokens=work.judgment_tokens, method=Greedy(), stop_ids=(),
-                                           **buckets))
+  prompts = prompt_batch(batch, work.config)
+  scorer = Scorer(model, yes_token_id=10, no_token_id=11, config=ScorerConfig(batch_size=size))
+  generator = Sampler(model, SamplerConfig(max_new_tokens=work.judgment_tokens, method=Greedy(), stop_ids=()))
   key = jax.random.key(0)
+  chunks = [prompt_batch(select_rows(batch, np.arange(start, start + size), work.config), work.config)
+            for start in range(0, work.candidates, size)]
 
   def generate_judgments() -> None:  # in chunks of the scorer's batch size, split the same way
-    for start in range(0, work.candidates, size):
-      generator.generate(select_rows(batch, np.arange(start, start + size), work.config), key)
+    for chunk in chunks:
+      generator.generate(chunk, key)
 
-  seconds = median_seconds({"scorer": lambda: scorer(batch), "generation": generate_judgments}, work.runs)
+  seconds = median_seconds({"scorer": lambda: scorer(prompts), "generation": generate_judgments}, work.runs)
   return {"candidates": work.candidates, "scorer_s": seconds["scorer"], "generation_s": seconds["generation"],
           "prompt_length": length}
 

@@ -41,14 +41,15 @@ import numpy as np
 from flax import nnx
 
 from mmrag_jax.benchmarks.report import print_result, print_table  # noqa: E402
-from mmrag_jax.model import Qwen25VL, Qwen25VLConfig, TextConfig, VisionConfig, prepare_inputs, tiny
+from mmrag_jax.data.batching import PipelineBatch
+from mmrag_jax.model import Qwen25VL, Qwen25VLConfig, TextConfig, VisionConfig, tiny
 from mmrag_jax.model.synthetic_batch import random_processor_batch
 from mmrag_jax.parallel import make_mesh
 from mmrag_jax.rl.batch import build_train_batch
 from mmrag_jax.rl.config import GRPOConfig
 from mmrag_jax.rl.trainer import GRPOTrainer, TrainerConfig
 from mmrag_jax.rl.update import PolicyUpdater, split_trainable
-from mmrag_jax.sampling import Categorical, SamplerConfig
+from mmrag_jax.sampling import Categorical, SamplerConfig, prompt_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,12 +130,12 @@ def random_policy(config: Qwen25VLConfig, seed: int = 0) -> Qwen25VL:
 def update_batch(work: Workload):
   rng = np.random.default_rng(1)
   ids = rng.integers(0, 400, (work.prompts, work.prompt_tokens))
-  prompts = prepare_inputs({"input_ids": ids}, work.config)
+  prompts = prompt_batch({"input_ids": ids}, work.config)
   rows = work.prompts * work.group_size
   tokens = rng.integers(0, 400, (rows, work.completion_tokens))
   lengths = np.full(rows, work.completion_tokens)
   batch = build_train_batch(prompts, tokens, lengths, np.full(tokens.shape, -6.0, np.float32),
-                            group_size=work.group_size, pad_token_id=work.config.pad_token_id)
+                            group_size=work.group_size, config=work.config)
   return dataclasses.replace(batch, advantages=rng.normal(size=rows).astype(np.float32))
 
 
@@ -170,9 +171,8 @@ def image_update_batch(work: Workload, grid: tuple[int, int, int]):
   rng = np.random.default_rng(2)
   rows = work.prompts * work.group_size
   tokens = rng.integers(0, 400, (rows, work.completion_tokens))
-  batch = build_train_batch(prepare_inputs(prompts, work.config), tokens, np.full(rows, work.completion_tokens),
-                            np.full(tokens.shape, -6.0, np.float32), group_size=work.group_size,
-                            pad_token_id=work.config.pad_token_id)
+  batch = build_train_batch(prompt_batch(prompts, work.config), tokens, np.full(rows, work.completion_tokens),
+                            np.full(tokens.shape, -6.0, np.float32), group_size=work.group_size, config=work.config)
   return dataclasses.replace(batch, advantages=rng.normal(size=rows).astype(np.float32))
 
 
@@ -243,10 +243,9 @@ def measure_iteration(work: Workload, grpo: GRPOConfig, mesh) -> dict[str, float
     rng = np.random.default_rng(2)
     while True:
       ids = rng.integers(0, 400, (work.prompts, work.prompt_tokens)).astype(np.int32)
-      yield {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+      yield PipelineBatch(prompts=prompt_batch({"input_ids": ids}, work.config), meta={})
 
-  sampler = SamplerConfig(max_new_tokens=work.completion_tokens, method=Categorical(1.0),
-                          length_buckets=(work.prompt_tokens,), patch_buckets=(4,))
+  sampler = SamplerConfig(max_new_tokens=work.completion_tokens, method=Categorical(1.0))
   with tempfile.TemporaryDirectory() as workdir:
     trainer = GRPOTrainer(random_policy(work.config, seed=1), grpo, sampler,
                           TrainerConfig(num_steps=work.runs + 1, progress_bar=False), mesh=mesh, workdir=workdir,

@@ -133,8 +133,8 @@ def make_prompts(work: Workload, processor: QwenVLProcessor, seed: int = 0
   return prompts
 
 
-def prompt_batch(processor: QwenVLProcessor, prompts: Sequence[tuple[str, Sequence[PIL.Image.Image]]]
-                 ) -> dict[str, np.ndarray]:
+def processor_inputs(processor: QwenVLProcessor, prompts: Sequence[tuple[str, Sequence[PIL.Image.Image]]]
+                     ) -> dict[str, np.ndarray]:
   """Our processor batch of the prompts: input_ids [B, L] left-padded, pixel_values [N_patches, 1176], ..."""
   texts = [processor.apply_chat_template(user_turn(text, len(images))) for text, images in prompts]
   return processor(texts, [list(images) for _, images in prompts])
@@ -179,18 +179,17 @@ class OurSide:
     from mmrag_jax.parallel import make_mesh
     from mmrag_jax.rl.config import GRPOConfig
     from mmrag_jax.rl.trainer import GRPOTrainer, TrainerConfig
-    from mmrag_jax.sampling import Categorical, SamplerConfig
+    from mmrag_jax.data.batching import PipelineBatch
+    from mmrag_jax.sampling import Categorical, SamplerConfig, prompt_batch
 
-    first = prompt_batch(processor, prompts)
+    first = processor_inputs(processor, prompts)
     grpo = GRPOConfig(group_size=work.group_size, max_new_tokens=work.new_tokens, learning_rate=1e-5,
                       total_steps=10**6, beta=0.0, aggregation="token-mean", max_grad_norm=1.0)
-    sampler = SamplerConfig(max_new_tokens=work.new_tokens, method=Categorical(1.0), stop_ids=(),
-                            length_buckets=(first["input_ids"].shape[1],),
-                            patch_buckets=(len(first["pixel_values"]),))
+    sampler = SamplerConfig(max_new_tokens=work.new_tokens, method=Categorical(1.0), stop_ids=())
 
-    def data() -> Iterator[dict[str, np.ndarray]]:
+    def data() -> Iterator[PipelineBatch]:  # the prompts' own length and patch count: no padding
       while True:
-        yield prompt_batch(processor, prompts)
+        yield PipelineBatch(prompts=prompt_batch(processor_inputs(processor, prompts), work.config), meta={})
 
     def reward_fn(completions, metadata):
       return {"total": np.array([vowel_fraction(text) for text in completions], np.float32)}

@@ -1,25 +1,21 @@
-"""Collation of encoded examples into static-shape numpy batches (pure numpy, runs in grain workers).
+"""Collation of encoded examples into static-shape batches (pure numpy, runs in grain workers).
 
 An encoded example is one prompt, unpadded: `input_ids` [n], its images' `pixel_values` [p, 1176] and
-`image_grid_thw` [m, 3], an `error` ('' when fine) and its metadata. A batch has fixed shapes:
+`image_grid_thw` [m, 3], an `error` ('' when fine) and its metadata. A batch is a `PipelineBatch`:
 
-  input_ids       [B, L] int32   left-padded with the pad id; L = the smallest length bucket that fits
-  attention_mask  [B, L] int32   1 = real token
-  position_ids    [3, B, L] int32  M-RoPE (t, h, w) positions; 0 on pads
-  rope_deltas     [B] int32      decode position of generated token j = delta + prompt length + j
-  pixel_values    [P, 1176] float32  all images' patch rows back to back (row-major over (batch, prompt
-                                 order)), zero rows after `num_patches`; P = the patch budget
-  image_grid_thw  [I, 3] int32   (t, h, w) per image, zero rows after `num_images`; I = image budget
-  image_counts    [B] int32      images of each row (rows' images are consecutive in image_grid_thw)
-  num_patches, num_images  [] int32
-  valid           [B] bool       False for padding rows and dropped examples
-  drop_reason     [B] object     why a row was dropped (one of DROP_REASONS); '' for kept and padding rows
-  + metadata      [B] or [B, k]  per-row fields (see `pipeline.stage1_pipeline` / `stage2_pipeline`)
+  prompts  `sampling.prompt_batch.PromptBatch`: ids and mask [B, L] (L = the smallest length bucket that
+           fits), M-RoPE positions, rope deltas, pixel rows [P, 1176] (P = the smallest patch bucket that
+           fits; None in a batch without images), image grids and counts, `valid` [B] (False for padding
+           rows and dropped examples). This is exactly what the sampler, the scorer and the trainer's batch
+           builder take.
+  meta     per-row fields [B] or [B, k] (see `pipeline.stage1_pipeline` / `stage2_pipeline`), plus
+           `drop_reason` [B] object: why a row was dropped (one of DROP_REASONS); '' for kept and padding rows.
 
 A row is dropped (valid=False) when its example failed to encode (e.g. an unreadable image), its prompt
-is longer than the largest bucket, or its images do not fit the remaining patch/image budget; drops are
-logged with the question id. Dropped rows and the rows that pad a short last batch hold a single pad
-token (mask 1 at the last position) and no image. Shapes therefore depend only on (B, bucket, P, I).
+is longer than the largest length bucket, or its images do not fit the remaining patch budget (the largest
+patch bucket) or image budget; drops are logged with the question id. Dropped rows and the rows that pad a
+short last batch hold a single pad token (mask 1 at the last position) and no image. Shapes therefore
+depend only on (B, length bucket, patch bucket).
 
     left padding, B=2, L=8 (p = pad, x = prompt token):
       input_ids       p p p x x x x x        attention_mask  0 0 0 1 1 1 1 1
@@ -34,7 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mmrag_jax.model.rope_index import mrope_positions
+from mmrag_jax.sampling.prompt_batch import PromptBatch, PromptTokens, prompt_batch
 
 PATCH_DIM = 1176
 # Why a row can be dropped: its image (ImageReadError reasons), its prompt length, or the batch budgets.
@@ -51,38 +47,49 @@ class MetaField:
 
 
 @dataclasses.dataclass(frozen=True)
+class PipelineBatch:
+  """One batch of the input pipeline: the model's prompts and, apart, the per-row metadata for rewards."""
+
+  prompts: PromptBatch
+  meta: dict[str, np.ndarray]
+
+
+def _increasing(name: str, buckets: tuple[int, ...]) -> None:
+  if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] < 1:
+    raise ValueError(f"{name} must be strictly increasing positive sizes, got {buckets}")
+
+
+@dataclasses.dataclass(frozen=True)
 class BatchShapes:
-  """Static batch geometry. patch_budget: pixel rows per batch; max_images: grid rows per batch."""
+  """Static batch geometry: prompts are left-padded to the smallest of `length_buckets` that fits, pixel rows
+  to the smallest of `patch_buckets` (multiples of 4; the largest is the batch's patch budget); max_images:
+  images per batch."""
 
   batch_size: int
   length_buckets: tuple[int, ...]
-  patch_budget: int
+  patch_buckets: tuple[int, ...]
   max_images: int
-  patch_dim: int = PATCH_DIM
 
   def __post_init__(self):
-    if not self.length_buckets or list(self.length_buckets) != sorted(set(self.length_buckets)):
-      raise ValueError(f"length_buckets must be strictly increasing and non-empty, got {self.length_buckets}")
-    if self.batch_size < 1 or self.patch_budget < 0 or self.max_images < 0:
+    _increasing("length_buckets", self.length_buckets)
+    _increasing("patch_buckets", self.patch_buckets)
+    if any(b % 4 for b in self.patch_buckets):  # the vision tower merges 2x2 patches
+      raise ValueError(f"patch_buckets must be multiples of 4, got {self.patch_buckets}")
+    if self.batch_size < 1 or self.max_images < 0:
       raise ValueError(f"bad batch shapes {self}")
 
-  def bucket(self, length: int) -> int:
-    """The smallest bucket >= length (the smallest one for an empty batch)."""
-    for bucket in self.length_buckets:
-      if length <= bucket:
-        return bucket
-    raise ValueError(f"length {length} exceeds the largest bucket {self.length_buckets[-1]}")
+  @property
+  def patch_budget(self) -> int:
+    return self.patch_buckets[-1]
 
 
 @dataclasses.dataclass(frozen=True)
 class Collator:
-  """Picklable batch_fn: list of encoded examples (at most B) -> one static-shape batch dict."""
+  """Picklable batch_fn: list of encoded examples (at most B) -> one static-shape `PipelineBatch`."""
 
   shapes: BatchShapes
   meta_fields: dict[str, MetaField]
-  pad_token_id: int
-  image_token_id: int
-  spatial_merge_size: int
+  tokens: PromptTokens
 
   def _drop_reason(self, example: dict[str, Any], patches_used: int, images_used: int) -> tuple[str, str]:
     """(reason, message) of a row that cannot join the batch; ('', '') when it fits."""
@@ -96,7 +103,7 @@ class Collator:
       return "image_budget", "images exceed the batch image budget"
     return "", ""
 
-  def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+  def __call__(self, examples: Sequence[dict[str, Any]]) -> PipelineBatch:
     s = self.shapes
     if len(examples) > s.batch_size:
       raise ValueError(f"got {len(examples)} examples for a batch of {s.batch_size}")
@@ -113,41 +120,29 @@ class Collator:
       patches_used += len(example["pixel_values"])
       images_used += len(example["image_grid_thw"])
 
-    lengths = [len(e["input_ids"]) if e is not None else 1 for e in kept]
-    length = s.bucket(max(lengths, default=1))
-    input_ids = np.full((s.batch_size, length), self.pad_token_id, np.int32)
+    length = max((len(e["input_ids"]) for e in kept if e is not None), default=1)
+    input_ids = np.full((s.batch_size, length), self.tokens.pad_token_id, np.int32)
     attention_mask = np.zeros((s.batch_size, length), np.int32)
-    pixel_values = np.zeros((s.patch_budget, s.patch_dim), np.float32)
-    grids = np.zeros((s.max_images, 3), np.int32)
-    image_counts = np.zeros((s.batch_size,), np.int32)
     valid = np.zeros((s.batch_size,), bool)
-    attention_mask[len(kept):, -1] = 1
-    patch_row = image_row = 0
+    pixels, grids = [], []
     for b, example in enumerate(kept):
       if example is None:
-        # One real pad token, so every row ends in a real token as left-padded model inputs require.
-        attention_mask[b, -1] = 1
         continue
-      n = lengths[b]
+      n = len(example["input_ids"])
       input_ids[b, length - n:] = example["input_ids"]
       attention_mask[b, length - n:] = 1
-      p, m = len(example["pixel_values"]), len(example["image_grid_thw"])
-      pixel_values[patch_row:patch_row + p] = example["pixel_values"]
-      grids[image_row:image_row + m] = example["image_grid_thw"]
-      patch_row, image_row = patch_row + p, image_row + m
-      image_counts[b] = m
+      pixels.append(example["pixel_values"])
+      grids.append(example["image_grid_thw"])
       valid[b] = True
-    position_ids, rope_deltas = mrope_positions(
-        input_ids, attention_mask, grids[:image_row], image_token_id=self.image_token_id,
-        spatial_merge_size=self.spatial_merge_size)
-    batch = {
-        "input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
-        "rope_deltas": rope_deltas, "pixel_values": pixel_values, "image_grid_thw": grids,
-        "image_counts": image_counts, "num_patches": np.int32(patch_row), "num_images": np.int32(image_row),
-        "valid": valid, "drop_reason": drop_reason,
-    }
-    batch.update(self._collate_meta([e["meta"] for e in examples]))
-    return batch
+    processed = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if any(len(g) for g in grids):
+      processed["pixel_values"], processed["image_grid_thw"] = np.concatenate(pixels), np.concatenate(grids)
+    # Rows without a prompt (dropped, or padding a short batch) become padding rows with one real pad token.
+    prompts = prompt_batch(processed, self.tokens, length_buckets=s.length_buckets, patch_buckets=s.patch_buckets,
+                           valid=valid)
+    meta = self._collate_meta([e["meta"] for e in examples])
+    meta["drop_reason"] = drop_reason
+    return PipelineBatch(prompts=prompts, meta=meta)
 
   def _collate_meta(self, metas: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     out = {}
@@ -167,13 +162,3 @@ class Collator:
           column[b, :len(value)] = value
       out[name] = column
     return out
-
-
-def real_images(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """The batch with only the real pixel rows and grids (`pixel_values` [num_patches, 1176],
-  `image_grid_thw` [num_images, 3]), the form `model.qwen25vl.prepare_inputs` and the transformers model
-  take; pass `num_patches=batch["pixel_values"].shape[0]` there to keep the static patch budget."""
-  out = dict(batch)
-  out["pixel_values"] = batch["pixel_values"][:int(batch["num_patches"])]
-  out["image_grid_thw"] = batch["image_grid_thw"][:int(batch["num_images"])]
-  return out

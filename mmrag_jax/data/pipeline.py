@@ -1,8 +1,8 @@
-"""grain input pipelines for stage 1 (point-wise) and stage 2 (list-wise): static-shape numpy batches.
+"""grain input pipelines for stage 1 (point-wise) and stage 2 (list-wise): static-shape batches.
 
   questions = read_webqa(data_dir, "train").questions          # or tfds_questions(...)
   ds = stage1_pipeline(questions, images, PipelineConfig(processor_path=..., batch_size=8))
-  it = iter(ds); batch = next(it)                               # see `batching` for the batch layout
+  it = iter(ds); batch = next(it)            # a `batching.PipelineBatch`: batch.prompts, batch.meta
 
 Graph (every step before `to_iter_dataset` is a random-access MapDataset, so the order of rows is a pure
 function of (seed, epoch, index) and does not depend on the worker count):
@@ -26,13 +26,14 @@ import grain
 import numpy as np
 from absl import flags
 
-from mmrag_jax.data.batching import PATCH_DIM, BatchShapes, Collator, MetaField
+from mmrag_jax.data.batching import PATCH_DIM, BatchShapes, Collator, MetaField, PipelineBatch
 from mmrag_jax.data.images import ImageReadError, ImageStore, decode_image
 from mmrag_jax.data.records import IMAGE, Candidate, Question
 from mmrag_jax.data.scores import Stage1Scores
 from mmrag_jax.data.stage_examples import stage1_examples, stage2_examples
 from mmrag_jax.processing import load_processor
 from mmrag_jax.processing.prompts import ANSWER_STYLE, PromptConfig, stage1_messages, stage2_messages
+from mmrag_jax.sampling.prompt_batch import PromptTokens
 
 _PIXELS_PER_PATCH = 14 * 14
 
@@ -45,8 +46,10 @@ class PipelineConfig:
   min_pixels, max_pixels: per-image pixel budget of the image processor.
   batch_size: prompts per batch (per host).
   length_buckets: allowed padded prompt lengths; prompts longer than the last are dropped (logged).
-  patch_budget: pixel rows per batch (a multiple of 4); None = batch_size * max images per prompt * max
-    patches per image, which never drops a row but is large for real pixel budgets: set it for big runs.
+  patch_buckets: allowed padded pixel rows per batch (multiples of 4); rows whose images do not fit the largest
+    are dropped (logged). () = one bucket of batch_size * max images per prompt * max patches per image,
+    which never drops a row but is large for real pixel budgets: set buckets for big runs. These two bucket
+    sets are the only ones: the sampler, scorer and trainer take the batches at these shapes.
   seed: shuffling and example-sampling seed.
   shuffle: shuffle rows (reshuffled every epoch); off for inference.
   num_epochs: passes over the example table; None = forever.
@@ -63,7 +66,7 @@ class PipelineConfig:
   max_pixels: int = 448 * 448
   batch_size: int = 8
   length_buckets: tuple[int, ...] = (256, 512, 1024, 2048)
-  patch_budget: int | None = None
+  patch_buckets: tuple[int, ...] = ()
   seed: int = 0
   shuffle: bool = True
   num_epochs: int | None = None
@@ -78,9 +81,9 @@ class PipelineConfig:
   def __post_init__(self):
     if not 0 <= self.shard_index < self.shard_count:
       raise ValueError(f"shard_index {self.shard_index} not in [0, shard_count={self.shard_count})")
-    if self.patch_budget is not None and self.patch_budget % 4:
+    if any(b % 4 for b in self.patch_buckets):
       # The vision tower merges 2x2 patches: padded budgets must hold whole merge blocks.
-      raise ValueError(f"patch_budget must be a multiple of 4, got {self.patch_budget}")
+      raise ValueError(f"patch_buckets must be multiples of 4, got {self.patch_buckets}")
 
   @property
   def max_patches_per_image(self) -> int:
@@ -88,11 +91,10 @@ class PipelineConfig:
     return (self.max_pixels // (4 * _PIXELS_PER_PATCH)) * 4
 
   def batch_shapes(self, max_images_per_prompt: int) -> BatchShapes:
-    budget = self.patch_budget
-    if budget is None:
-      budget = self.batch_size * max_images_per_prompt * self.max_patches_per_image
+    worst = self.batch_size * max(max_images_per_prompt, 1) * self.max_patches_per_image
+    buckets = tuple(self.patch_buckets) or (worst,)
     return BatchShapes(batch_size=self.batch_size, length_buckets=tuple(self.length_buckets),
-                       patch_budget=budget, max_images=self.batch_size * max_images_per_prompt)
+                       patch_buckets=buckets, max_images=self.batch_size * max_images_per_prompt)
 
 
 _THREAD_LOCAL = threading.local()
@@ -122,11 +124,15 @@ def _candidate_image(candidate: Candidate, images: ImageStore | None):
 
 @dataclasses.dataclass(frozen=True)
 class _Encoder:
-  """Example-table row -> encoded prompt (unpadded ids, patches, grids) + metadata. Never raises on bad images."""
+  """Example-table row -> encoded prompt (unpadded ids, patches, grids) + metadata. Never raises on bad images.
+
+  continuation: token ids appended to every prompt after the chat template's generation prompt (e.g. the
+  judgment markup stage-1 scoring reads the next token after, `scorer.judgment_continuation`)."""
 
   questions: Sequence[Question]
   images: ImageStore | None
   config: PipelineConfig
+  continuation: tuple[int, ...] = ()
 
   def _encode(self, candidates: Sequence[Candidate], messages: list[dict[str, Any]],
               meta: dict[str, Any]) -> dict[str, Any]:
@@ -140,7 +146,7 @@ class _Encoder:
       return encoded
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     out = processor([prompt], [pictures])
-    encoded["input_ids"] = out["input_ids"][0]
+    encoded["input_ids"] = np.concatenate([out["input_ids"][0], np.asarray(self.continuation, np.int64)])
     if pictures:
       encoded["pixel_values"], encoded["image_grid_thw"] = out["pixel_values"], out["image_grid_thw"]
     return encoded
@@ -183,7 +189,7 @@ class _EncodeAndCollate:
   encoder: _Encoder
   collator: Collator
 
-  def __call__(self, rows: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+  def __call__(self, rows: Sequence[np.ndarray]) -> PipelineBatch:
     return self.collator([self.encoder(row) for row in rows])
 
 
@@ -205,9 +211,9 @@ def stage2_meta(k: int) -> dict[str, MetaField]:
 
 def _collator(config: PipelineConfig, max_images_per_prompt: int, meta: dict[str, MetaField]) -> Collator:
   processor = _processor(config.processor_path, config.min_pixels, config.max_pixels)
-  return Collator(shapes=config.batch_shapes(max_images_per_prompt), meta_fields=meta,
-                  pad_token_id=processor.pad_token_id, image_token_id=processor.image_token_id,
-                  spatial_merge_size=processor.merge_size)
+  tokens = PromptTokens(pad_token_id=processor.pad_token_id, image_token_id=processor.image_token_id,
+                        spatial_merge_size=processor.merge_size)
+  return Collator(shapes=config.batch_shapes(max_images_per_prompt), meta_fields=meta, tokens=tokens)
 
 
 def batched_dataset(table: np.ndarray, batch_fn: _EncodeAndCollate, config: PipelineConfig) -> grain.IterDataset:
@@ -233,17 +239,19 @@ def batched_dataset(table: np.ndarray, batch_fn: _EncodeAndCollate, config: Pipe
 
 
 def stage1_pipeline(questions: Sequence[Question], images: ImageStore | None, config: PipelineConfig, *,
-                    negatives_per_positive: float | None = 1.0, table: np.ndarray | None = None
-                    ) -> grain.IterDataset:
+                    negatives_per_positive: float | None = 1.0, table: np.ndarray | None = None,
+                    continuation: Sequence[int] = ()) -> grain.IterDataset:
   """Point-wise batches: one (question, candidate) prompt per row, at most one image per prompt.
 
   Metadata per row: qid, dataset, category, candidate_id, candidate_kind [B] object; label [B] int32 (1 gold,
   0 negative, -1 unknown / padding). `negatives_per_positive=None` scores every candidate (inference);
-  `table` overrides the sampled rows (see `stage_examples.stage1_examples`).
+  `table` overrides the sampled rows (see `stage_examples.stage1_examples`); `continuation`: token ids
+  appended to every prompt (see `_Encoder`).
   """
   if table is None:
     table = stage1_examples(questions, negatives_per_positive=negatives_per_positive, seed=config.seed)
-  batch_fn = _EncodeAndCollate(Stage1Encoder(questions, images, config), _collator(config, 1, STAGE1_META))
+  encoder = Stage1Encoder(questions, images, config, continuation=tuple(int(t) for t in continuation))
+  batch_fn = _EncodeAndCollate(encoder, _collator(config, 1, STAGE1_META))
   return batched_dataset(table, batch_fn, config)
 
 
@@ -257,6 +265,6 @@ def stage2_pipeline(questions: Sequence[Question], images: ImageStore | None, co
   num_candidates, num_gold_total [B] int32 (gold sources in the whole pool); labeled [B] bool.
   """
   table = stage2_examples(questions, k=k, mode=mode, scores=scores, seed=config.seed)
-  # Up to k images per prompt; `config.patch_budget` can bound the pixel rows tighter than that worst case.
+  # Up to k images per prompt; `config.patch_buckets` can bound the pixel rows tighter than that worst case.
   batch_fn = _EncodeAndCollate(Stage2Encoder(questions, images, config), _collator(config, k, stage2_meta(k)))
   return batched_dataset(table, batch_fn, config)

@@ -85,14 +85,16 @@ class UpdateGeometry:
     """The largest micro-batch the run builds: the largest length bucket, and the smallest patch bucket that
     holds the most pixel rows its prompts can have (larger buckets serve prediction batches only)."""
     return cls(rows=config.train.batch_size, group_size=config.rl.group_size,
-               prompt_length=max(config.sampler.length_buckets), completion_length=config.rl.max_new_tokens,
+               prompt_length=max(config.pipeline.length_buckets), completion_length=config.rl.max_new_tokens,
                num_patches=patch_bucket(config, config.train.batch_size // config.rl.group_size),
                micro_batches=config.train.micro_batches)
 
 
 def patch_bucket(config: ml_collections.ConfigDict, prompts: int) -> int:
-  """The smallest of sampler.patch_buckets that holds the most pixel rows `prompts` prompts can have."""
-  rows, buckets = batch_pixel_rows(config, prompts), sorted(config.sampler.patch_buckets)
+  """The smallest of pipeline.patch_buckets that holds the most pixel rows `prompts` prompts can have (that
+  worst case itself without buckets: the pipeline's one bucket then)."""
+  rows = batch_pixel_rows(config, prompts)
+  buckets = sorted(config.pipeline.patch_buckets) or [rows]
   return next((b for b in buckets if b >= rows), buckets[-1])
 
 
@@ -275,7 +277,7 @@ def _generation_programs(setup: PlanSetup, *, prompts: int, group_size: int, num
   from mmrag_jax.sampling.keys import row_keys
   from mmrag_jax.sampling.steps import cache_shardings, prefill_rows
 
-  prompt_length, mesh = max(setup.config.sampler.length_buckets), setup.mesh
+  prompt_length, mesh = max(setup.config.pipeline.length_buckets), setup.mesh
   # As `Sampler.prefill`: filler rows up to a multiple of the devices the rows split over.
   inputs = abstract_prompt_inputs(setup.model, prefill_rows(prompts, mesh), prompt_length, num_patches, mesh)
   cache_size = prompt_length + new_tokens

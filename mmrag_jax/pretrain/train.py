@@ -158,9 +158,8 @@ def pretrain(workdir: str, config: PretrainConfig = PretrainConfig(), progress: 
   encoder = _PretrainEncoder(questions=(), images=train.images, config=pipeline_config, examples=examples)
   table = np.arange(len(examples), dtype=np.int64)[:, None]
   data = iter(batched_dataset(table, _EncodeAndCollate(encoder, _collator(pipeline_config, MAX_LISTED, _META)), pipeline_config))
-  patches = config.batch_size * MAX_LISTED * pipeline_config.max_patches_per_image
   warmup = WarmupConfig(steps=config.steps, learning_rate=config.learning_rate, max_new_tokens=config.max_new_tokens,
-                        length_buckets=config.length_buckets, patch_buckets=(patches,), group_size=1)
+                        group_size=1)
   processor = load_processor(model_dir, min_pixels=config.min_pixels, max_pixels=config.max_pixels)
   tokenize = lambda text: processor.tokenizer.encode(text, add_special_tokens=False)
   curve: list[float] = []
@@ -171,7 +170,7 @@ def pretrain(workdir: str, config: PretrainConfig = PretrainConfig(), progress: 
       print(f"pretrain step {step}/{config.steps}: token NLL {metrics['nll']:.3f}", flush=True)
 
   mesh = make_mesh((1, 1, 1), jax.devices()[:1])
-  model = supervised_warmup(model, data, lambda batch: [str(t) for t in batch["target"]], tokenize, warmup,
+  model = supervised_warmup(model, data, lambda meta: [str(t) for t in meta["target"]], tokenize, warmup,
                             mesh=mesh, stop_id=model.config.eos_token_id, on_step=on_step)
   save_pretrained(model, model_dir)
   tail = curve[-20:] or [float("nan")]

@@ -96,24 +96,20 @@ def validate(config: ml_collections.ConfigDict) -> Settings:
   if config.mode == "train" and config.data.train_split == "test":
     raise ConfigError("data.train_split", "the test split has no gold labels to train on")
   for field in ("data.max_train_questions", "data.max_eval_questions", "pipeline.worker_count",
-                "warmup.steps", "pipeline.patch_budget", "model.attention_query_chunk"):
+                "warmup.steps", "model.attention_query_chunk"):
     _positive_int(config, field, allow_zero=True)
   for field in ("train.batch_size", "predict.batch_size", "pipeline.min_pixels", "pipeline.max_pixels"):
     _positive_int(config, field)
-  if config.pipeline.patch_budget % 4:
-    raise ConfigError("pipeline.patch_budget", f"must be a multiple of 4 (2x2 patch merging), got "
-                      f"{config.pipeline.patch_budget}")
+  if tuple(config.pipeline.patch_buckets):  # () = one bucket at the batch's worst case
+    patch_buckets = _increasing(config, "pipeline.patch_buckets")
+    if any(b % 4 for b in patch_buckets):
+      raise ConfigError("pipeline.patch_buckets", f"must be multiples of 4 (2x2 patch merging), got {patch_buckets}")
   if config.pipeline.min_pixels > config.pipeline.max_pixels:
     raise ConfigError("pipeline.min_pixels", f"{config.pipeline.min_pixels} exceeds pipeline.max_pixels="
                       f"{config.pipeline.max_pixels}")
   _positive_number(config, "warmup.learning_rate")  # the warm-up's own rate: WarmupConfig does not check it
   _choice(config, "sampler.method", SAMPLER_METHODS)
-  pipeline_buckets = _increasing(config, "pipeline.length_buckets")
-  sampler_buckets = _increasing(config, "sampler.length_buckets")
-  _increasing(config, "sampler.patch_buckets")
-  if sampler_buckets[-1] < pipeline_buckets[-1]:
-    raise ConfigError("sampler.length_buckets", f"the largest bucket {sampler_buckets[-1]} is shorter than the "
-                      f"longest prompt the pipeline lets through (pipeline.length_buckets[-1]={pipeline_buckets[-1]})")
+  _increasing(config, "pipeline.length_buckets")
   run_settings = settings(config)  # every settings dataclass checks its fields, rl.group_size among them
   if config.train.batch_size % config.rl.group_size:
     raise ConfigError("train.batch_size", f"{config.train.batch_size} completions is not a whole number of groups "
@@ -139,25 +135,27 @@ def _images_and_patches(config: ml_collections.ConfigDict) -> tuple[int, int]:
 
 
 def batch_pixel_rows(config: ml_collections.ConfigDict, prompts: int) -> int:
-  """The most pixel rows a batch of `prompts` prompts can hold: pipeline.patch_budget when set, else each
-  prompt's images at pipeline.max_pixels (`_images_and_patches`)."""
+  """The most pixel rows a batch of `prompts` prompts can hold: each prompt's images at pipeline.max_pixels
+  (`_images_and_patches`)."""
   images_per_prompt, per_image = _images_and_patches(config)
-  return config.pipeline.patch_budget or prompts * images_per_prompt * per_image
+  return prompts * images_per_prompt * per_image
 
 
 def check_patch_buckets(config: ml_collections.ConfigDict) -> None:
-  """The largest sampler patch bucket must hold the pixel rows of any batch the pipeline can build."""
+  """The largest pipeline patch bucket must hold the pixel rows of any batch the run builds: a batch beyond it
+  would drop prompts (prediction rows included) rather than fail. () = one bucket at that worst case."""
+  if not tuple(config.pipeline.patch_buckets):
+    return
   images_per_prompt, per_image = _images_and_patches(config)
   images = "images" if config.stage == 1 else "images (stage2.k)"
   prompts = max(config.train.batch_size // config.rl.group_size, config.predict.batch_size, config.scorer.batch_size
                 if config.stage == 1 else 0)
-  worst = batch_pixel_rows(config, prompts)
-  largest = max(config.sampler.patch_buckets)
+  worst, largest = batch_pixel_rows(config, prompts), max(config.pipeline.patch_buckets)
   if worst > largest:
-    raise ConfigError("sampler.patch_buckets", f"the largest bucket {largest} is below the {worst} pixel rows a "
+    raise ConfigError("pipeline.patch_buckets", f"the largest bucket {largest} is below the {worst} pixel rows a "
                       f"batch can hold ({prompts} prompts x {images_per_prompt} {images} x {per_image} patches at "
-                      f"pipeline.max_pixels={config.pipeline.max_pixels}, or pipeline.patch_budget); add a bucket "
-                      f">= {worst}" + ("" if config.stage == 1 else " or lower stage2.k"))
+                      f"pipeline.max_pixels={config.pipeline.max_pixels}); add a bucket >= {worst}"
+                      + ("" if config.stage == 1 else " or lower stage2.k"))
 
 
 def validate_batch_division(config: ml_collections.ConfigDict, data_parallel: int) -> None:

@@ -53,7 +53,9 @@ def base_config(stage: int) -> ml_collections.ConfigDict:
   c.pipeline.min_pixels = 56 * 56
   c.pipeline.max_pixels = 448 * 448
   c.pipeline.length_buckets = (512, 1024, 2048, 4096)
-  c.pipeline.patch_budget = 0     # pixel rows per batch; 0 = the worst case for the batch
+  # Pixel rows batches are padded to (multiples of 4); the largest must hold any batch's images (the config
+  # check says so); () = one bucket at that worst case.
+  c.pipeline.patch_buckets = (4096, 16384, 65536)
   c.pipeline.worker_count = 0
   c.pipeline.read_threads = 4
 
@@ -87,8 +89,6 @@ def base_config(stage: int) -> ml_collections.ConfigDict:
   c.sampler.temperature = 1.0
   c.sampler.top_p = 1.0
   c.sampler.top_k = 50
-  c.sampler.length_buckets = (512, 1024, 2048, 4096)
-  c.sampler.patch_buckets = (4096, 16384, 65536)
   c.sampler.decode_weights = "gathered"  # gathered (a compute-dtype copy laid out for decoding) | training
 
   c.train = ml_collections.ConfigDict()
@@ -168,7 +168,7 @@ _REAL_CHECKPOINT = {
         # Rows split over every chip of a v5litepod-16: 16 prediction prompts, whose 5 images of 448 x 448 px
         # (stage 2) are up to 81,920 pixel rows.
         "predict.batch_size": 16,
-        "sampler.patch_buckets": (4096, 16384, 65536, 81920),
+        "pipeline.patch_buckets": (4096, 16384, 65536, 81920),
     },
     # 8.3B params + AdamW in float32 is ~133 GB. 64 completions per step as 2 micro-batches of 32, queries in
     # chunks of 256, the LM head in chunks of 128 positions: the stage-2 update then fits a v5p-8.

@@ -202,15 +202,12 @@ def sampler_config(config: ml_collections.ConfigDict, *, max_new_tokens: int, gr
   """The sampler of `max_new_tokens` tokens per completion: config.sampler's method, or argmax with `greedy`."""
   s = config.sampler
   return SamplerConfig(max_new_tokens=max_new_tokens, method=Greedy() if greedy else sampling_method(config),
-                       length_buckets=tuple(s.length_buckets), patch_buckets=tuple(s.patch_buckets),
                        decode_weights=s.decode_weights)
 
 
 def scorer_config(config: ml_collections.ConfigDict) -> ScorerConfig:
-  """Stage 1's P(yes) scorer: scorer.batch_size candidates per forward pass, the sampler's buckets."""
-  s = config.sampler
-  return ScorerConfig(batch_size=config.scorer.batch_size, length_buckets=tuple(s.length_buckets),
-                      patch_buckets=tuple(s.patch_buckets))
+  """Stage 1's P(yes) scorer: scorer.batch_size candidates per forward pass, as the pipeline built them."""
+  return ScorerConfig(batch_size=config.scorer.batch_size)
 
 
 def pipeline_config(config: ml_collections.ConfigDict, processor_path: str, batch_size: int, *,
@@ -221,18 +218,17 @@ def pipeline_config(config: ml_collections.ConfigDict, processor_path: str, batc
   return PipelineConfig(
       processor_path=processor_path, min_pixels=c.pipeline.min_pixels, max_pixels=c.pipeline.max_pixels,
       batch_size=batch_size, length_buckets=tuple(c.pipeline.length_buckets),
-      patch_budget=c.pipeline.patch_budget or None, seed=c.seed, shuffle=train, num_epochs=None if train else 1,
+      patch_buckets=tuple(c.pipeline.patch_buckets), seed=c.seed, shuffle=train, num_epochs=None if train else 1,
       worker_count=c.pipeline.worker_count if train else 0, read_threads=c.pipeline.read_threads,
       prompt=PromptConfig(**c.prompt.to_dict()))
 
 
 def _warmup(config: ml_collections.ConfigDict) -> WarmupConfig:
-  """The format warm-up: warmup.*, with the GRPO batch's geometry (rl.*, the sampler's buckets)."""
+  """The format warm-up: warmup.*, with the GRPO batch's geometry (rl.*)."""
   c = config
   return WarmupConfig(steps=c.warmup.steps, learning_rate=c.warmup.learning_rate,
-                      max_new_tokens=c.rl.max_new_tokens, length_buckets=tuple(c.sampler.length_buckets),
-                      patch_buckets=tuple(c.sampler.patch_buckets),
-                      logprob_chunk_size=c.rl.logprob_chunk_size, group_size=c.rl.group_size)
+                      max_new_tokens=c.rl.max_new_tokens, logprob_chunk_size=c.rl.logprob_chunk_size,
+                      group_size=c.rl.group_size)
 
 
 def _trainer(config: ml_collections.ConfigDict) -> TrainerConfig:

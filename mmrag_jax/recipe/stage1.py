@@ -12,21 +12,19 @@ from collections.abc import Mapping
 from typing import Any
 
 import tqdm
+from jax.sharding import Mesh
 
 from mmrag_jax.data.pipeline import stage1_pipeline
 from mmrag_jax.data.scores import write_stage1_scores
 from mmrag_jax.evaluation.ranking import describe_unscored, recall_at_k, unscored_summary
-from jax.sharding import Mesh
-
 from mmrag_jax.model import Qwen25VL
 from mmrag_jax.processing.targets import stage1_target
 from mmrag_jax.recipe.context import RunDir, Split, is_main_process, load_policy_processor, write_json
 from mmrag_jax.recipe.settings import Settings, for_checkpoint
 from mmrag_jax.recipe.training import TrainResult, train_policy
 from mmrag_jax.rl.reward_fns import stage1_reward_fn
-from mmrag_jax.rl.rollout import processor_batch
 from mmrag_jax.rl.trainer import EvalFn
-from mmrag_jax.sampling import Scorer, judgment_continuation, with_continuation
+from mmrag_jax.sampling import Scorer, judgment_continuation
 
 _log = logging.getLogger(__name__)
 
@@ -36,9 +34,9 @@ def ranking_file(split: str) -> str:
 
 
 def stage1_targets(think: bool):
-  """Warm-up targets of a stage-1 pipeline batch: the gold judgment of each row."""
-  def targets(batch: Mapping[str, Any]) -> list[str]:
-    return [stage1_target(1 if int(label) == 1 else 0, think=think) for label in batch["label"]]
+  """Warm-up targets of a stage-1 pipeline batch (from its metadata): the gold judgment of each row."""
+  def targets(meta: Mapping[str, Any]) -> list[str]:
+    return [stage1_target(1 if int(label) == 1 else 0, think=think) for label in meta["label"]]
 
   return targets
 
@@ -78,21 +76,22 @@ def score_candidates(model: Qwen25VL, model_dir: str, split: Split, s: Settings,
   processor = load_policy_processor(model_dir, pipeline_config)
   prefix, yes_id, no_id = judgment_continuation(processor.tokenizer, stage1_target(1), stage1_target(0))
   scorer = Scorer(model, yes_token_id=yes_id, no_token_id=no_id, config=s.scorer, mesh=mesh)
-  pipeline = stage1_pipeline(split.questions, split.images, pipeline_config, negatives_per_positive=None)
+  pipeline = stage1_pipeline(split.questions, split.images, pipeline_config, negatives_per_positive=None,
+                             continuation=prefix)
   total = sum(len(q.candidates) for q in split.questions)
   scores: dict[str, dict[str, float]] = {q.qid: {} for q in split.questions}
   unscored: dict[str, dict[str, str]] = {}
   progress = tqdm.tqdm(total=total, desc=f"stage-1 scoring {split.name}", unit="cand",
                        disable=not is_main_process() or not s.trainer.progress_bar)
   for batch in pipeline:
-    probs = scorer(with_continuation(processor_batch(batch), prefix))
-    for row, qid in enumerate(batch["qid"]):
+    probs, meta = scorer(batch.prompts), batch.meta
+    for row, qid in enumerate(meta["qid"]):
       if not qid:  # rows padding the last batch
         continue
-      qid, cid = str(qid), str(batch["candidate_id"][row])
-      valid = bool(batch["valid"][row])
+      qid, cid = str(qid), str(meta["candidate_id"][row])
+      valid = bool(batch.prompts.valid[row])
       if not valid:
-        unscored.setdefault(qid, {})[cid] = str(batch["drop_reason"][row])
+        unscored.setdefault(qid, {})[cid] = str(meta["drop_reason"][row])
       scores[qid][cid] = float(probs[row]) if valid else 0.0
       progress.update(1)
   progress.close()

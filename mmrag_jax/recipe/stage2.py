@@ -26,7 +26,7 @@ from mmrag_jax.recipe.context import RunDir, Split, is_main_process, load_policy
 from mmrag_jax.recipe.settings import ConfigError, Settings, for_checkpoint
 from mmrag_jax.recipe.training import TrainResult, train_policy
 from mmrag_jax.rl.reward_fns import stage2_reward_fn
-from mmrag_jax.rl.rollout import completion_texts, processor_batch
+from mmrag_jax.rl.rollout import completion_texts
 from mmrag_jax.rl.trainer import EvalFn
 from mmrag_jax.sampling import Sampler
 
@@ -47,11 +47,12 @@ def gold_numbers(is_gold: Sequence[bool], num_candidates: int) -> list[int]:
   return [j + 1 for j, gold in enumerate(is_gold) if gold and j < num_candidates]
 
 
-def stage2_targets(batch: Mapping[str, Any]) -> list[str]:
-  """Warm-up targets of a stage-2 pipeline batch: fixed reasoning, the gold evidence, the reference answer."""
-  return [stage2_target(gold_numbers(batch["candidate_is_gold"][row], int(batch["num_candidates"][row])),
-                        tuple(batch["answers"][row]), str(batch["dataset"][row]))
-          for row in range(len(batch["qid"]))]
+def stage2_targets(meta: Mapping[str, Any]) -> list[str]:
+  """Warm-up targets of a stage-2 pipeline batch (from its metadata): fixed reasoning, the gold evidence, the
+  reference answer."""
+  return [stage2_target(gold_numbers(meta["candidate_is_gold"][row], int(meta["num_candidates"][row])),
+                        tuple(meta["answers"][row]), str(meta["dataset"][row]))
+          for row in range(len(meta["qid"]))]
 
 
 def answer_eval(model_dir: str, split: Split, scores: Stage1Scores, s: Settings, mesh: Mesh) -> EvalFn:
@@ -119,14 +120,15 @@ def predict_split(model: Qwen25VL, model_dir: str, split: Split, scores: Stage1S
   progress = tqdm.tqdm(total=len(split.questions), desc=f"stage-2 answers {split.name}", unit="q",
                        disable=not is_main_process() or not s.trainer.progress_bar)
   for batch in pipeline:
-    samples = sampler.generate(processor_batch(batch), key, group_size=1)
+    samples = sampler.generate(batch.prompts, key, group_size=1)
     texts = completion_texts(samples, processor.decode, sampler.stop_ids)
-    for row, qid in enumerate(batch["qid"]):
+    meta = batch.meta
+    for row, qid in enumerate(meta["qid"]):
       if not qid:
         continue
-      ids = [str(i) for i in batch["candidate_ids"][row][:int(batch["num_candidates"][row])]]
-      dataset = str(batch["dataset"][row])
-      completion = texts[row] if batch["valid"][row] else ""
+      ids = [str(i) for i in meta["candidate_ids"][row][:int(meta["num_candidates"][row])]]
+      dataset = str(meta["dataset"][row])
+      completion = texts[row] if batch.prompts.valid[row] else ""
       record = parse_prediction(completion, ids, dataset, s.reward.think, s.reward.mmqa_span_separator)
       record.update(kept_ids=ids, truncated=bool(np.asarray(samples.truncated)[row]))
       out[str(qid)] = record

@@ -20,7 +20,9 @@ import dataclasses
 import jax
 import numpy as np
 
+from mmrag_jax.model.config import Qwen25VLConfig
 from mmrag_jax.model.qwen25vl import ModelInputs
+from mmrag_jax.sampling.prompt_batch import PromptBatch
 
 
 @jax.tree_util.register_dataclass
@@ -63,7 +65,7 @@ def group_image_slots(image_scatter: np.ndarray, num_prompts: int, prompt_length
   """[G, P / merge**2] flat image-token slots in the [N, total_length] batch (see `TrainBatch`).
 
   image_scatter: [P / merge**2] flat slot b * prompt_length + l in the prompt batch, num_prompts *
-  prompt_length for padding (as `prepare_inputs` builds it).
+  prompt_length for padding (as `PromptBatch.model_inputs` builds it).
   """
   scatter = np.asarray(image_scatter, np.int64)
   padding = scatter >= num_prompts * prompt_length
@@ -73,16 +75,17 @@ def group_image_slots(image_scatter: np.ndarray, num_prompts: int, prompt_length
   return np.where(padding[None], num_prompts * group_size * total_length, slots).astype(np.int32)
 
 
-def build_train_batch(prompt_inputs: ModelInputs, completion_ids: np.ndarray, completion_lengths: np.ndarray,
-                      sampler_logprobs: np.ndarray, *, group_size: int, pad_token_id: int,
-                      prompt_valid: np.ndarray | None = None,
+def build_train_batch(prompts: PromptBatch, completion_ids: np.ndarray, completion_lengths: np.ndarray,
+                      sampler_logprobs: np.ndarray, *, group_size: int, config: Qwen25VLConfig,
                       sampling_logprobs: np.ndarray | None = None) -> TrainBatch:
-  """Joins prompts [B, Lp] (host `ModelInputs` from `prepare_inputs`) with their completions [B * G, T].
+  """Joins the B prompts [B, Lp] the completions [B * G, T] were sampled for with those completions.
 
-  completion_lengths: [B * G] tokens generated per row, the stop token included. prompt_valid: [B] bool,
-  False for padding prompts, whose completions get an all-zero mask. sampler_logprobs, sampling_logprobs
-  [B * G, T]: see `TrainBatch` (sampling_logprobs optional). Advantages start at zero.
+  completion_lengths: [B * G] tokens generated per row, the stop token included. Completions of prompts
+  with `prompts.valid` False get an all-zero mask. sampler_logprobs, sampling_logprobs [B * G, T]: see
+  `TrainBatch` (sampling_logprobs optional). config: the policy's (pad id, vision layout). Advantages start
+  at zero.
   """
+  prompt_inputs, pad_token_id = prompts.model_inputs(config), config.pad_token_id
   input_ids = np.asarray(prompt_inputs.input_ids)
   num_prompts, prompt_length = input_ids.shape
   completion_ids = np.asarray(completion_ids)
@@ -98,8 +101,7 @@ def build_train_batch(prompt_inputs: ModelInputs, completion_ids: np.ndarray, co
   if sampling_logprobs is not None and np.shape(sampling_logprobs) != (num_rows, width):
     raise ValueError(f"sampling_logprobs has shape {np.shape(sampling_logprobs)}, expected {(num_rows, width)}")
   mask = np.arange(width)[None, :] < lengths[:, None]
-  if prompt_valid is not None:
-    mask &= _repeat_rows(np.asarray(prompt_valid, bool), group_size)[:, None]
+  mask &= _repeat_rows(np.asarray(prompts.valid, bool), group_size)[:, None]
   completion_ids = np.where(mask, completion_ids, pad_token_id).astype(np.int32)
 
   prompt_mask = _repeat_rows(prompt_inputs.attention_mask, group_size)

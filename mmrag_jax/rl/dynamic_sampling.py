@@ -16,9 +16,9 @@ If the bound is hit first, the missing groups are padding prompts (valid False: 
 statistics). Kept groups beyond M * B are discarded rather than carried to the next step, so a step's
 state stays (params, optimizer, RNG, data position) and a resume is exact.
 
-The micro-batches are re-assembled on the host: `select_prompts` builds a pipeline-style batch of the
-chosen prompts, and `regroup_rollout` rebuilds its TrainBatch with the completions already sampled
-(nothing is sampled twice).
+The micro-batches are re-assembled on the host: `select_prompts` builds a `PipelineBatch` of the chosen
+prompts (`prompt_batch.gather_prompts`: their rows as the pipeline built them, nothing recomputed), and
+`regroup_rollout` rebuilds its TrainBatch with the completions already sampled (nothing is sampled twice).
 """
 
 from __future__ import annotations
@@ -30,21 +30,16 @@ from typing import Any
 
 import numpy as np
 
+from mmrag_jax.data.batching import PipelineBatch
 from mmrag_jax.model.config import Qwen25VLConfig
 from mmrag_jax.rl.batch import TrainBatch, build_train_batch
-from mmrag_jax.rl.rollout import Rollout, processor_batch
-from mmrag_jax.sampling import prepare_bucketed
+from mmrag_jax.rl.rollout import Rollout
+from mmrag_jax.sampling.prompt_batch import Pick, gather_prompts
 
 _log = logging.getLogger(__name__)
 
-# (pipeline batch index, prompt row) of a selected prompt; None: a padding prompt.
-Pick = tuple[int, int] | None
 # index -> (pipeline batch, its rollout): draws the index-th batch of the step and samples it.
-DrawFn = Callable[[int], tuple[Mapping[str, Any], Rollout]]
-
-# Keys `select_prompts` builds for the whole new batch; every other key is copied row by row.
-_BATCH_KEYS = frozenset({"input_ids", "attention_mask", "mm_token_type_ids", "position_ids", "valid",
-                         "pixel_values", "image_grid_thw", "image_counts", "num_patches", "num_images"})
+DrawFn = Callable[[int], tuple[PipelineBatch, Rollout]]
 
 
 def informative_groups(rewards: np.ndarray, valid: np.ndarray, group_size: int) -> np.ndarray:
@@ -54,94 +49,22 @@ def informative_groups(rewards: np.ndarray, valid: np.ndarray, group_size: int) 
   return valid & (grouped.max(axis=1) != grouped.min(axis=1))
 
 
-def _prompt_images(batch: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-  """([B + 1] image offsets, [num_images + 1] patch offsets) of a pipeline batch: row b owns images
-  image_start[b]:image_start[b + 1], image i owns patch rows patch_start[i]:patch_start[i + 1]."""
-  if "image_counts" not in batch:
-    raise ValueError("a pipeline batch with images needs `image_counts` [B] (see mmrag_jax.data.batching)")
-  grid = np.asarray(batch["image_grid_thw"])[:int(batch.get("num_images", len(batch["image_grid_thw"])))]
-  image_start = np.concatenate([[0], np.cumsum(np.asarray(batch["image_counts"], np.int64))])
-  patch_start = np.concatenate([[0], np.cumsum(np.prod(grid, axis=1, dtype=np.int64))])
-  return image_start, patch_start
+def select_prompts(batches: Sequence[PipelineBatch], picks: Sequence[Pick], *, pad_token_id: int) -> PipelineBatch:
+  """One `PipelineBatch` of the picked prompts, in pick order.
 
-
-def select_prompts(batches: Sequence[Mapping[str, Any]], picks: Sequence[Pick], *,
-                   pad_token_id: int) -> dict[str, np.ndarray]:
-  """One pipeline-style batch (see `mmrag_jax.data.batching`) of the picked prompts, in pick order.
-
-  picks: per output row, (b, row) of `batches[b]`, or None for a padding prompt (one real pad token, no
-  image, valid False; its metadata is a copy of the first pick's, never read).
-  Token arrays [n, L] are right-aligned to L = the widest batch's length (left padding grows; positions
-  are 0 on pads, as the collator writes them); `pixel_values` [sum p, 1176] and `image_grid_thw`
-  [sum m, 3] hold exactly the picked prompts' images back to back (no budget padding), with
-  `image_counts`, `num_patches`, `num_images` to match. Every other per-row key (metadata,
-  `rope_deltas`, `drop_reason`) is copied row by row.
-
-      batch 0 ids  p p x x      batch 1 ids  p p p p y y        picks [(1, 0), (0, 0)]
-                                                          ->    p p p p y y
-                                                                p p p p x x
+  picks: per output row, (b, row) of `batches[b]` (a prompt pick, see `prompt_batch.Pick`), or None for a
+  padding prompt (one real pad token, no image, valid False; its metadata is a copy of the first pick's,
+  never read). The prompts are `gather_prompts` of the batches' prompts; every metadata field is copied row
+  by row.
   """
   if not picks:
     raise ValueError("select_prompts needs at least one pick")
-  width = max(np.shape(b["input_ids"])[1] for b in batches)
+  prompts = gather_prompts([b.prompts for b in batches], picks, pad_token_id=pad_token_id)
   source = next((p for p in picks if p is not None), (0, 0))
   rows = [p if p is not None else source for p in picks]
-  padding = np.array([p is None for p in picks])
-  n = len(picks)
-
-  def right_aligned(key: str, fill: int, axis: int) -> np.ndarray:
-    parts = []
-    for b, row in rows:
-      value = np.asarray(batches[b][key] if key in batches[b] else np.ones_like(batches[b]["input_ids"]))
-      value = np.take(value, [row], axis=axis)
-      pad = [(0, 0)] * value.ndim
-      pad[-1] = (width - value.shape[-1], 0)
-      parts.append(np.pad(value, pad, constant_values=fill))
-    return np.concatenate(parts, axis=axis)
-
-  first = batches[0]
-  out = {"input_ids": right_aligned("input_ids", pad_token_id, 0),
-         "attention_mask": right_aligned("attention_mask", 0, 0)}
-  out["input_ids"][padding] = pad_token_id
-  out["attention_mask"][padding] = 0
-  out["attention_mask"][padding, -1] = 1
-  if "mm_token_type_ids" in first:
-    out["mm_token_type_ids"] = right_aligned("mm_token_type_ids", 0, 0)
-    out["mm_token_type_ids"][padding] = 0
-  if "position_ids" in first:
-    out["position_ids"] = right_aligned("position_ids", 0, 1)
-    out["position_ids"][:, padding] = 0
-  valid = np.array([bool(np.asarray(batches[b].get("valid", np.ones(len(batches[b]["input_ids"]), bool)))[row])
-                    for b, row in rows])
-  out["valid"] = valid & ~padding
-
-  if "image_grid_thw" in first:
-    offsets = [_prompt_images(b) for b in batches]
-    grids, pixels, counts = [], [], np.zeros((n,), np.int32)
-    for i, (b, row) in enumerate(rows):
-      if padding[i]:
-        continue
-      image_start, patch_start = offsets[b]
-      first_image, end_image = image_start[row], image_start[row + 1]
-      grids.append(np.asarray(batches[b]["image_grid_thw"])[first_image:end_image])
-      pixels.append(np.asarray(batches[b]["pixel_values"])[patch_start[first_image]:patch_start[end_image]])
-      counts[i] = end_image - first_image
-    grid_dtype, pixel_values = np.asarray(first["image_grid_thw"]).dtype, np.asarray(first["pixel_values"])
-    out["image_grid_thw"] = np.concatenate(grids or [np.zeros((0, 3), grid_dtype)]).astype(grid_dtype)
-    out["pixel_values"] = np.concatenate(
-        pixels or [np.zeros((0, pixel_values.shape[1]), pixel_values.dtype)]).astype(pixel_values.dtype)
-    out["image_counts"] = counts
-    out["num_patches"] = np.int32(len(out["pixel_values"]))
-    out["num_images"] = np.int32(len(out["image_grid_thw"]))
-
-  for key, value in first.items():
-    if key in _BATCH_KEYS:
-      continue
-    if np.ndim(value) == 0:  # a per-batch scalar: nothing per row to select
-      out[key] = np.asarray(value)
-      continue
-    out[key] = np.concatenate([np.asarray(batches[b][key])[row:row + 1] for b, row in rows], axis=0)
-  return out
+  meta = {key: np.concatenate([np.asarray(batches[b].meta[key])[row:row + 1] for b, row in rows], axis=0)
+          for key in batches[0].meta}
+  return PipelineBatch(prompts=prompts, meta=meta)
 
 
 def _gather_rows(values: Sequence[Any], groups: Sequence[tuple[int, int]], group_size: int) -> Any:
@@ -159,29 +82,19 @@ def _gather_rows(values: Sequence[Any], groups: Sequence[tuple[int, int]], group
   return np.concatenate([np.asarray(p) for p in parts], axis=0)
 
 
-def _fitting_patch_buckets(num_patches: int, patch_buckets: tuple[int, ...]) -> tuple[int, ...]:
-  # Kept prompts of several batches can hold more patches than any one batch: past the largest bucket,
-  # pad to a multiple of it (few extra shapes to compile) instead of failing.
-  largest = max(patch_buckets)
-  if num_patches <= largest:
-    return patch_buckets
-  return (*patch_buckets, -(-num_patches // largest) * largest)
-
-
-def regroup_rollout(batches: Sequence[Mapping[str, Any]], rollouts: Sequence[Rollout], picks: Sequence[Pick], *,
-                    group_size: int, model_config: Qwen25VLConfig, length_buckets: tuple[int, ...],
-                    patch_buckets: tuple[int, ...]) -> tuple[dict[str, np.ndarray], Rollout]:
-  """(pipeline-style batch, Rollout) of the picked prompts with the completions already sampled for them.
+def regroup_rollout(batches: Sequence[PipelineBatch], rollouts: Sequence[Rollout], picks: Sequence[Pick], *,
+                    group_size: int, model_config: Qwen25VLConfig) -> tuple[PipelineBatch, Rollout]:
+  """(PipelineBatch, Rollout) of the picked prompts with the completions already sampled for them.
 
   rollouts[b] is the rollout of batches[b]. The TrainBatch is rebuilt from `select_prompts` exactly as
-  `collect_rollout` builds one (`processor_batch` -> `prepare_bucketed` -> `build_train_batch`); every
+  `collect_rollout` builds one (`build_train_batch` of the prompts); every
   per-row field of the TrainBatch and the Rollout ([N, ...] arrays, lists, dicts of them) is carried
   over by rows, so fields added there travel too. Padding picks get masked rows (valid False).
   """
   prompts = select_prompts(batches, picks, pad_token_id=model_config.pad_token_id)
   source = next((p for p in picks if p is not None), (0, 0))
   groups = [p if p is not None else source for p in picks]
-  prompt_valid = prompts["valid"]
+  prompt_valid = prompts.prompts.valid
   row_valid = np.repeat(prompt_valid, group_size)
 
   carried = {f.name: _gather_rows([getattr(r, f.name) for r in rollouts], groups, group_size)
@@ -190,12 +103,8 @@ def regroup_rollout(batches: Sequence[Mapping[str, Any]], rollouts: Sequence[Rol
   rows = {f.name: _gather_rows([getattr(r.batch, f.name) for r in rollouts], groups, group_size)
           for f in dataclasses.fields(TrainBatch) if f.name not in ("inputs", "image_slots")}
 
-  inputs = processor_batch(prompts)
-  buckets = _fitting_patch_buckets(len(inputs.get("pixel_values", ())), patch_buckets)
-  prompt_inputs = prepare_bucketed(inputs, model_config, length_buckets, buckets)
-  built = build_train_batch(prompt_inputs, rows["completion_ids"], carried["lengths"], rows["sampler_logprobs"],
-                            group_size=group_size, pad_token_id=model_config.pad_token_id,
-                            prompt_valid=prompt_valid)
+  built = build_train_batch(prompts.prompts, rows["completion_ids"], carried["lengths"], rows["sampler_logprobs"],
+                            group_size=group_size, config=model_config)
   replaced = {}
   for name, value in rows.items():
     if value is None:
@@ -215,19 +124,18 @@ class DynamicSample:
   """One step's dynamic sampling.
 
   sampled: the rollouts of every pipeline batch drawn (M + extra); kept: the M update micro-batches,
-  B groups each; prompts: their pipeline-style batches; metrics: 'dynamic_sampling/...' and
+  B groups each; prompts: their pipeline batches; metrics: 'dynamic_sampling/...' and
   'reward_kept/<component>' (means over the kept, valid completions).
   """
 
   sampled: list[Rollout]
   kept: list[Rollout]
-  prompts: list[dict[str, np.ndarray]]
+  prompts: list[PipelineBatch]
   metrics: dict[str, float]
 
 
 def dynamic_sample(draw: DrawFn, *, micro_batches: int, max_refill_batches: int, group_size: int,
-                   model_config: Qwen25VLConfig, length_buckets: tuple[int, ...],
-                   patch_buckets: tuple[int, ...]) -> DynamicSample:
+                   model_config: Qwen25VLConfig) -> DynamicSample:
   """Draws M pipeline batches, then refills (at most `max_refill_batches` more) until M * B informative
   groups are kept; assembles them into M micro-batches (see the module docstring).
 
@@ -248,9 +156,9 @@ def dynamic_sample(draw: DrawFn, *, micro_batches: int, max_refill_batches: int,
     dropped += valid_groups - int(keep.sum())
     batches.append(batch)
     rollouts.append(rollout)
-    needed = micro_batches * len(batch["input_ids"])  # M * B
+    needed = micro_batches * batch.prompts.num_prompts  # M * B
 
-  prompts_per_batch = len(batches[0]["input_ids"])
+  prompts_per_batch = batches[0].prompts.num_prompts
   shortfall = max(needed - len(picks), 0)
   if shortfall:
     _log.warning("dynamic sampling: %d of %d groups are padding after %d refill batches (the rewards are "
@@ -260,7 +168,7 @@ def dynamic_sample(draw: DrawFn, *, micro_batches: int, max_refill_batches: int,
   for start in range(0, needed, prompts_per_batch):
     batch_prompts, rollout = regroup_rollout(
         batches, rollouts, chosen[start:start + prompts_per_batch], group_size=group_size,
-        model_config=model_config, length_buckets=length_buckets, patch_buckets=patch_buckets)
+        model_config=model_config)
     prompts.append(batch_prompts)
     kept.append(rollout)
 

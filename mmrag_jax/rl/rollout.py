@@ -5,8 +5,8 @@ The reward interface is a callable
     reward_fn(completions: list[str] (N), metadata: dict[str, np.ndarray] (each [N, ...])) -> {name: [N]}
 
 returning every reward component and the scalar reward under 'total' (see `reward_fns.py` for the two
-MMRAG-RFT stages). Metadata are the pipeline batch's per-prompt fields (qid, label, answers, ...)
-repeated for the G samples of each prompt.
+MMRAG-RFT stages). Metadata are the pipeline batch's per-prompt fields (`PipelineBatch.meta`: qid, label,
+answers, ...) repeated for the G samples of each prompt.
 
 Every process works on the same global batch (see `trainer.py`), so what is built here is identical on
 all hosts.
@@ -22,18 +22,13 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from mmrag_jax.data.batching import PipelineBatch
 from mmrag_jax.model.qwen25vl import Qwen25VL
 from mmrag_jax.rl.batch import TrainBatch, build_train_batch
-from mmrag_jax.sampling import SampleOutput, Sampler, SamplerConfig, prepare_bucketed
+from mmrag_jax.sampling import SampleOutput, Sampler, SamplerConfig
 
 RewardFn = Callable[[Sequence[str], Mapping[str, np.ndarray]], Mapping[str, Any]]
 Detokenize = Callable[[Sequence[int]], str]
-
-# Pipeline batch keys that are model inputs or bookkeeping; every other key is per-prompt metadata.
-_ARRAY_KEYS = frozenset({"input_ids", "attention_mask", "position_ids", "rope_deltas", "pixel_values",
-                         "image_grid_thw", "image_counts", "num_patches", "num_images", "valid",
-                         "mm_token_type_ids"})
-
 
 @dataclasses.dataclass(frozen=True)
 class Rollout:
@@ -51,32 +46,9 @@ class Rollout:
   texts: list[str]
 
 
-def processor_batch(batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """The model inputs of a pipeline batch in processor form (what the sampler takes).
-
-  Pixel rows and image grids are cut to the real `num_patches` / `num_images`. Padding rows (valid False,
-  no real token) get one real pad token at the end so that every row is a well-formed left-padded
-  prompt; their completions are masked out of the loss later.
-  """
-  input_ids = np.asarray(batch["input_ids"])
-  mask = np.asarray(batch.get("attention_mask", np.ones_like(input_ids))).astype(np.int32).copy()
-  empty = mask.sum(axis=1) == 0
-  mask[empty, -1] = 1
-  out = {"input_ids": input_ids, "attention_mask": mask}
-  grid = batch.get("image_grid_thw")
-  if grid is not None:
-    num_images = int(batch.get("num_images", len(grid)))
-    num_patches = int(batch.get("num_patches", len(batch["pixel_values"])))
-    if num_images > 0:
-      out["image_grid_thw"] = np.asarray(grid)[:num_images]
-      out["pixel_values"] = np.asarray(batch["pixel_values"])[:num_patches]
-  return out
-
-
-def prompt_metadata(batch: Mapping[str, Any], group_size: int) -> dict[str, np.ndarray]:
+def prompt_metadata(meta: Mapping[str, Any], group_size: int) -> dict[str, np.ndarray]:
   """Per-prompt metadata fields [B, ...] repeated to [B * G, ...] (group-major)."""
-  return {key: np.repeat(np.asarray(value), group_size, axis=0) for key, value in batch.items()
-          if key not in _ARRAY_KEYS}
+  return {key: np.repeat(np.asarray(value), group_size, axis=0) for key, value in meta.items()}
 
 
 def completion_texts(samples: SampleOutput, detokenize: Detokenize, stop_ids: Sequence[int]) -> list[str]:
@@ -104,25 +76,22 @@ def checked_rewards(rewards: Mapping[str, Any], num_rows: int) -> dict[str, np.n
   return out
 
 
-def collect_rollout(model: Qwen25VL, batch: Mapping[str, Any], key: jax.Array, *, sampler_config: SamplerConfig,
+def collect_rollout(model: Qwen25VL, batch: PipelineBatch, key: jax.Array, *, sampler_config: SamplerConfig,
                     group_size: int, reward_fn: RewardFn, detokenize: Detokenize, mesh: Mesh | None = None,
                     prompt_ids: np.ndarray | None = None) -> Rollout:
   """Samples G completions for each prompt of a pipeline batch, scores them and builds the TrainBatch.
 
-  batch: a pipeline batch (see `mmrag_jax.data.batching`) or any processor batch with metadata;
+  batch: a `PipelineBatch` (from the pipeline, or built from a `prompt_batch` and its metadata);
   key: the rollout's PRNG key; prompt_ids: [B] stable ids for the per-sample RNG (default 0..B-1).
   """
-  prompts = processor_batch(batch)
-  num_prompts = len(prompts["input_ids"])
-  valid = np.asarray(batch.get("valid", np.ones((num_prompts,), bool)), bool)
+  valid = np.asarray(batch.prompts.valid, bool)
   sampler = Sampler(model, sampler_config, mesh=mesh)
-  samples = sampler.generate(prompts, key, group_size=group_size, prompt_ids=prompt_ids)
+  samples = sampler.generate(batch.prompts, key, group_size=group_size, prompt_ids=prompt_ids)
   texts = completion_texts(samples, detokenize, sampler.stop_ids)
-  rewards = checked_rewards(reward_fn(texts, prompt_metadata(batch, group_size)), len(texts))
-  prompt_inputs = prepare_bucketed(prompts, model.config, sampler_config.length_buckets, sampler_config.patch_buckets)
-  train_batch = build_train_batch(prompt_inputs, samples.tokens, samples.lengths, samples.policy_logprobs,
-                                  group_size=group_size, pad_token_id=model.config.pad_token_id,
-                                  prompt_valid=valid, sampling_logprobs=samples.sampling_logprobs)
+  rewards = checked_rewards(reward_fn(texts, prompt_metadata(batch.meta, group_size)), len(texts))
+  train_batch = build_train_batch(batch.prompts, samples.tokens, samples.lengths, samples.policy_logprobs,
+                                  group_size=group_size, config=model.config,
+                                  sampling_logprobs=samples.sampling_logprobs)
   return Rollout(batch=train_batch, rewards=rewards, valid=np.repeat(valid, group_size), lengths=samples.lengths,
                  truncated=samples.truncated, texts=texts)
 

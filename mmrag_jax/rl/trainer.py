@@ -40,6 +40,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from mmrag_jax.data.batching import PipelineBatch
 from mmrag_jax.parallel import DEFAULT_RULES, LogicalRules
 from mmrag_jax.rl.advantages import group_advantages
 from mmrag_jax.rl.batch import TrainBatch
@@ -99,7 +100,7 @@ class GRPOTrainer:
   """
 
   def __init__(self, model: nnx.Module, grpo: GRPOConfig, sampler: SamplerConfig, config: TrainerConfig, *,
-               mesh: Mesh, workdir: str, data: Iterator[Mapping[str, Any]], reward_fn: RewardFn,
+               mesh: Mesh, workdir: str, data: Iterator[PipelineBatch], reward_fn: RewardFn,
                detokenize: Detokenize, eval_fn: EvalFn | None = None, rules: LogicalRules = DEFAULT_RULES,
                logprob_fn: LogprobFn | None = None):
     if sampler.max_new_tokens != grpo.max_new_tokens:
@@ -128,7 +129,7 @@ class GRPOTrainer:
 
   # -- one step ------------------------------------------------------------------------------------
 
-  def _rollout(self, batch: Mapping[str, Any], key: jax.Array) -> Rollout:
+  def _rollout(self, batch: PipelineBatch, key: jax.Array) -> Rollout:
     return collect_rollout(
         self.updater.model(), batch, key, sampler_config=self.sampler_config, group_size=self.grpo.group_size,
         reward_fn=self.reward_fn, detokenize=self.detokenize, mesh=self.mesh)
@@ -140,7 +141,7 @@ class GRPOTrainer:
     """DAPO dynamic sampling (see `dynamic_sampling.py`): the step's M batches, refills beyond them."""
     keys = jax.random.split(rollout_key, self.config.micro_batches)
 
-    def draw(index: int) -> tuple[Mapping[str, Any], Rollout]:
+    def draw(index: int) -> tuple[PipelineBatch, Rollout]:
       # The first M keys are those of a step without the switch; refill keys are folded in by index.
       key = keys[index] if index < self.config.micro_batches else jax.random.fold_in(rollout_key, index)
       batch = next(self.data)
@@ -148,8 +149,7 @@ class GRPOTrainer:
 
     return dynamic_sample(
         draw, micro_batches=self.config.micro_batches, max_refill_batches=self.grpo.max_refill_batches,
-        group_size=self.grpo.group_size, model_config=self.updater.model().config,
-        length_buckets=self.sampler_config.length_buckets, patch_buckets=self.sampler_config.patch_buckets)
+        group_size=self.grpo.group_size, model_config=self.updater.model().config)
 
   def _with_advantages(self, rollouts: list[Rollout]) -> tuple[list[TrainBatch], dict[str, float]]:
     """Advantages over the trained rollout batch (batch-level std sees every micro-batch); host batches."""

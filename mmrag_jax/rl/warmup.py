@@ -25,15 +25,14 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from mmrag_jax.data.batching import PipelineBatch
 from mmrag_jax.model.qwen25vl import Qwen25VL
 from mmrag_jax.rl.batch import TrainBatch, build_train_batch
 from mmrag_jax.rl.config import GRPOConfig
-from mmrag_jax.rl.rollout import processor_batch
 from mmrag_jax.rl.update import PolicyUpdater
-from mmrag_jax.sampling import prepare_bucketed
 from mmrag_jax.sampling.inputs import to_host
 
-# pipeline batch -> one reference completion (text, without the stop token) per row.
+# a pipeline batch's metadata ([B] fields) -> one reference completion (text, without the stop token) per row.
 TargetFn = Callable[[Mapping[str, Any]], Sequence[str]]
 Tokenize = Callable[[str], Sequence[int]]
 
@@ -41,16 +40,13 @@ Tokenize = Callable[[str], Sequence[int]]
 @dataclasses.dataclass(frozen=True)
 class WarmupConfig:
   """steps: optimizer steps (one pipeline batch each); learning_rate: constant AdamW rate;
-  max_new_tokens: completion width T (longer targets are cut, and counted); buckets as the sampler's;
-  group_size: rows per prompt, each a copy of the prompt's target. Copies do not change the token-mean
+  max_new_tokens: completion width T (longer targets are cut, and counted); group_size: rows per prompt, each a copy of the prompt's target. Copies do not change the token-mean
   loss; with the GRPO run's group size the warm-up batch has the GRPO batch's exact shapes, so the two
   share one compiled gradient step."""
 
   steps: int
   learning_rate: float
   max_new_tokens: int
-  length_buckets: tuple[int, ...]
-  patch_buckets: tuple[int, ...]
   max_grad_norm: float = 1.0
   logprob_chunk_size: int = 256
   group_size: int = 1
@@ -68,7 +64,7 @@ class WarmupConfig:
         norm_length=None, logprob_chunk_size=self.logprob_chunk_size)
 
 
-def target_batch(model: Qwen25VL, batch: Mapping[str, Any], targets: Sequence[str], tokenize: Tokenize,
+def target_batch(model: Qwen25VL, batch: PipelineBatch, targets: Sequence[str], tokenize: Tokenize,
                  stop_id: int, config: WarmupConfig) -> tuple[TrainBatch, int]:
   """Pipeline batch of B prompts + B target texts -> a host TrainBatch of B * G rows (advantages 1) and the
   number of targets that were cut.
@@ -87,17 +83,13 @@ def target_batch(model: Qwen25VL, batch: Mapping[str, Any], targets: Sequence[st
     tokens = tokens[:width]
     ids[row, :len(tokens)] = tokens
     lengths[row] = len(tokens)
-  prompts = processor_batch(batch)
-  inputs = prepare_bucketed(prompts, model.config, config.length_buckets, config.patch_buckets)
-  valid = np.asarray(batch.get("valid", np.ones((prompts_count,), bool)), bool)
   rows = prompts_count * group
-  train = build_train_batch(inputs, np.repeat(ids, group, axis=0), np.repeat(lengths, group),
-                            np.zeros((rows, width), np.float32), group_size=group,
-                            pad_token_id=model.config.pad_token_id, prompt_valid=valid)
+  train = build_train_batch(batch.prompts, np.repeat(ids, group, axis=0), np.repeat(lengths, group),
+                            np.zeros((rows, width), np.float32), group_size=group, config=model.config)
   return dataclasses.replace(train, advantages=np.ones((rows,), np.float32)), cut
 
 
-def supervised_warmup(model: Qwen25VL, data: Iterator[Mapping[str, Any]], target_fn: TargetFn, tokenize: Tokenize,
+def supervised_warmup(model: Qwen25VL, data: Iterator[PipelineBatch], target_fn: TargetFn, tokenize: Tokenize,
                       config: WarmupConfig, *, mesh: Mesh, stop_id: int, base: GRPOConfig | None = None,
                       on_step: Callable[[int, dict[str, float]], None] | None = None) -> nnx.Module:
   """Runs `config.steps` supervised steps and returns the updated model.
@@ -109,7 +101,7 @@ def supervised_warmup(model: Qwen25VL, data: Iterator[Mapping[str, Any]], target
   updater = PolicyUpdater(model, config.grpo_config(base), mesh)
   for step in range(1, config.steps + 1):
     batch = next(data)
-    train, cut = target_batch(model, batch, target_fn(batch), tokenize, stop_id, config)
+    train, cut = target_batch(model, batch, target_fn(batch.meta), tokenize, stop_id, config)
     placed = updater.place_batch(train)
     metrics, logprobs = updater.optimizer_update([placed])
     mask = np.asarray(train.completion_mask)

@@ -1,13 +1,13 @@
 """Rollout engine: jitted multimodal sampling with a group-shared prefix, and the stage-1 scorer.
 
     sampler = Sampler(model, SamplerConfig(max_new_tokens=256, method=TopP(0.95)))
-    out = sampler.generate(processor_batch, jax.random.key(0), group_size=8)   # SampleOutput
-    scores = Scorer(model, yes_token_id=yes, no_token_id=no)(stage1_batch)      # P(yes) [N]
+    prompts = prompt_batch(processor_output, model.config, length_buckets=(512,))  # or a pipeline batch's
+    out = sampler.generate(prompts, jax.random.key(0), group_size=8)             # SampleOutput
+    scores = Scorer(model, yes_token_id=yes, no_token_id=no)(stage1_prompts)      # P(yes) [N]
 """
 
 from mmrag_jax.sampling.decode import DecodeSettings, DecodeState, decode_loop
 from mmrag_jax.sampling.host_batch import (
-    append_filler_rows,
     completion_batch,
     fit_length,
     images_per_row,
@@ -16,7 +16,15 @@ from mmrag_jax.sampling.host_batch import (
 )
 from mmrag_jax.sampling.keys import row_keys, step_keys
 from mmrag_jax.sampling.methods import Categorical, Greedy, SamplingMethod, TopK, TopP, top_k_logits, top_p_logits
-from mmrag_jax.sampling.inputs import place_inputs, prepare_bucketed
+from mmrag_jax.sampling.inputs import place_inputs
+from mmrag_jax.sampling.prompt_batch import (
+    Pick,
+    PromptBatch,
+    PromptTokens,
+    gather_prompts,
+    prompt_batch,
+    with_padding_rows,
+)
 from mmrag_jax.sampling.sampler import SampleOutput, Sampler, SamplerConfig
 from mmrag_jax.sampling.scorer import (
     Scorer,
@@ -33,6 +41,9 @@ __all__ = [
     "DecodeSettings",
     "DecodeState",
     "Greedy",
+    "Pick",
+    "PromptBatch",
+    "PromptTokens",
     "SampleOutput",
     "Sampler",
     "SamplerConfig",
@@ -41,24 +52,25 @@ __all__ = [
     "ScorerConfig",
     "TopK",
     "TopP",
-    "append_filler_rows",
     "completion_batch",
     "decode_loop",
     "decode_one",
     "fit_length",
     "float32_logits",
+    "gather_prompts",
     "images_per_row",
     "judgment_continuation",
     "judgment_token_ids",
     "place_inputs",
     "prefill_group",
-    "prepare_bucketed",
+    "prompt_batch",
     "row_keys",
     "select_rows",
     "smallest_bucket",
     "step_keys",
     "top_k_logits",
     "top_p_logits",
+    "with_padding_rows",
     "with_continuation",
     "yes_probability",
 ]

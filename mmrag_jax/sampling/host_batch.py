@@ -1,4 +1,4 @@
-"""Host-side (numpy) reshaping of processor batches: row selection with images, length buckets, fillers.
+"""Host-side (numpy) reshaping of processor batches: row selection with images, length buckets.
 
 A processor batch is the dict the Qwen2.5-VL processor returns: `input_ids` [B, L] and `attention_mask`
 [B, L] (left-padded), optional `mm_token_type_ids` [B, L], and for images `pixel_values` [N_patches,
@@ -32,11 +32,16 @@ def smallest_bucket(value: int, buckets: Sequence[int], what: str) -> int:
 
 def images_per_row(batch: Mapping[str, Any], config: Qwen25VLConfig) -> np.ndarray:
   """Number of images of each row: [B] int64, from the `<|image_pad|>` counts and the image grids."""
-  input_ids = np.asarray(batch["input_ids"])
-  tokens_per_row = np.sum(input_ids == config.image_token_id, axis=1)
   grid = batch.get("image_grid_thw")
   grid = np.zeros((0, 3), np.int64) if grid is None else np.asarray(grid).reshape(-1, 3)
-  tokens_per_image = np.prod(grid, axis=1) // config.vision.merge_unit
+  return image_counts(np.asarray(batch["input_ids"]), grid, config.image_token_id, config.vision.merge_unit)
+
+
+def image_counts(input_ids: np.ndarray, grid: np.ndarray, image_token_id: int, merge_unit: int) -> np.ndarray:
+  """[B] int64 images of each row of input_ids [B, L], whose `<|image_pad|>` runs hold the images of grid
+  [I, 3] in order (t * h * w / merge_unit tokens each)."""
+  tokens_per_row = np.sum(input_ids == image_token_id, axis=1)
+  tokens_per_image = np.prod(grid, axis=1) // merge_unit
   counts = np.zeros(len(input_ids), np.int64)
   image = 0
   for b, needed in enumerate(tokens_per_row.tolist()):
@@ -93,27 +98,6 @@ def fit_length(batch: Mapping[str, Any], length: int, pad_token_id: int) -> Batc
       out[key] = values[:, current - length:]
     else:
       out[key] = np.concatenate([np.full((len(values), length - current), fill, values.dtype), values], axis=1)
-  return out
-
-
-def append_filler_rows(batch: Mapping[str, Any], num_rows: int, pad_token_id: int) -> Batch:
-  """Adds text-only filler rows (a single real pad token at the end) up to `num_rows` rows in all."""
-  out = dict(batch)
-  missing = num_rows - len(np.asarray(batch["input_ids"]))
-  if missing < 0:
-    raise ValueError(f"batch has {len(batch['input_ids'])} rows, more than {num_rows}")
-  if missing == 0:
-    return out
-  for key in _TOKEN_KEYS:
-    if out.get(key) is None:
-      continue
-    values = np.asarray(out[key])
-    filler = np.zeros((missing, values.shape[1]), values.dtype)
-    if key == "input_ids":
-      filler[:] = pad_token_id
-    if key == "attention_mask":
-      filler[:, -1] = 1
-    out[key] = np.concatenate([values, filler])
   return out
 
 

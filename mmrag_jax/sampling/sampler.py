@@ -1,14 +1,15 @@
 """The rollout sampler: G completions per multimodal prompt, prefix prefilled once.
 
     sampler = Sampler(model, SamplerConfig(max_new_tokens=256, method=TopP(0.95, temperature=1.0)))
-    out = sampler.generate(batch, jax.random.key(0), group_size=8, prompt_ids=example_ids)
+    out = sampler.generate(prompts, jax.random.key(0), group_size=8, prompt_ids=example_ids)  # a PromptBatch
     out.tokens            # [B * 8, 256], rows b * 8 ... b * 8 + 7 are prompt b's samples
     out.policy_logprobs   # [B * 8, 256], log-probs the GRPO trainer's `completion_logprobs` recomputes
 
-Compilation. Prompts are left-padded to the smallest of a few `length_buckets` and image patches to the
-smallest of a few `patch_buckets`, so prefill compiles once per (batch size, length bucket, patch
-bucket) and the decode loop once per (rows, length bucket, method), not once per batch. The model goes into jit as (graphdef, state): the graphdef is
-static, the state an argument, so updated parameters never recompile.
+Compilation. Prompts come as a `PromptBatch` (`prompt_batch.py`), left-padded to one of a few length buckets
+and its pixel rows to one of a few patch buckets, so prefill compiles once per (batch size, length bucket,
+patch bucket) and the decode loop once per (rows, length bucket, method), not once per batch. The model goes
+into jit as (graphdef, state): the graphdef is static, the state an argument, so updated parameters never
+recompile.
 
 Jit boundaries and donation. Prefill (vision tower + prompt, then the G-fold row repeat) is one jitted
 call; the whole decode loop is another, which takes the cache donated and hands it back, so its
@@ -45,7 +46,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import weakref
-from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -58,17 +58,11 @@ from mmrag_jax.model.kv_cache import KVCache
 from mmrag_jax.model.qwen25vl import ModelInputs, Qwen25VL
 from mmrag_jax.parallel import DEFAULT_RULES, LogicalRules, decode_rules, logical_sharding, param_shardings
 from mmrag_jax.sampling.decode import DecodeSettings, DecodeState, decode_loop
-from mmrag_jax.sampling.host_batch import append_filler_rows, select_rows
-from mmrag_jax.sampling.inputs import (
-    DEFAULT_LENGTH_BUCKETS,
-    DEFAULT_PATCH_BUCKETS,
-    place_inputs,
-    prepare_bucketed,
-    to_host,
-)
+from mmrag_jax.sampling.inputs import place_inputs, to_host
 from mmrag_jax.sampling.keys import row_keys
 from mmrag_jax.sampling.methods import Categorical, SamplingMethod
 from mmrag_jax.sampling.packed_decoder import PackedDecoder, pack_decoder
+from mmrag_jax.sampling.prompt_batch import PromptBatch, gather_prompts, with_padding_rows
 from mmrag_jax.sampling.steps import prefill_group, prefill_rows
 
 
@@ -83,8 +77,6 @@ class SamplerConfig:
   method: `Greedy()`, `Categorical(t)`, `TopK(k, t)` or `TopP(p, t)`.
   stop_ids: a row ends after emitting any of these; None = the model's eos (`<|im_end|>`) and pad
     (`<|endoftext|>`) ids, as Qwen's generation config does.
-  length_buckets: prompt lengths (tokens) that batches are left-padded to.
-  patch_buckets: image patch budgets that pixel rows are zero-padded to (multiples of 4).
   share_prefix: prefill each prompt once for its G samples (False: prefill G copies; for comparison).
   suppress_vision_tokens: never sample the image/video/vision start/end placeholder ids.
   decode_weights: 'gathered' (default): the decode loop reads a copy of the weights in the compute dtype,
@@ -98,8 +90,6 @@ class SamplerConfig:
   max_new_tokens: int = 256
   method: SamplingMethod = Categorical(temperature=1.0)
   stop_ids: tuple[int, ...] | None = None
-  length_buckets: tuple[int, ...] = DEFAULT_LENGTH_BUCKETS
-  patch_buckets: tuple[int, ...] = DEFAULT_PATCH_BUCKETS
   share_prefix: bool = True
   suppress_vision_tokens: bool = True
   decode_weights: str = "gathered"
@@ -107,10 +97,6 @@ class SamplerConfig:
   def __post_init__(self):
     if self.max_new_tokens < 1:
       raise ValueError(f"SamplerConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}")
-    if not self.length_buckets or min(self.length_buckets) < 1:
-      raise ValueError(f"SamplerConfig.length_buckets must be positive lengths, got {self.length_buckets}")
-    if any(b < 1 for b in self.patch_buckets):
-      raise ValueError(f"SamplerConfig.patch_buckets must be positive, got {self.patch_buckets}")
     if self.decode_weights not in DECODE_WEIGHTS:
       raise ValueError(f"SamplerConfig.decode_weights must be one of {DECODE_WEIGHTS}, got {self.decode_weights!r}")
 
@@ -224,16 +210,12 @@ class Sampler:
     suppressed = (c.image_token_id, c.video_token_id, c.vision_start_token_id, c.vision_end_token_id)
     self.settings = DecodeSettings(max_new_tokens=config.max_new_tokens, pad_token_id=c.pad_token_id,
                                    suppressed_ids=suppressed if config.suppress_vision_tokens else ())
-    if any(b % c.vision.merge_unit for b in config.patch_buckets):
-      raise ValueError(f"SamplerConfig.patch_buckets {config.patch_buckets} must be multiples of "
-                       f"{c.vision.merge_unit} (patches per merged image token)")
 
-  def prepare(self, batch: Mapping[str, Any]) -> ModelInputs:
-    """Host side: bucketed `ModelInputs` of a processor batch, placed on the mesh if any."""
-    inputs = prepare_bucketed(batch, self.model.config, self.config.length_buckets, self.config.patch_buckets)
-    return place_inputs(inputs, self.mesh)
+  def prepare(self, prompts: PromptBatch) -> ModelInputs:
+    """Host side: the `ModelInputs` of a prompt batch, placed on the mesh if any."""
+    return place_inputs(prompts.model_inputs(self.model.config), self.mesh)
 
-  def prefill(self, batch: Mapping[str, Any], group_size: int,
+  def prefill(self, prompts: PromptBatch, group_size: int,
               model_split: tuple[nnx.GraphDef, nnx.State] | None = None) -> tuple[jax.Array, KVCache]:
     """Next-token logits [B * G, V] float32 and the KV cache of B * G rows, sized for max_new_tokens.
 
@@ -243,17 +225,17 @@ class Sampler:
     """
     if group_size < 1:
       raise ValueError(f"group_size must be >= 1, got {group_size}")
-    share = self.config.share_prefix
-    prompts = len(np.asarray(batch["input_ids"]))
-    if not share:
-      batch = select_rows(batch, np.repeat(np.arange(prompts), group_size), self.model.config)
-    elif prefill_rows(prompts, self.mesh) > prompts:  # filler rows: every device prefills its share
-      batch = append_filler_rows(batch, prefill_rows(prompts, self.mesh), self.model.config.pad_token_id)
-    inputs = self.prepare(batch)
+    share, count, pad = self.config.share_prefix, prompts.num_prompts, self.model.config.pad_token_id
+    if not share:  # every prompt G times, with G copies of its images
+      picks = [(0, row) for row in np.repeat(np.arange(count), group_size)]
+      prompts = gather_prompts([prompts], picks, pad_token_id=pad, patch_rows=group_size * prompts.patch_rows)
+    elif prefill_rows(count, self.mesh) > count:  # padding rows: every device prefills its share
+      prompts = with_padding_rows(prompts, prefill_rows(count, self.mesh), pad)
+    inputs = self.prepare(prompts)
     cache_size = inputs.input_ids.shape[1] + self.config.max_new_tokens
     graphdef, state = model_split if model_split is not None else nnx.split(self.model)
     return _prefill(graphdef, state, inputs, cache_size=cache_size, group_size=group_size if share else 1,
-                    mesh=self.mesh, weight_rules=self.weight_rules, prompts=prompts if share else None)
+                    mesh=self.mesh, weight_rules=self.weight_rules, prompts=count if share else None)
 
   def packed_decoder(self, model_split: tuple[nnx.GraphDef, nnx.State] | None = None) -> PackedDecoder | None:
     """The model's packed decode weights, or None where decoding runs the model's own step.
@@ -286,19 +268,18 @@ class Sampler:
       return state
     return self._gathered.get(state, lambda: decode_weights_fn(state, dtype, self.mesh)(state))
 
-  def generate(self, batch: Mapping[str, Any], key: jax.Array, *, group_size: int = 1,
+  def generate(self, prompts: PromptBatch, key: jax.Array, *, group_size: int = 1,
                prompt_ids: np.ndarray | None = None) -> SampleOutput:
-    """G completions for each of the B prompts of a processor batch.
+    """G completions for each of the B prompts (`prompt_batch.PromptBatch`, e.g. a pipeline batch's prompts).
 
-    batch: processor output (`input_ids` [B, L], `attention_mask`, `pixel_values`, `image_grid_thw`).
     key: a PRNG key; prompt_ids: [B] int stable ids of the prompts for the RNG (default 0 .. B - 1).
     """
-    batch_size = len(np.asarray(batch["input_ids"]))
+    batch_size = prompts.num_prompts
     prompt_ids = np.arange(batch_size) if prompt_ids is None else np.asarray(prompt_ids)
     if prompt_ids.shape != (batch_size,):
       raise ValueError(f"prompt_ids must have shape ({batch_size},), got {prompt_ids.shape}")
     model_split = nnx.split(self.model)  # once per call: splitting the model costs milliseconds
-    logits, cache = self.prefill(batch, group_size, model_split)
+    logits, cache = self.prefill(prompts, group_size, model_split)
     keys = _row_keys(key, prompt_ids, group_size)
     if self.mesh is not None:
       keys = jax.device_put(keys, logical_sharding(self.mesh, ("batch",), shape=keys.shape))

@@ -9,8 +9,9 @@ i.e. the probability of "yes" among the two allowed answers, which ranks candida
 log-odds. One forward per candidate replaces generating and parsing the judgment token by token, and
 only the last slot goes through the [D, 2] slice of the output head.
 
-Many candidates are scored in chunks of `batch_size` rows (the last chunk filled up with dummy rows),
-each left-padded to a length bucket with its patches padded to a patch bucket, so a few shapes compile.
+Many candidates are scored in chunks of `batch_size` rows (the last chunk filled up with padding rows), each
+of the input `PromptBatch`'s length and with the pixel rows of the chunk that has the most, so one shape
+compiles per call. A pipeline batch of `batch_size` prompts is scored as it is.
 """
 
 from __future__ import annotations
@@ -28,14 +29,8 @@ from jax.sharding import Mesh
 
 from mmrag_jax.model.qwen25vl import ModelInputs, Qwen25VL
 from mmrag_jax.parallel import activation_mesh
-from mmrag_jax.sampling.host_batch import append_filler_rows, select_rows
-from mmrag_jax.sampling.inputs import (
-    DEFAULT_LENGTH_BUCKETS,
-    DEFAULT_PATCH_BUCKETS,
-    place_inputs,
-    prepare_bucketed,
-    to_host,
-)
+from mmrag_jax.sampling.inputs import place_inputs, to_host
+from mmrag_jax.sampling.prompt_batch import PromptBatch, gather_prompts
 
 
 def yes_probability(model: Qwen25VL, inputs: ModelInputs, yes_token_id: int, no_token_id: int) -> jax.Array:
@@ -100,11 +95,9 @@ def with_continuation(batch: Mapping[str, Any], token_ids: list[int]) -> dict[st
 
 @dataclasses.dataclass(frozen=True)
 class ScorerConfig:
-  """batch_size: candidates per forward pass; buckets as in `SamplerConfig`."""
+  """batch_size: candidates per forward pass."""
 
   batch_size: int = 32
-  length_buckets: tuple[int, ...] = DEFAULT_LENGTH_BUCKETS
-  patch_buckets: tuple[int, ...] = DEFAULT_PATCH_BUCKETS
 
   def __post_init__(self):
     if self.batch_size < 1:
@@ -112,9 +105,9 @@ class ScorerConfig:
 
 
 class Scorer:
-  """Scores any number of stage-1 prompts: `scorer(batch)` -> P(yes) [N] float32 numpy.
+  """Scores any number of stage-1 prompts: `scorer(prompts)` -> P(yes) [N] float32 numpy.
 
-  batch: a processor batch of N prompts ending at the judgment position (any N; images allowed).
+  prompts: a `PromptBatch` of N prompts ending at the judgment position (any N; images allowed).
   """
 
   def __init__(self, model: Qwen25VL, *, yes_token_id: int, no_token_id: int,
@@ -126,16 +119,21 @@ class Scorer:
     self.model, self.config, self.mesh = model, config, mesh
     self.yes_token_id, self.no_token_id = int(yes_token_id), int(no_token_id)
 
-  def __call__(self, batch: Mapping[str, Any]) -> np.ndarray:
-    total = len(np.asarray(batch["input_ids"]))
-    size, model_config = self.config.batch_size, self.model.config
+  def __call__(self, prompts: PromptBatch) -> np.ndarray:
+    total, size, model_config = prompts.num_prompts, self.config.batch_size, self.model.config
     graphdef, state = nnx.split(self.model)
     pending = []  # device results; host preparation of the next chunk overlaps the device's work
-    for start in range(0, total, size):
-      rows = np.arange(start, min(start + size, total))
-      chunk = batch if total <= size else select_rows(batch, rows, model_config)
-      chunk = append_filler_rows(chunk, size, model_config.pad_token_id)
-      inputs = prepare_bucketed(chunk, model_config, self.config.length_buckets, self.config.patch_buckets)
+    starts = range(0, total, size)
+    per_row, unit = prompts.row_patches, model_config.vision.merge_unit
+    patch_rows = max((-(-int(per_row[s:s + size].sum()) // unit) * unit for s in starts), default=0)
+    for start in starts:
+      rows = range(start, min(start + size, total))
+      chunk = prompts
+      if total != size:  # chunks of `size` rows, the last one filled up with padding rows
+        picks = [(0, row) for row in rows] + [None] * (size - len(rows))
+        chunk = gather_prompts([prompts], picks, pad_token_id=model_config.pad_token_id,
+                               patch_rows=patch_rows or None)
+      inputs = chunk.model_inputs(model_config)
       probs = _yes_probability(graphdef, state, place_inputs(inputs, self.mesh), yes_token_id=self.yes_token_id,
                                no_token_id=self.no_token_id, mesh=self.mesh)
       pending.append((probs, len(rows)))

@@ -58,8 +58,8 @@ def prefill_rows(prompts: int, mesh: Mesh | None) -> int:
 
   A 7B stage-2 micro-batch has 4 prompts; on 8 data-parallel devices they do not divide, and rows that do
   not divide their mesh axes are replicated, so every device would prefill all 4 (the vision tower too). With
-  4 text-only filler rows of one token each (`append_filler_rows`) each device prefills one row; `prefill_group`
-  drops the fillers before sharing the prompts with their groups.
+  4 text-only filler rows of one token each (`prompt_batch.with_padding_rows`) each device prefills one row;
+  `prefill_group` drops the fillers before sharing the prompts with their groups.
   """
   if mesh is None:
     return prompts

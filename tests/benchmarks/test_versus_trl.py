@@ -37,7 +37,7 @@ def shared(work, tmp_path_factory):
 
 def test_prompts_hold_the_workload_lengths_and_images(work, shared):
   _, processor, prompts = shared
-  batch = versus_trl.prompt_batch(processor, prompts)
+  batch = versus_trl.processor_inputs(processor, prompts)
   real = batch["attention_mask"].sum(axis=1)
   assert [len(images) for _, images in prompts] == [1, 2]
   assert (real >= work.prompt_tokens).all() and (real < work.prompt_tokens + 8).all()
@@ -55,7 +55,7 @@ def test_trl_sees_our_prompts_and_generates_exactly_the_new_tokens(work, shared,
   calls = []
   peer.after_step = lambda: calls.append(len(peer.steps))
   (step,) = peer.train()
-  ours = versus_trl.prompt_batch(processor, prompts)["input_ids"]
+  ours = versus_trl.processor_inputs(processor, prompts)["input_ids"]
   rows = work.prompts * work.group_size
   assert step.prompt_ids.shape == (rows, ours.shape[1])
   np.testing.assert_array_equal(step.prompt_ids, np.repeat(ours, work.group_size, axis=0))
@@ -74,7 +74,7 @@ def test_our_rollout_generates_exactly_the_new_tokens_of_the_same_prompts(work, 
   rows = work.prompts * work.group_size
   np.testing.assert_array_equal(rollout.lengths, np.full(rows, work.new_tokens))
   assert rollout.truncated.all()
-  np.testing.assert_array_equal(batch["input_ids"], side.first_batch["input_ids"])
+  np.testing.assert_array_equal(batch.prompts.input_ids, side.first_batch["input_ids"])
   vision = [work.config.image_token_id, work.config.video_token_id, work.config.vision_start_token_id,
             work.config.vision_end_token_id]
   assert not np.isin(np.asarray(rollout.batch.completion_ids), vision).any()

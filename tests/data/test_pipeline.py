@@ -36,31 +36,42 @@ def _take(dataset, n):
 
 def _row_images(batch, b):
   """(grids [m, 3], patch rows [p, 1176]) of row b's images."""
-  start = int(batch["image_counts"][:b].sum())
-  grids = batch["image_grid_thw"][start:start + batch["image_counts"][b]]
-  first_patch = int(np.prod(batch["image_grid_thw"][:start], axis=1).sum())
+  prompts = batch.prompts
+  start = int(prompts.image_counts[:b].sum())
+  grids = prompts.image_grid_thw[start:start + prompts.image_counts[b]]
+  first_patch = int(np.prod(prompts.image_grid_thw[:start], axis=1).sum())
   n_patches = int(np.prod(grids, axis=1).sum())
-  return grids, batch["pixel_values"][first_patch:first_patch + n_patches]
+  if n_patches == 0:
+    return grids, np.zeros((0, 1176), np.float32)
+  return grids, prompts.pixel_values[first_patch:first_patch + n_patches]
+
+
+def _arrays(batch):
+  """Every array of a pipeline batch by name (prompt fields, then 'meta/<field>')."""
+  out = {f.name: getattr(batch.prompts, f.name) for f in dataclasses.fields(batch.prompts)}
+  out.update({f"meta/{k}": v for k, v in batch.meta.items()})
+  return out
 
 
 def _check_layout(batch, processor, buckets):
   """Left padding, bucketed length, <|image_pad|> runs = patches / 4 per image, patches from the real image."""
-  length = batch["input_ids"].shape[1]
-  lengths = batch["attention_mask"].sum(axis=1)
+  prompts = batch.prompts
+  length = prompts.input_ids.shape[1]
+  lengths = prompts.attention_mask.sum(axis=1)
   assert length == min(bk for bk in buckets if bk >= lengths.max())
-  num_images = int(batch["num_images"])
-  assert num_images == batch["image_counts"].sum()
-  assert batch["num_patches"] == np.prod(batch["image_grid_thw"][:num_images], axis=1).sum()
-  assert not batch["pixel_values"][batch["num_patches"]:].any()
-  assert not batch["image_grid_thw"][num_images:].any()
-  for b in range(batch["input_ids"].shape[0]):
-    mask = batch["attention_mask"][b]
+  assert len(prompts.image_grid_thw) == prompts.image_counts.sum()
+  if prompts.pixel_values is None:
+    assert prompts.num_patches == 0
+  else:
+    assert not prompts.pixel_values[prompts.num_patches:].any()
+  for b in range(prompts.input_ids.shape[0]):
+    mask = prompts.attention_mask[b]
     n = int(mask.sum())
     assert mask.tolist() == [0] * (length - n) + [1] * n
-    if not batch["valid"][b]:  # a single pad token, no image
-      assert n == 1 and batch["input_ids"][b, -1] == processor.pad_token_id and batch["image_counts"][b] == 0
+    if not prompts.valid[b]:  # a single pad token, no image
+      assert n == 1 and prompts.input_ids[b, -1] == processor.pad_token_id and prompts.image_counts[b] == 0
       continue
-    ids = batch["input_ids"][b, length - n:]
+    ids = prompts.input_ids[b, length - n:]
     grids, _ = _row_images(batch, b)
     starts = np.flatnonzero(ids == VISION_START)
     assert len(starts) == len(grids)
@@ -70,13 +81,13 @@ def _check_layout(batch, processor, buckets):
         run += 1
       assert run == np.prod(grid) // 4
     if len(grids) == 0:  # text only: plain RoPE positions 0..n-1 on all three axes
-      assert (batch["position_ids"][:, b, length - n:] == np.arange(n)).all()
-    assert batch["rope_deltas"][b] == batch["position_ids"][:, b].max() + 1 - n
+      assert (prompts.positions[:, b, length - n:] == np.arange(n)).all()
+    assert prompts.rope_deltas[b] == prompts.positions[:, b].max() + 1 - n
 
 
 def _decoded(processor, batch, b):
-  n = int(batch["attention_mask"][b].sum())
-  return processor.decode(batch["input_ids"][b, -n:])
+  n = int(batch.prompts.attention_mask[b].sum())
+  return processor.decode(batch.prompts.input_ids[b, -n:])
 
 
 def _candidate(questions, qid, cid):
@@ -87,16 +98,16 @@ def _candidate(questions, qid, cid):
 def test_stage1_batches_have_static_layout_and_labels_match_the_prompt(webqa_train, config, processor):
   data, manifest = webqa_train
   batches = _take(stage1_pipeline(data.questions, data.images, config, negatives_per_positive=1.0), 6)
-  assert {b["pixel_values"].shape for b in batches} == {(4 * 64, 1176)}
-  assert {b["image_grid_thw"].shape for b in batches} == {(4, 3)}
+  # One patch bucket (the batch's worst case) for every batch with an image; image-free batches carry none.
+  assert {b.prompts.pixel_values.shape for b in batches if b.prompts.image_counts.any()} == {(4 * 64, 1176)}
   image_rows = 0
   for batch in batches:
     _check_layout(batch, processor, config.length_buckets)
-    for b in np.flatnonzero(batch["valid"]):
-      question, candidate = _candidate(data.questions, batch["qid"][b], batch["candidate_id"][b])
-      assert batch["label"][b] == int(candidate.id in manifest.questions[question.qid].gold_ids)
-      assert batch["candidate_kind"][b] == candidate.kind and batch["category"][b] == question.category
-      assert batch["dataset"][b] == "webqa"
+    for b in np.flatnonzero(batch.prompts.valid):
+      question, candidate = _candidate(data.questions, batch.meta["qid"][b], batch.meta["candidate_id"][b])
+      assert batch.meta["label"][b] == int(candidate.id in manifest.questions[question.qid].gold_ids)
+      assert batch.meta["candidate_kind"][b] == candidate.kind and batch.meta["category"][b] == question.category
+      assert batch.meta["dataset"][b] == "webqa"
       text = _decoded(processor, batch, b)
       assert f"Question: {question.question}" in text and candidate.text in text and candidate.title in text
       grids, patches = _row_images(batch, b)
@@ -115,27 +126,28 @@ def test_single_bucket_gives_identical_shapes_for_every_batch(webqa_train, confi
   data, _ = webqa_train
   single = dataclasses.replace(config, length_buckets=(1024,), num_epochs=1)
   batches = list(stage1_pipeline(data.questions, data.images, single))
-  shapes = {tuple((k, v.shape) for k, v in sorted(b.items())) for b in batches}
+  shapes = {tuple((k, np.shape(v)) for k, v in sorted(_arrays(b).items()) if k != "image_grid_thw")
+            for b in batches if b.prompts.pixel_values is not None}
   assert len(batches) > 3 and len(shapes) == 1
-  assert not batches[-1]["valid"].all() or len(batches) * 4 == sum(b["valid"].sum() for b in batches)
+  assert not batches[-1].prompts.valid.all() or len(batches) * 4 == sum(b.prompts.valid.sum() for b in batches)
 
 
 def test_stage2_batches_number_candidates_as_their_gold_flags_say(webqa_train, config, processor):
   data, manifest = webqa_train
   batches = _take(stage2_pipeline(data.questions, data.images, config, k=K), 4)
-  assert {b["candidate_ids"].shape for b in batches} == {(4, K)}
-  assert {b["image_grid_thw"].shape for b in batches} == {(4 * K, 3)}
+  assert {b.meta["candidate_ids"].shape for b in batches} == {(4, K)}
+  assert {b.prompts.pixel_values.shape for b in batches if b.prompts.image_counts.any()} == {(4 * K * 64, 1176)}
   for batch in batches:
     _check_layout(batch, processor, config.length_buckets)
-    for b in np.flatnonzero(batch["valid"]):
-      qid = batch["qid"][b]
+    for b in np.flatnonzero(batch.prompts.valid):
+      qid = batch.meta["qid"][b]
       gold = manifest.questions[qid].gold_ids
-      ids = [c for c in batch["candidate_ids"][b] if c]
-      assert len(ids) == batch["num_candidates"][b] == min(K, len(manifest.questions[qid].candidate_ids))
-      assert batch["candidate_is_gold"][b].tolist() == [c in gold for c in ids] + [False] * (K - len(ids))
+      ids = [c for c in batch.meta["candidate_ids"][b] if c]
+      assert len(ids) == batch.meta["num_candidates"][b] == min(K, len(manifest.questions[qid].candidate_ids))
+      assert batch.meta["candidate_is_gold"][b].tolist() == [c in gold for c in ids] + [False] * (K - len(ids))
       assert set(gold[:K]) <= set(ids)  # training rows hold every gold source (all fit k here)
-      assert batch["num_gold_total"][b] == len(gold) and batch["labeled"][b]
-      assert tuple(batch["answers"][b]) == tuple(manifest.questions[qid].answers)
+      assert batch.meta["num_gold_total"][b] == len(gold) and batch.meta["labeled"][b]
+      assert tuple(batch.meta["answers"][b]) == tuple(manifest.questions[qid].answers)
       text = _decoded(processor, batch, b)
       cursor = 0
       for number, cid in enumerate(ids, start=1):
@@ -151,7 +163,7 @@ def test_stage2_mmqa_prompts_ask_for_short_answers(mmqa_planted, config, process
   data = read_mmqa(mmqa_planted[0], "dev", image_check="decode", verbose=False)
   batch = _take(stage2_pipeline(data.questions, data.images, config, k=K), 1)[0]
   _check_layout(batch, processor, config.length_buckets)
-  assert batch["valid"].all() and set(batch["dataset"]) == {"mmqa"}
+  assert batch.prompts.valid.all() and set(batch.meta["dataset"]) == {"mmqa"}
   for b in range(4):
     assert ANSWER_STYLE["mmqa"] in _decoded(processor, batch, b)
 
@@ -159,8 +171,8 @@ def test_stage2_mmqa_prompts_ask_for_short_answers(mmqa_planted, config, process
 def test_epochs_cover_every_row_once_in_a_new_order(webqa_train, config):
   data, _ = webqa_train
   two_epochs = dataclasses.replace(config, num_epochs=2, batch_size=3)
-  rows = [(b["qid"][i], b["candidate_id"][i]) for b in stage1_pipeline(data.questions, data.images, two_epochs)
-          for i in np.flatnonzero(b["valid"])]
+  rows = [(b.meta["qid"][i], b.meta["candidate_id"][i]) for b in stage1_pipeline(data.questions, data.images, two_epochs)
+          for i in np.flatnonzero(b.prompts.valid)]
   half = len(rows) // 2
   assert sorted(rows[:half]) == sorted(rows[half:]) and len(set(rows[:half])) == half
   assert rows[:half] != rows[half:]
@@ -178,6 +190,7 @@ def _restore(directory, iterator):
 
 
 def _assert_same_batch(a, b):
+  a, b = _arrays(a), _arrays(b)
   assert a.keys() == b.keys()
   for key in a:
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
@@ -222,21 +235,23 @@ def test_unreadable_image_drops_its_row_not_the_run(webqa_planted, config):
   truncated_or_bad = {c.id for c in bad_question.candidates if c.kind == "image" and c.id not in manifest.scenes}
   scoring = dataclasses.replace(config, num_epochs=1, shuffle=False)
   batches = list(stage1_pipeline(data.questions, data.images, scoring, negatives_per_positive=None))
-  dropped = [(b["qid"][i], b["candidate_id"][i], b["drop_reason"][i]) for b in batches
-             for i in np.flatnonzero(~b["valid"]) if b["qid"][i]]
+  dropped = [(b.meta["qid"][i], b.meta["candidate_id"][i], b.meta["drop_reason"][i]) for b in batches
+             for i in np.flatnonzero(~b.prompts.valid) if b.meta["qid"][i]]
   assert dropped == [(bad_qid, cid, "undecodable_image") for cid in truncated_or_bad]
-  assert all(r == "" for b in batches for r, ok in zip(b["drop_reason"], b["valid"]) if ok)
+  assert all(r == "" for b in batches for r, ok in zip(b.meta["drop_reason"], b.prompts.valid) if ok)
 
 
 def test_rows_beyond_the_length_or_patch_budget_are_dropped(webqa_train, config):
   data, _ = webqa_train
   short = dataclasses.replace(config, length_buckets=(16,), num_epochs=1)
   batch = _take(stage1_pipeline(data.questions, data.images, short), 1)[0]
-  assert batch["input_ids"].shape == (4, 16) and not batch["valid"].any() and batch["num_patches"] == 0
-  assert list(batch["drop_reason"]) == ["prompt_too_long"] * 4
-  tight = dataclasses.replace(config, patch_budget=64, num_epochs=1, shuffle=False)
+  assert batch.prompts.input_ids.shape == (4, 16) and not batch.prompts.valid.any()
+  assert batch.prompts.pixel_values is None and batch.prompts.num_patches == 0
+  assert list(batch.meta["drop_reason"]) == ["prompt_too_long"] * 4
+  tight = dataclasses.replace(config, patch_buckets=(64,), num_epochs=1, shuffle=False)
   reasons = set()
   for batch in stage1_pipeline(data.questions, data.images, tight, negatives_per_positive=None):
-    assert batch["pixel_values"].shape == (64, 1176) and batch["num_patches"] <= 64
-    reasons.update(r for r, qid, ok in zip(batch["drop_reason"], batch["qid"], batch["valid"]) if qid and not ok)
+    assert batch.prompts.pixel_values is None or batch.prompts.pixel_values.shape == (64, 1176)
+    assert batch.prompts.num_patches <= 64
+    reasons.update(r for r, qid, ok in zip(batch.meta["drop_reason"], batch.meta["qid"], batch.prompts.valid) if qid and not ok)
   assert reasons == {"patch_budget"}

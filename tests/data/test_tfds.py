@@ -58,8 +58,8 @@ def test_pipeline_reads_images_inline_from_tfds_records(webqa_planted, tmp_path,
   questions = pickle.loads(pickle.dumps(tfds_questions("webqa", str(tmp_path), "val")))  # as workers get it
   scoring = dataclasses.replace(pipeline_config, num_epochs=1, shuffle=False)
   batches = list(itertools.islice(stage1_pipeline(questions, None, scoring, negatives_per_positive=None), 100))
-  rows = [(b["qid"][i], b["candidate_id"][i], b["candidate_kind"][i])
-          for b in batches for i in np.flatnonzero(b["valid"])]
+  rows = [(b.meta["qid"][i], b.meta["candidate_id"][i], b.meta["candidate_kind"][i])
+          for b in batches for i in np.flatnonzero(b.prompts.valid)]
   expected = [(qid, cid) for qid in manifest.split_ids("val") for cid in manifest.questions[qid].candidate_ids]
   assert sorted((q, c) for q, c, _ in rows) == sorted(expected)
-  assert sum(b["num_images"] for b in batches) == sum(kind == "image" for _, _, kind in rows) > 0
+  assert sum(len(b.prompts.image_grid_thw) for b in batches) == sum(kind == "image" for _, _, kind in rows) > 0

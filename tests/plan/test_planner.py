@@ -13,7 +13,6 @@ import pytest
 
 pytest.importorskip("libtpu", reason="the planner needs libtpu: pip install -e '.[tpu]'")
 
-from mmrag_jax.model import prepare_inputs  # noqa: E402
 from mmrag_jax.model.synthetic_batch import random_processor_batch  # noqa: E402
 from mmrag_jax.plan import (  # noqa: E402
     CHIPS, INSTALL_HINT, SLICES, TopologyError, UpdateGeometry, abstract_train_batch, build_setup, load_slice,
@@ -25,12 +24,13 @@ from mmrag_jax.plan.programs import PROGRAM_FAMILIES, model_config, sampler_prog
 from mmrag_jax.plan.topology import GIB, topology_name  # noqa: E402
 from mmrag_jax.rl import update  # noqa: E402
 from mmrag_jax.rl.batch import build_train_batch  # noqa: E402
+from mmrag_jax.sampling import prompt_batch  # noqa: E402
 from mmrag_jax.sweep.grid import load_config  # noqa: E402
 
 TOPOLOGY = "v5e:2x2"
 # Demo model, FSDP over the 4 chips, a short prompt / completion / image bucket so compiles take seconds.
-SMALL = {"mesh.shape": (1, -1, 1), "sampler.length_buckets": (64,), "pipeline.length_buckets": (64,),
-         "sampler.patch_buckets": (64,), "rl.max_new_tokens": 16, "predict.max_new_tokens": 16}
+SMALL = {"mesh.shape": (1, -1, 1), "pipeline.length_buckets": (64,), "pipeline.patch_buckets": (64,),
+         "rl.max_new_tokens": 16, "predict.max_new_tokens": 16}
 SMALL_ARGS = [f"--config.{k}={v!r}".replace(" ", "") for k, v in SMALL.items()]
 
 
@@ -94,13 +94,13 @@ def test_abstract_batch_has_the_structure_shapes_and_dtypes_of_a_built_batch(tpu
   setup = build_setup(config, tpu.devices)
   model = setup.model
   # 2 prompts of 16 tokens, each with one 4x4-patch image; G = 2 completions of 5 tokens each.
-  prompts = random_processor_batch([[(1, 4, 4), 10], [(1, 4, 4), 10]], model)
-  inputs = prepare_inputs(prompts, model, num_patches=32)
+  prompts = prompt_batch(random_processor_batch([[(1, 4, 4), 10], [(1, 4, 4), 10]], model), model,
+                         patch_buckets=(32,))
   rows, width = 4, 5
-  host = build_train_batch(inputs, np.zeros((rows, width), np.int32), np.full(rows, width),
-                           np.zeros((rows, width), np.float32), group_size=2, pad_token_id=model.pad_token_id,
+  host = build_train_batch(prompts, np.zeros((rows, width), np.int32), np.full(rows, width),
+                           np.zeros((rows, width), np.float32), group_size=2, config=model,
                            sampling_logprobs=np.zeros((rows, width), np.float32))
-  geometry = UpdateGeometry(rows=rows, group_size=2, prompt_length=inputs.input_ids.shape[1],
+  geometry = UpdateGeometry(rows=rows, group_size=2, prompt_length=prompts.length,
                             completion_length=width, num_patches=32, micro_batches=1)
   abstract = abstract_train_batch(model, geometry, setup.mesh)
   assert jax.tree.structure(abstract) == jax.tree.structure(host)
@@ -312,7 +312,7 @@ def test_a_stage2_plan_includes_greedy_prediction_after_training(plan):
   """predict.batch_size prompts, one sample each, predict.max_new_tokens greedy steps; only the parameters
   stay live beside them (and the decode copy beside the loop); the training rollout's time leaves them out."""
   config, records = _config(), {r["name"]: r for r in plan["programs"]}
-  prompts, length, steps = config.predict.batch_size, SMALL["sampler.length_buckets"][0], SMALL["predict.max_new_tokens"]
+  prompts, length, steps = config.predict.batch_size, SMALL["pipeline.length_buckets"][0], SMALL["predict.max_new_tokens"]
   assert records["predict_prefill"]["bucket"].startswith(f"B{prompts}xL{length}xP")
   decode = records["predict_decode"]
   assert decode["bucket"] == f"N{prompts}xS{length + steps}xT{steps}" and decode["loop_steps"] == steps

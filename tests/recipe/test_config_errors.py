@@ -50,8 +50,6 @@ CASES = [
     ("evaluating the unlabeled test split", lambda: _demo(2, mode="eval", data__eval_split="test"),
      "data.eval_split", ["predict"]),
     ("training on the test split", lambda: _demo(1, data__train_split="test"), "data.train_split", ["gold"]),
-    ("sampler buckets shorter than prompts", lambda: _demo(1, sampler__length_buckets=(128,)),
-     "sampler.length_buckets", ["pipeline.length_buckets"]),
     ("unknown GRPO field", lambda: _demo(1, rl__clip=0.3), "rl", ["clip"]),
     ("bad reward policy", lambda: _demo(2, reward__think="sometimes"), "reward.think", ["sometimes"]),
     ("negative KL weight", lambda: _demo(1, rl__beta=-0.1), "rl.beta", ["non-negative"]),
@@ -80,10 +78,10 @@ CASES = [
     ("nested stage 1 on its own data with the other dataset's split",
      lambda: _demo(2, stage1__data__data_dir="/data/mmqa", stage1__data__dataset="mmqa"), "stage1.data.eval_split",
      ["splits of mmqa", "'val'"]),
-    ("stage-1 patch buckets below one batch", lambda: _demo(1, sampler__patch_buckets=(64,)),
-     "sampler.patch_buckets", ["add a bucket >= 256"]),
-    ("patch budget not whole merge blocks", lambda: _demo(1, pipeline__patch_budget=10), "pipeline.patch_budget",
-     ["multiple of 4"]),
+    ("stage-1 patch buckets below one batch", lambda: _demo(1, pipeline__patch_buckets=(64,)),
+     "pipeline.patch_buckets", ["add a bucket >= 256"]),
+    ("patch buckets not whole merge blocks", lambda: _demo(1, pipeline__patch_buckets=(10, 256)),
+     "pipeline.patch_buckets", ["multiples of 4"]),
     ("no loop steps", lambda: _demo(1, train__num_steps=0), "train.num_steps", ["TrainerConfig", "positive int"]),
     ("negative checkpoint interval", lambda: _demo(2, train__checkpoint_every=-1), "train.checkpoint_every",
      ["non-negative int"]),
@@ -143,8 +141,8 @@ def test_k_above_every_candidate_pool_names_the_pool_sizes(tmp_path):
 
 def test_stage2_patch_buckets_below_k_images_name_k(tmp_path):
   with pytest.raises(ConfigError) as error:
-    run(_demo(2, stage2__k=5, sampler__patch_buckets=(256,)), str(tmp_path))
-  assert error.value.field == "sampler.patch_buckets" and "stage2.k" in str(error.value), str(error.value)
+    run(_demo(2, stage2__k=5, pipeline__patch_buckets=(256,)), str(tmp_path))
+  assert error.value.field == "pipeline.patch_buckets" and "stage2.k" in str(error.value), str(error.value)
   assert not os.path.exists(tmp_path / "stage1")
 
 

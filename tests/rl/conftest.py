@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mmrag_jax.model import Qwen25VL, prepare_inputs, tiny
+from mmrag_jax.model import Qwen25VL, tiny
 from mmrag_jax.model.synthetic_batch import random_processor_batch
+from mmrag_jax.sampling import prompt_batch
 from mmrag_jax.rl.batch import build_train_batch
 from mmrag_jax.rl.config import GRPOConfig
 
@@ -183,7 +184,7 @@ def numpy_policy_state(config, init_std: float, seed: int):
   return graphdef, nnx.from_flat_state([(path, variable.replace(values[path])) for path, variable, _ in flat])
 
 
-def prompt_batch(rows, seed):
+def processor_prompts(rows, seed):
   """A left-padded processor-style batch of the tiny policy; see `random_processor_batch`."""
   return random_processor_batch(rows, TINY, seed=seed, text_ids_below=TEXT_IDS)
 
@@ -198,11 +199,11 @@ def sharded_update_case():
   """(host TrainBatch, GRPOConfig) of the mesh and multi-process update tests: 4 text prompts x G = 2,
   mu = 2 updates with a KL term, sampler log-probs that differ from the policy's."""
   group, width = 2, 5
-  prompts = prepare_inputs(prompt_batch([[6], [3], [5], [4]], seed=2), TINY)
+  prompts = prompt_batch(processor_prompts([[6], [3], [5], [4]], seed=2), TINY)
   tokens, lengths = random_completions(8, width, seed=3)
   rng = np.random.default_rng(4)
   batch = build_train_batch(prompts, tokens, lengths, rng.normal(-3, 0.1, (8, width)).astype(np.float32),
-                            group_size=group, pad_token_id=TINY.pad_token_id)
+                            group_size=group, config=TINY)
   batch = dataclasses.replace(batch, advantages=rng.normal(size=8).astype(np.float32))
   config = GRPOConfig(group_size=group, num_iterations=2, beta=0.05, learning_rate=1e-2, eps_high=0.28,
                       max_new_tokens=width)
@@ -226,7 +227,7 @@ def new_tiny_policy(init_std: float = 0.2, seed: int = 0):
 @pytest.fixture(scope="session")
 def rl_cases():
   """The policy config and batch builders above, as one namespace."""
-  return types.SimpleNamespace(config=TINY, prompt_batch=prompt_batch, random_completions=random_completions,
+  return types.SimpleNamespace(config=TINY, processor_prompts=processor_prompts, random_completions=random_completions,
                                sharded_update_case=sharded_update_case)
 
 

@@ -13,9 +13,9 @@ from mmrag_jax.parallel import make_mesh
 from mmrag_jax.rl.batch import build_train_batch
 from mmrag_jax.rl.dynamic_sampling import dynamic_sample, informative_groups, regroup_rollout, select_prompts
 from mmrag_jax.rl.metrics_log import read_metrics
-from mmrag_jax.rl.rollout import Rollout, collect_rollout, processor_batch
+from mmrag_jax.rl.rollout import Rollout, collect_rollout
 from mmrag_jax.rl.trainer import GRPOTrainer, TrainerConfig
-from mmrag_jax.sampling import prepare_bucketed
+from mmrag_jax.sampling import PromptTokens
 from tests.rl.conftest import TINY
 from tests.rl.test_trainer_loop import (
     BATCH,
@@ -26,6 +26,7 @@ from tests.rl.test_trainer_loop import (
     contains_target,
     detokenize,
     head_sum,
+    pipeline_batch,
     prompt_dataset,
     without_timings,
 )
@@ -52,11 +53,10 @@ def encoded_prompt(parts, seed, qid):
           "meta": {"qid": qid, "label": seed % 3, "candidate_is_gold": (seed % 2 == 0,)}}
 
 
-def collate(examples, batch_size):
-  """The pipeline's collator (`mmrag_jax.data.batching`): static-shape, left-padded, budgets padded."""
-  shapes = BatchShapes(batch_size=batch_size, length_buckets=LENGTH_BUCKETS, patch_budget=128, max_images=8)
-  return Collator(shapes, META, pad_token_id=PAD, image_token_id=TINY.image_token_id,
-                  spatial_merge_size=TINY.vision.spatial_merge_size)(examples)
+def collate(examples, batch_size, length_buckets=LENGTH_BUCKETS):
+  """The pipeline's collator (`mmrag_jax.data.batching`): static-shape, left-padded, pixel rows bucketed."""
+  shapes = BatchShapes(batch_size=batch_size, length_buckets=length_buckets, patch_buckets=PATCH_BUCKETS, max_images=8)
+  return Collator(shapes, META, PromptTokens.of(TINY))(examples)
 
 
 @pytest.fixture(scope="module")
@@ -67,63 +67,62 @@ def sources():
   return examples, [collate(e, batch_size=4) for e in examples]
 
 
-def row_images(batch, b):
-  """(grids, patch rows) of row b of a pipeline batch."""
-  start = int(batch["image_counts"][:b].sum())
-  grids = batch["image_grid_thw"][start:start + batch["image_counts"][b]]
-  first = int(np.prod(batch["image_grid_thw"][:start], axis=1).sum())
-  return grids, batch["pixel_values"][first:first + int(np.prod(grids, axis=1).sum())]
+def row_images(prompts, b):
+  """(grids, patch rows) of row b of a prompt batch."""
+  start = int(prompts.image_counts[:b].sum())
+  grids = prompts.image_grid_thw[start:start + prompts.image_counts[b]]
+  first = int(np.prod(prompts.image_grid_thw[:start], axis=1).sum())
+  count = int(np.prod(grids, axis=1).sum())
+  return grids, prompts.pixel_values[first:first + count] if count else np.zeros((0, 1176), np.float32)
 
 
 PICKS = [(1, 1), (0, 2), (0, 1), (1, 0), (0, 0)]
 
 
-def test_selected_prompts_keep_their_tokens_images_and_metadata(sources):
+def test_selected_prompts_keep_their_tokens_positions_images_and_metadata(sources):
   _, batches = sources
   selected = select_prompts(batches, PICKS, pad_token_id=PAD)
-  width = max(b["input_ids"].shape[1] for b in batches)
-  assert selected["input_ids"].shape == (5, width)
+  got = selected.prompts
+  width = max(b.prompts.length for b in batches)
+  assert got.input_ids.shape == (5, width)
   for i, (b, row) in enumerate(PICKS):
-    source = batches[b]
-    length = source["input_ids"].shape[1]
-    np.testing.assert_array_equal(selected["input_ids"][i, width - length:], source["input_ids"][row])
-    assert (selected["input_ids"][i, :width - length] == PAD).all()
-    assert (selected["attention_mask"][i, :width - length] == 0).all()
-    np.testing.assert_array_equal(selected["attention_mask"][i, width - length:], source["attention_mask"][row])
-    np.testing.assert_array_equal(selected["position_ids"][:, i, width - length:], source["position_ids"][:, row])
-    for got, want in zip(row_images(selected, i), row_images(source, row)):
-      np.testing.assert_array_equal(got, want)
-    for key in ("qid", "label", "candidate_is_gold", "rope_deltas", "drop_reason", "valid"):
-      np.testing.assert_array_equal(selected[key][i], source[key][row], err_msg=key)
-  assert selected["num_images"] == sum(batches[b]["image_counts"][r] for b, r in PICKS) == len(selected["image_grid_thw"])
-  assert selected["num_patches"] == len(selected["pixel_values"])
+    source = batches[b].prompts
+    length = source.length
+    np.testing.assert_array_equal(got.input_ids[i, width - length:], source.input_ids[row])
+    assert (got.input_ids[i, :width - length] == PAD).all()
+    assert (got.attention_mask[i, :width - length] == 0).all()
+    np.testing.assert_array_equal(got.attention_mask[i, width - length:], source.attention_mask[row])
+    np.testing.assert_array_equal(got.positions[:, i, width - length:], source.positions[:, row])
+    for a, want in zip(row_images(got, i), row_images(source, row)):
+      np.testing.assert_array_equal(a, want)
+    for key in ("rope_deltas", "valid", "image_counts"):
+      np.testing.assert_array_equal(getattr(got, key)[i], getattr(source, key)[row], err_msg=key)
+    for key in ("qid", "label", "candidate_is_gold", "drop_reason"):
+      np.testing.assert_array_equal(selected.meta[key][i], batches[b].meta[key][row], err_msg=key)
+  assert len(got.image_grid_thw) == sum(batches[b].prompts.image_counts[r] for b, r in PICKS)
 
 
 def test_selected_prompts_equal_a_batch_collated_from_the_same_examples(sources):
   examples, batches = sources
   selected = select_prompts(batches, PICKS, pad_token_id=PAD)
-  direct = collate([examples[b][r] for b, r in PICKS], batch_size=len(PICKS))
-  # The collator recomputes M-RoPE positions on its own padding: re-padded rows must agree with them.
-  length = direct["input_ids"].shape[1]
-  assert selected["input_ids"].shape[1] > length and (selected["input_ids"][:, :-length] == PAD).all()
-  for key in ("input_ids", "attention_mask"):
-    np.testing.assert_array_equal(selected[key][:, -length:], direct[key], err_msg=key)
-  np.testing.assert_array_equal(selected["position_ids"][:, :, -length:], direct["position_ids"])
-  num_patches, num_images = int(direct["num_patches"]), int(direct["num_images"])
-  np.testing.assert_array_equal(selected["pixel_values"], direct["pixel_values"][:num_patches])
-  np.testing.assert_array_equal(selected["image_grid_thw"], direct["image_grid_thw"][:num_images])
-  for key in ("image_counts", "rope_deltas", "valid", "qid", "label", "candidate_is_gold"):
-    np.testing.assert_array_equal(selected[key], direct[key], err_msg=key)
+  # The collator computes M-RoPE positions on its own padding: the gathered rows must agree with them.
+  direct = collate([examples[b][r] for b, r in PICKS], batch_size=len(PICKS),
+                   length_buckets=(selected.prompts.length,))
+  for field in dataclasses.fields(direct.prompts):
+    np.testing.assert_array_equal(getattr(selected.prompts, field.name), getattr(direct.prompts, field.name),
+                                  err_msg=field.name)
+  for key in ("qid", "label", "candidate_is_gold"):
+    np.testing.assert_array_equal(selected.meta[key], direct.meta[key], err_msg=key)
 
 
 def test_a_padding_pick_is_a_single_pad_token_without_images(sources):
   _, batches = sources
-  selected = select_prompts(batches, [(0, 0), None], pad_token_id=PAD)
-  assert selected["valid"].tolist() == [True, False]
-  assert selected["attention_mask"][1].tolist() == [0] * (selected["input_ids"].shape[1] - 1) + [1]
-  assert (selected["input_ids"][1] == PAD).all()
-  assert selected["image_counts"].tolist() == [1, 0]
-  assert selected["num_patches"] == 16
+  got = select_prompts(batches, [(0, 0), None], pad_token_id=PAD).prompts
+  assert got.valid.tolist() == [True, False]
+  assert got.attention_mask[1].tolist() == [0] * (got.length - 1) + [1]
+  assert (got.input_ids[1] == PAD).all()
+  assert got.image_counts.tolist() == [1, 0]
+  assert got.num_patches == 16
 
 
 def optional_row_fields(batch):
@@ -142,31 +141,29 @@ def with_optional_rows(batch, rng):
 def host_rollout(batch, seed):
   """A Rollout of a pipeline batch built as `collect_rollout` builds it, with random completions."""
   rng = np.random.default_rng(seed)
-  rows, width = len(batch["input_ids"]) * G, 5
+  rows, width = batch.prompts.num_prompts * G, 5
   tokens, lengths = rng.integers(0, 400, (rows, width)), rng.integers(1, width + 1, rows)
   logprobs = rng.normal(-2, 0.5, (rows, width)).astype(np.float32)
-  prompts = prepare_bucketed(processor_batch(batch), TINY, LENGTH_BUCKETS, PATCH_BUCKETS)
-  train_batch = with_optional_rows(build_train_batch(prompts, tokens, lengths, logprobs, group_size=G,
-                                                     pad_token_id=PAD, prompt_valid=batch["valid"]), rng)
+  train_batch = with_optional_rows(build_train_batch(batch.prompts, tokens, lengths, logprobs, group_size=G,
+                                                     config=TINY), rng)
   rewards = {"total": rng.random(rows).astype(np.float32), "format": rng.random(rows).astype(np.float32)}
-  return Rollout(batch=train_batch, rewards=rewards, valid=np.repeat(batch["valid"], G), lengths=lengths,
+  return Rollout(batch=train_batch, rewards=rewards, valid=np.repeat(batch.prompts.valid, G), lengths=lengths,
                  truncated=lengths == width, texts=[f"text {seed} {i}" for i in range(rows)])
 
 
 def test_regrouped_train_batch_equals_one_built_from_a_batch_of_the_same_prompts(sources):
   examples, batches = sources
   rollouts = [host_rollout(b, seed=i) for i, b in enumerate(batches)]
-  _, got = regroup_rollout(batches, rollouts, PICKS, group_size=G, model_config=TINY,
-                           length_buckets=LENGTH_BUCKETS, patch_buckets=PATCH_BUCKETS)
+  selected, got = regroup_rollout(batches, rollouts, PICKS, group_size=G, model_config=TINY)
 
   def rows(values):
     return np.concatenate([np.asarray(values[b])[r * G:(r + 1) * G] for b, r in PICKS])
 
-  direct = collate([examples[b][r] for b, r in PICKS], batch_size=len(PICKS))
-  prompts = prepare_bucketed(processor_batch(direct), TINY, LENGTH_BUCKETS, PATCH_BUCKETS)
-  want = build_train_batch(prompts, rows([r.batch.completion_ids for r in rollouts]),
+  direct = collate([examples[b][r] for b, r in PICKS], batch_size=len(PICKS),
+                   length_buckets=(selected.prompts.length,))
+  want = build_train_batch(direct.prompts, rows([r.batch.completion_ids for r in rollouts]),
                            rows([r.lengths for r in rollouts]), rows([r.batch.sampler_logprobs for r in rollouts]),
-                           group_size=G, pad_token_id=PAD, prompt_valid=direct["valid"])
+                           group_size=G, config=TINY)
   want = dataclasses.replace(want, **{name: rows([getattr(r.batch, name) for r in rollouts])
                                       for name in optional_row_fields(want)})  # carried over, not rebuilt
   assert want.image_slots is not None
@@ -185,8 +182,7 @@ def test_regrouped_train_batch_equals_one_built_from_a_batch_of_the_same_prompts
 def test_padding_groups_are_masked_out_of_the_train_batch(sources):
   _, batches = sources
   rollouts = [host_rollout(b, seed=i) for i, b in enumerate(batches)]
-  _, got = regroup_rollout(batches, rollouts, [(1, 0), None], group_size=G, model_config=TINY,
-                           length_buckets=LENGTH_BUCKETS, patch_buckets=PATCH_BUCKETS)
+  _, got = regroup_rollout(batches, rollouts, [(1, 0), None], group_size=G, model_config=TINY)
   assert got.valid.tolist() == [True] * G + [False] * G
   for field in dataclasses.fields(got.batch):  # masks, log-probs, advantages: 0 on padding rows
     value = getattr(got.batch, field.name)
@@ -210,7 +206,7 @@ def ordered_dataset():
   ids = np.random.default_rng(0).integers(0, 400, (PROMPTS, PROMPT_LENGTH)).astype(np.int32)
   rows = [{"input_ids": ids[i], "attention_mask": np.ones(PROMPT_LENGTH, np.int32), "prompt_index": np.int32(i)}
           for i in range(PROMPTS)]
-  return grain.MapDataset.source(rows).repeat().batch(BATCH).to_iter_dataset()
+  return grain.MapDataset.source(rows).repeat().batch(BATCH, batch_fn=pipeline_batch).to_iter_dataset()
 
 
 def odd_prompts_informative(completions, metadata):
@@ -239,14 +235,13 @@ def test_the_update_batch_holds_only_informative_groups(make_tiny_policy, tmp_pa
                                   reward_fn=odd_prompts_informative, detokenize=detokenize)
 
   # M = 2 batches of 8 prompts need 16 informative groups; every batch holds 4: 2 refills.
-  sample = dynamic_sample(draw, micro_batches=2, max_refill_batches=4, group_size=8, model_config=model.config,
-                          length_buckets=SAMPLER.length_buckets, patch_buckets=SAMPLER.patch_buckets)
+  sample = dynamic_sample(draw, micro_batches=2, max_refill_batches=4, group_size=8, model_config=model.config)
   assert len(sample.sampled) == 4 and len(sample.kept) == 2
   for prompts, rollout in zip(sample.prompts, sample.kept):
-    assert prompts["valid"].all() and (prompts["prompt_index"] % 2 == 1).all()
+    assert prompts.prompts.valid.all() and (prompts.meta["prompt_index"] % 2 == 1).all()
     assert informative_groups(rollout.rewards["total"], rollout.valid, 8).all()
   # Sampling order: the odd prompts of batches 0 (0..7), 1 (8..15), 2, 3.
-  assert [p["prompt_index"].tolist() for p in sample.prompts] == [[1, 3, 5, 7, 9, 11, 13, 15]] * 2
+  assert [p.meta["prompt_index"].tolist() for p in sample.prompts] == [[1, 3, 5, 7, 9, 11, 13, 15]] * 2
   assert sample.metrics == {
       "dynamic_sampling/groups_dropped": 16.0, "dynamic_sampling/extra_batches": 2.0,
       "dynamic_sampling/rollouts_per_kept_group": 2.0, "dynamic_sampling/shortfall_groups": 0.0,

@@ -13,13 +13,13 @@ import optax
 import pytest
 from flax import nnx
 
-from mmrag_jax.model import prepare_inputs
 from mmrag_jax.parallel import make_mesh
 from mmrag_jax.rl.batch import build_train_batch
 from mmrag_jax.rl.checkpointing import CheckpointStore
 from mmrag_jax.rl.losses import policy_loss
 from mmrag_jax.rl.policy import QwenLogprobs
 from mmrag_jax.rl.update import PolicyUpdater
+from mmrag_jax.sampling import prompt_batch
 
 # Written out here rather than taken from `update.py`, so the oracle does not share the code under test.
 FROZEN_PREFIXES = {"none": (), "tower": (("visual", "patch_embed"), ("visual", "blocks")),
@@ -40,12 +40,12 @@ def image_case(rl_cases):
   """(host TrainBatch with images, GRPOConfig) of `sharded_update_case`'s settings."""
   tiny = rl_cases.config
   _, config = rl_cases.sharded_update_case()
-  prompts = prepare_inputs(rl_cases.prompt_batch([[2, (1, 4, 4), 2], [3, (1, 2, 4), 1], [4], [2, (1, 2, 2)]],
+  prompts = prompt_batch(rl_cases.processor_prompts([[2, (1, 4, 4), 2], [3, (1, 2, 4), 1], [4], [2, (1, 2, 2)]],
                                                  seed=0), tiny)
   tokens, lengths = rl_cases.random_completions(8, config.max_new_tokens, seed=3)
   rng = np.random.default_rng(4)
   batch = build_train_batch(prompts, tokens, lengths, rng.normal(-3, 0.1, tokens.shape).astype(np.float32),
-                            group_size=config.group_size, pad_token_id=tiny.pad_token_id)
+                            group_size=config.group_size, config=tiny)
   return dataclasses.replace(batch, advantages=rng.normal(size=8).astype(np.float32)), config
 
 

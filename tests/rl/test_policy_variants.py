@@ -16,7 +16,6 @@ import optax
 import pytest
 from flax import nnx
 
-from mmrag_jax.model import prepare_inputs
 from mmrag_jax.parallel import make_mesh
 from mmrag_jax.rl.batch import build_train_batch
 from mmrag_jax.rl.kl import kl_estimator
@@ -24,6 +23,7 @@ from mmrag_jax.rl.losses import (AGGREGATIONS, PolicyLossConfig, add_metric_sums
                                  finalize_metrics, policy_loss)
 from mmrag_jax.rl.policy import QwenLogprobs
 from mmrag_jax.rl.update import PolicyUpdater
+from mmrag_jax.sampling import prompt_batch
 
 U = np.finfo(np.float32).eps / 2  # float32 unit round-off
 OPS = 12  # roundings along the longest chain (GSPO ratio, TIS weight, k3 KL, aggregation)
@@ -191,10 +191,10 @@ def test_tis_corrects_a_temperature_0_7_sampler(grpo_reference):
 
 
 def test_train_batch_carries_the_masked_sampling_logprobs(rl_cases):
-  prompts = prepare_inputs(rl_cases.prompt_batch([[3], [4]], seed=1), rl_cases.config)
+  prompts = prompt_batch(rl_cases.processor_prompts([[3], [4]], seed=1), rl_cases.config)
   tokens, lengths = rl_cases.random_completions(4, 3, seed=2)
   build = lambda **kw: build_train_batch(prompts, tokens, lengths, np.full((4, 3), -1.0), group_size=2,
-                                         pad_token_id=rl_cases.config.pad_token_id, **kw)
+                                         config=rl_cases.config, **kw)
   batch = build(sampling_logprobs=np.full((4, 3), -0.5))
   np.testing.assert_array_equal(batch.sampling_logprobs, np.where(batch.completion_mask, -0.5, 0).astype(np.float32))
   assert build().sampling_logprobs is None  # e.g. the warm-up's teacher-forced batches

@@ -16,17 +16,18 @@ import pytest
 from absl import flags
 from tensorboardX.proto import event_pb2
 
+from mmrag_jax.data.batching import PipelineBatch
 from mmrag_jax.parallel import make_mesh
 from mmrag_jax.rl.config import GRPOConfig
 from mmrag_jax.rl.metrics_log import read_metrics
 from mmrag_jax.rl.trainer import GRPOTrainer, TrainerConfig
-from mmrag_jax.sampling import Categorical, SamplerConfig
+from mmrag_jax.sampling import Categorical, SamplerConfig, prompt_batch
+from tests.rl.conftest import TINY
 
 TARGET = 137
 PROMPTS, PROMPT_LENGTH, BATCH = 16, 6, 8
 GRPO = GRPOConfig(group_size=8, max_new_tokens=16, learning_rate=2e-2, max_grad_norm=1.0, total_steps=1000)
-SAMPLER = SamplerConfig(max_new_tokens=16, method=Categorical(temperature=1.0), length_buckets=(PROMPT_LENGTH,),
-                        patch_buckets=(4,))
+SAMPLER = SamplerConfig(max_new_tokens=16, method=Categorical(temperature=1.0))
 TIME_KEYS = ("time/", "throughput/")
 
 
@@ -39,6 +40,12 @@ def contains_target(completions, metadata):
   return {"total": np.array([float(f"<{TARGET}>" in text) for text in completions], np.float32)}
 
 
+def pipeline_batch(rows):
+  """grain batch_fn: rows of fixed text prompts -> the `PipelineBatch` the trainer takes."""
+  prompts = prompt_batch({"input_ids": np.stack([r["input_ids"] for r in rows])}, TINY)
+  return PipelineBatch(prompts=prompts, meta={"prompt_index": np.array([r["prompt_index"] for r in rows], np.int32)})
+
+
 def prompt_dataset():
   """Shuffled, repeating batches of 8 fixed prompts (a grain iterator: its position is checkpointable)."""
   if not flags.FLAGS.is_parsed():
@@ -46,7 +53,7 @@ def prompt_dataset():
   ids = np.random.default_rng(0).integers(0, 400, (PROMPTS, PROMPT_LENGTH)).astype(np.int32)
   rows = [{"input_ids": ids[i], "attention_mask": np.ones(PROMPT_LENGTH, np.int32), "prompt_index": np.int32(i)}
           for i in range(PROMPTS)]
-  return grain.MapDataset.source(rows).shuffle(seed=1).repeat().batch(BATCH).to_iter_dataset()
+  return grain.MapDataset.source(rows).shuffle(seed=1).repeat().batch(BATCH, batch_fn=pipeline_batch).to_iter_dataset()
 
 
 def head_sum(model, step):

@@ -1,9 +1,10 @@
-"""Host-side assembly of a rollout: pipeline batch -> sampler input, metadata, rewards, TrainBatch."""
+"""Host-side assembly of a rollout: pipeline batch -> metadata, rewards, TrainBatch."""
 
 import numpy as np
 import pytest
 
-from mmrag_jax.model import prepare_inputs, tiny
+from mmrag_jax.data.batching import PipelineBatch
+from mmrag_jax.model import tiny
 from mmrag_jax.rl.batch import build_train_batch, group_image_slots
 from mmrag_jax.rl.config import GRPOConfig
 from mmrag_jax.rl.reward_fns import stage1_reward_fn, stage2_reward_fn
@@ -14,8 +15,9 @@ from mmrag_jax.rl.rewards import (
     stage1_rewards,
     stage2_rewards,
 )
-from mmrag_jax.rl.rollout import checked_rewards, processor_batch, prompt_metadata
+from mmrag_jax.rl.rollout import checked_rewards, prompt_metadata
 from mmrag_jax.rl.trainer import TrainerConfig
+from mmrag_jax.sampling import prompt_batch
 
 CONFIG = tiny()
 PAD = CONFIG.pad_token_id
@@ -23,34 +25,27 @@ PAD = CONFIG.pad_token_id
 
 def pipeline_batch():
   """Two prompts shaped like `mmrag_jax.data.batching` output: row 0 with a 4x4-patch image, row 1 a
-  dropped example (all padding); pixel and grid budgets larger than what is used."""
+  dropped example (all padding); pixel rows padded beyond what is used."""
   ids = np.full((2, 8), PAD, np.int32)
   ids[0, 1:] = [5, CONFIG.vision_start_token_id] + [CONFIG.image_token_id] * 4 + [CONFIG.vision_end_token_id]
   mask = (ids != PAD).astype(np.int32)
-  pixels = np.zeros((32, 1176), np.float32)
-  pixels[:16] = np.random.default_rng(0).normal(size=(16, 1176))
-  grids = np.zeros((3, 3), np.int32)
-  grids[0] = (1, 4, 4)
-  return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels, "image_grid_thw": grids,
-          "num_patches": np.int32(16), "num_images": np.int32(1), "valid": np.array([True, False]),
-          "position_ids": np.zeros((3, 2, 8), np.int32), "rope_deltas": np.zeros(2, np.int32),
-          "image_counts": np.array([1, 0], np.int32), "qid": np.array(["q0", ""], object),
-          "label": np.array([1, -1], np.int32)}
+  pixels = np.random.default_rng(0).normal(size=(16, 1176)).astype(np.float32)
+  processed = {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels,
+               "image_grid_thw": np.array([[1, 4, 4]], np.int32)}
+  prompts = prompt_batch(processed, CONFIG, length_buckets=(8,), patch_buckets=(32,), valid=np.array([True, False]))
+  meta = {"qid": np.array(["q0", ""], object), "label": np.array([1, -1], np.int32)}
+  return PipelineBatch(prompts=prompts, meta=meta)
 
 
-def test_processor_batch_cuts_budgets_and_fills_padding_rows():
-  batch = pipeline_batch()
-  out = processor_batch(batch)
-  assert sorted(out) == ["attention_mask", "image_grid_thw", "input_ids", "pixel_values"]
-  np.testing.assert_array_equal(out["pixel_values"], batch["pixel_values"][:16])
-  np.testing.assert_array_equal(out["image_grid_thw"], [[1, 4, 4]])
-  np.testing.assert_array_equal(out["attention_mask"][1], [0] * 7 + [1])  # one real pad token
-  np.testing.assert_array_equal(out["attention_mask"][0], batch["attention_mask"][0])
-  prepare_inputs(out, CONFIG)  # a well-formed left-padded processor batch
+def test_a_row_without_tokens_becomes_one_real_pad_token():
+  prompts = pipeline_batch().prompts
+  np.testing.assert_array_equal(prompts.attention_mask[1], [0] * 7 + [1])
+  np.testing.assert_array_equal(prompts.image_counts, [1, 0])
+  assert prompts.patch_rows == 32 and prompts.num_patches == 16
 
 
 def test_prompt_metadata_repeats_each_prompt_for_its_samples():
-  meta = prompt_metadata(pipeline_batch(), group_size=3)
+  meta = prompt_metadata(pipeline_batch().meta, group_size=3)
   assert sorted(meta) == ["label", "qid"]
   assert meta["qid"].tolist() == ["q0"] * 3 + [""] * 3
   assert meta["label"].tolist() == [1, 1, 1, -1, -1, -1]
@@ -92,11 +87,10 @@ def test_stage2_reward_fn_builds_webqa_and_mmqa_references():
 
 
 def test_train_batch_continues_positions_after_the_prompt_and_masks_padding():
-  prompts = processor_batch(pipeline_batch())
-  inputs = prepare_inputs(prompts, CONFIG)
+  prompts = pipeline_batch().prompts  # row 1 is not valid
   tokens = np.array([[7, 8, 9], [7, 8, 9], [1, 2, 3], [4, 5, 6]])
-  batch = build_train_batch(inputs, tokens, np.array([3, 1, 2, 3]), np.full((4, 3), -1.0, np.float32),
-                            group_size=2, pad_token_id=PAD, prompt_valid=np.array([True, False]))
+  batch = build_train_batch(prompts, tokens, np.array([3, 1, 2, 3]), np.full((4, 3), -1.0, np.float32),
+                            group_size=2, config=CONFIG)
   # Row 0: 2 text tokens, a 2x2 merged image (advances 2), vision_end: positions run 0..4, so the
   # completion starts at 5 on all three axes.
   np.testing.assert_array_equal(batch.inputs.positions[:, 0, 8:], [[5, 6, 7]] * 3)
@@ -104,7 +98,7 @@ def test_train_batch_continues_positions_after_the_prompt_and_masks_padding():
   np.testing.assert_array_equal(batch.completion_ids[1], [7, PAD, PAD])
   np.testing.assert_array_equal(batch.inputs.attention_mask[1, 8:], [1, 0, 0])
   np.testing.assert_array_equal(batch.sampler_logprobs[1], [-1, 0, 0])
-  np.testing.assert_array_equal(batch.inputs.input_ids[:2, :8], prompts["input_ids"][[0, 0]])
+  np.testing.assert_array_equal(batch.inputs.input_ids[:2, :8], prompts.input_ids[[0, 0]])
 
 
 def test_group_image_slots_point_every_group_member_at_its_own_copy():
@@ -116,11 +110,11 @@ def test_group_image_slots_point_every_group_member_at_its_own_copy():
 
 
 def test_build_train_batch_rejects_completions_of_the_wrong_shape():
-  inputs = prepare_inputs(processor_batch(pipeline_batch()), CONFIG)
+  prompts = pipeline_batch().prompts
   with pytest.raises(ValueError, match="group_size=2 need 4"):
-    build_train_batch(inputs, np.zeros((3, 2)), np.ones(3), np.zeros((3, 2)), group_size=2, pad_token_id=PAD)
+    build_train_batch(prompts, np.zeros((3, 2)), np.ones(3), np.zeros((3, 2)), group_size=2, config=CONFIG)
   with pytest.raises(ValueError, match="completion_lengths"):
-    build_train_batch(inputs, np.zeros((4, 2)), np.full(4, 3), np.zeros((4, 2)), group_size=2, pad_token_id=PAD)
+    build_train_batch(prompts, np.zeros((4, 2)), np.full(4, 3), np.zeros((4, 2)), group_size=2, config=CONFIG)
 
 
 def test_configs_name_the_bad_field():

@@ -15,15 +15,15 @@ from mmrag_jax.parallel import make_mesh
 from mmrag_jax.rl.batch import build_train_batch
 from mmrag_jax.rl.config import GRPOConfig
 from mmrag_jax.rl.update import PolicyUpdater
-from mmrag_jax.sampling import completion_batch
+from mmrag_jax.sampling import completion_batch, prompt_batch
 
 def test_update_logprobs_and_gradient_equal_an_independent_full_forward_with_images(make_tiny_policy, rl_cases):
   group, width, config = 2, 4, rl_cases.config
-  prompts = rl_cases.prompt_batch([[2, (1, 4, 4), 2], [3, (1, 2, 4), 1]], seed=0)
+  prompts = rl_cases.processor_prompts([[2, (1, 4, 4), 2], [3, (1, 2, 4), 1]], seed=0)
   tokens, lengths = rl_cases.random_completions(4, width, seed=1)
   advantages = np.array([1.0, -1.0, 0.5, -0.5], np.float32)
-  batch = build_train_batch(prepare_inputs(prompts, config), tokens, lengths, np.zeros((4, width), np.float32),
-                            group_size=group, pad_token_id=config.pad_token_id)
+  batch = build_train_batch(prompt_batch(prompts, config), tokens, lengths, np.zeros((4, width), np.float32),
+                            group_size=group, config=config)
   batch = dataclasses.replace(batch, advantages=advantages)
   mask = batch.completion_mask
 
@@ -87,13 +87,13 @@ def test_mixed_precision_update_keeps_float32_master_weights_and_follows_the_flo
   """bf16 compute with f32 parameters (`dtype='bfloat16', param_dtype='float32'`) is the mixed-precision
   switch: the update keeps float32 master weights and its log-probs and step track the float32 run."""
   group, width, config = 2, 4, rl_cases.config
-  prompts = rl_cases.prompt_batch([[2, (1, 4, 4), 2], [3, (1, 2, 4), 1]], seed=0)
+  prompts = rl_cases.processor_prompts([[2, (1, 4, 4), 2], [3, (1, 2, 4), 1]], seed=0)
   tokens, lengths = rl_cases.random_completions(4, width, seed=1)
 
   def run(model_config):
-    batch = build_train_batch(prepare_inputs(prompts, model_config), tokens, lengths,
+    batch = build_train_batch(prompt_batch(prompts, model_config), tokens, lengths,
                               np.zeros((4, width), np.float32), group_size=group,
-                              pad_token_id=model_config.pad_token_id)
+                              config=model_config)
     batch = dataclasses.replace(batch, advantages=np.array([1.0, -1.0, 0.5, -0.5], np.float32))
     policy = Qwen25VL(model_config, rngs=nnx.Rngs(0))
     updater = PolicyUpdater(policy, GRPOConfig(group_size=group, max_new_tokens=width),

@@ -15,6 +15,7 @@ import torch
 import transformers
 from flax import nnx
 
+from mmrag_jax.data.batching import PipelineBatch
 from mmrag_jax.model import save_pretrained
 from mmrag_jax.model.hf_keys import canonical_key, model_params, to_torch, torch_shape
 from mmrag_jax.parallel import make_mesh
@@ -23,7 +24,7 @@ from mmrag_jax.processing.targets import stage1_target
 from mmrag_jax.rl.config import GRPOConfig
 from mmrag_jax.rl.update import PolicyUpdater
 from mmrag_jax.rl.warmup import WarmupConfig, supervised_warmup, target_batch
-from mmrag_jax.sampling import Greedy, Sampler, SamplerConfig
+from mmrag_jax.sampling import Greedy, Sampler, SamplerConfig, prompt_batch
 
 # Left-padded prompts of different lengths, two with images (see `random_processor_batch`).
 PROMPT_ROWS = ([2, (1, 4, 4), 2], [5], [3, (1, 2, 4), 1])
@@ -43,8 +44,13 @@ def single_device_mesh():
 
 
 def warmup_config(max_new_tokens: int, **fields) -> WarmupConfig:
-  return WarmupConfig(**{"steps": 1, "learning_rate": 1.0, "max_new_tokens": max_new_tokens,
-                         "length_buckets": LENGTH_BUCKETS, "patch_buckets": PATCH_BUCKETS, **fields})
+  return WarmupConfig(**{"steps": 1, "learning_rate": 1.0, "max_new_tokens": max_new_tokens, **fields})
+
+
+def pipeline_batch(processed, config, valid=None) -> PipelineBatch:
+  """A processor batch as the pipeline gives it (no metadata: the targets here are given directly)."""
+  prompts = prompt_batch(processed, config, length_buckets=LENGTH_BUCKETS, patch_buckets=PATCH_BUCKETS, valid=valid)
+  return PipelineBatch(prompts=prompts, meta={})
 
 
 def reference_completions(targets, tokenize, stop_id, width):
@@ -103,8 +109,8 @@ def test_target_batch_appends_the_stop_id_cuts_to_width_and_masks_invalid_rows(m
                                                                                  tokenize, group_size):
   model, width = make_tiny_policy(), 6
   stop_id, pad_id = model.config.eos_token_id, model.config.pad_token_id
-  batch = rl_cases.prompt_batch(PROMPT_ROWS, seed=0)
-  batch["valid"] = np.array([True, False, True])
+  batch = pipeline_batch(rl_cases.processor_prompts(PROMPT_ROWS, seed=0), model.config,
+                         valid=np.array([True, False, True]))
   # stage1_target(1) is 5 tokens + stop: exactly the width, not cut; the think target is cut.
   targets = [stage1_target(1), stage1_target(0), stage1_target(0, think=True)]
   lengths = [len(tokenize(text)) + 1 for text in targets]
@@ -150,7 +156,7 @@ def test_warmup_update_moves_the_parameters_by_minus_the_nll_gradient(make_tiny_
   of the distinct targets unchanged."""
   config = rl_cases.config
   stop_id = config.eos_token_id
-  batch = rl_cases.prompt_batch(PROMPT_ROWS, seed=1)
+  batch = rl_cases.processor_prompts(PROMPT_ROWS, seed=1)
   # 6 tokens (two pads), 22 tokens (cut to 8), 6 tokens.
   targets = [stage1_target(1), stage1_target(0, think=True), stage1_target(0)]
   warmup = warmup_config(WIDTH, group_size=GROUP_SIZE)
@@ -159,7 +165,7 @@ def test_warmup_update_moves_the_parameters_by_minus_the_nll_gradient(make_tiny_
       make_tiny_policy(), batch, reference_completions(targets, tokenize, stop_id, WIDTH), str(tmp_path))
 
   model = make_tiny_policy()
-  train, _ = target_batch(model, batch, targets, tokenize, stop_id, warmup)
+  train, _ = target_batch(model, pipeline_batch(batch, config), targets, tokenize, stop_id, warmup)
   updater = PolicyUpdater(model, grpo, single_device_mesh, tx=optax.sgd(1.0))
   before = jax.tree.map(np.array, updater.params)
   metrics, (logprobs,) = updater.optimizer_update([updater.place_batch(train)])
@@ -184,11 +190,12 @@ def test_supervised_warmup_lowers_the_nll_and_teaches_greedy_decoding_the_target
                                                                                    tokenize, single_device_mesh):
   # The batch geometry of the test above, so this run reuses its compiled gradient step.
   stop_id = rl_cases.config.eos_token_id
-  batch = rl_cases.prompt_batch(PROMPT_ROWS, seed=2)
+  batch = rl_cases.processor_prompts(PROMPT_ROWS, seed=2)
   targets = [stage1_target(1), stage1_target(0), stage1_target(1)]
   config = warmup_config(WIDTH, steps=30, learning_rate=2e-2, group_size=GROUP_SIZE)
   history = []
-  model = supervised_warmup(make_tiny_policy(), itertools.repeat(batch), lambda _: targets, tokenize, config,
+  prompts = pipeline_batch(batch, rl_cases.config)
+  model = supervised_warmup(make_tiny_policy(), itertools.repeat(prompts), lambda _: targets, tokenize, config,
                             mesh=single_device_mesh, stop_id=stop_id,
                             on_step=lambda step, metrics: history.append((step, metrics)))
 
@@ -197,8 +204,7 @@ def test_supervised_warmup_lowers_the_nll_and_teaches_greedy_decoding_the_target
   assert nll[-1] < 0.1 * nll[0]
   assert all(metrics["cut_targets"] == 0 for _, metrics in history)
 
-  sampler = Sampler(model, SamplerConfig(max_new_tokens=WIDTH, method=Greedy(), stop_ids=(stop_id,),
-                                         length_buckets=LENGTH_BUCKETS, patch_buckets=PATCH_BUCKETS))
-  out = sampler.generate(batch, jax.random.key(0))
+  sampler = Sampler(model, SamplerConfig(max_new_tokens=WIDTH, method=Greedy(), stop_ids=(stop_id,)))
+  out = sampler.generate(prompts.prompts, jax.random.key(0))
   expected = reference_completions(targets, tokenize, stop_id, WIDTH)
   assert [out.tokens[row, :out.lengths[row]].tolist() for row in range(len(targets))] == expected

@@ -19,7 +19,16 @@ import transformers
 
 from mmrag_jax.model import Qwen25VLConfig, load_pretrained, tiny
 from mmrag_jax.model.synthetic_batch import random_processor_batch
-from mmrag_jax.sampling import Sampler, SampleOutput, SamplerConfig, SamplingMethod, TopP, completion_batch
+from mmrag_jax.sampling import (
+    PromptBatch,
+    Sampler,
+    SampleOutput,
+    SamplerConfig,
+    SamplingMethod,
+    TopP,
+    completion_batch,
+    prompt_batch,
+)
 from tests.model.float64_reference import ROUNDOFF_FACTOR, float64_logits, roundoff
 
 INIT_RANGE = 0.2
@@ -34,6 +43,11 @@ PROMPT_ROWS = (
     [9, 3],
     [2, (1, 8, 8), 1],
 )
+
+
+def bucketed(batch: dict[str, Any], config: Qwen25VLConfig) -> PromptBatch:
+  """The sampler's input for a processor batch, at the shared test buckets."""
+  return prompt_batch(batch, config, length_buckets=LENGTH_BUCKETS, patch_buckets=PATCH_BUCKETS)
 
 
 def to_torch(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -86,16 +100,21 @@ def torch_inputs() -> Callable[[dict[str, Any]], dict[str, torch.Tensor]]:
 
 @pytest.fixture(scope="session")
 def make_config() -> Callable[..., SamplerConfig]:
-  """`make_config(**fields)`: a SamplerConfig with the shared test length, buckets and T."""
+  """`make_config(**fields)`: a SamplerConfig with the shared test T."""
   def make(**fields: Any) -> SamplerConfig:
-    defaults = dict(max_new_tokens=MAX_NEW_TOKENS, length_buckets=LENGTH_BUCKETS, patch_buckets=PATCH_BUCKETS)
-    return SamplerConfig(**{**defaults, **fields})
+    return SamplerConfig(**{"max_new_tokens": MAX_NEW_TOKENS, **fields})
   return make
 
 
 @pytest.fixture(scope="session")
 def prompts(config) -> dict[str, np.ndarray]:
   return random_processor_batch(PROMPT_ROWS, config, seed=0)
+
+
+@pytest.fixture(scope="session")
+def prompt_inputs(prompts, config) -> PromptBatch:
+  """`prompts` as the sampler takes them (`bucketed`)."""
+  return bucketed(prompts, config)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,10 +132,10 @@ def rollout_spec() -> RolloutSpec:
 
 
 @pytest.fixture(scope="session")
-def shared_rollout(model, prompts, make_config, rollout_spec) -> SampleOutput:
+def shared_rollout(model, prompt_inputs, make_config, rollout_spec) -> SampleOutput:
   """Top-p samples of `prompts` on one device, prefix shared."""
   sampler = Sampler(model, make_config(method=rollout_spec.method))
-  return sampler.generate(prompts, jax.random.key(rollout_spec.seed), group_size=rollout_spec.group_size)
+  return sampler.generate(prompt_inputs, jax.random.key(rollout_spec.seed), group_size=rollout_spec.group_size)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -59,16 +59,17 @@ def unstopped_reference(hf_model, prompts, config, torch_inputs) -> np.ndarray:
   return hf_greedy(hf_model, prompts, config, (), torch_inputs)
 
 
-def test_greedy_tokens_equal_transformers_generate(model, hf_model, prompts, config, make_config, torch_inputs):
+def test_greedy_tokens_equal_transformers_generate(prompt_inputs, model, hf_model, prompts, config, make_config,
+                                                   torch_inputs):
   stop_ids = (config.eos_token_id, config.pad_token_id)
-  out = greedy_sampler(model, make_config, stop_ids).generate(prompts, jax.random.key(0))
+  out = greedy_sampler(model, make_config, stop_ids).generate(prompt_inputs, jax.random.key(0))
   np.testing.assert_array_equal(out.tokens, hf_greedy(hf_model, prompts, config, stop_ids, torch_inputs))
   # Greedy samples from a point mass; the policy log-probs are those of the full softmax.
   np.testing.assert_array_equal(out.sampling_logprobs, 0.0)
   assert np.all(out.policy_logprobs[out.completion_mask] < 0)
 
 
-def test_stop_ids_end_rows_independently(model, hf_model, prompts, config, make_config, torch_inputs,
+def test_stop_ids_end_rows_independently(prompt_inputs, model, hf_model, prompts, config, make_config, torch_inputs,
                                          unstopped_reference):
   # Two stop tokens taken from the unstopped greedy rows so that rows end at different steps and at
   # least one row never meets a stop (truncated).
@@ -80,7 +81,7 @@ def test_stop_ids_end_rows_independently(model, hf_model, prompts, config, make_
   else:
     pytest.fail("no pair of stop tokens gives rows of different lengths and a truncated row")
 
-  out = greedy_sampler(model, make_config, stop_ids).generate(prompts, jax.random.key(0))
+  out = greedy_sampler(model, make_config, stop_ids).generate(prompt_inputs, jax.random.key(0))
   np.testing.assert_array_equal(out.tokens, tokens)
   np.testing.assert_array_equal(out.lengths, lengths)
   np.testing.assert_array_equal(out.truncated, truncated)

@@ -1,19 +1,11 @@
-"""Host-side batch reshaping: rows keep their own images, buckets, fillers, prompt + completion sequences."""
+"""Host-side batch reshaping: rows keep their own images, buckets, prompt + completion sequences."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mmrag_jax.sampling import (
-    append_filler_rows,
-    completion_batch,
-    fit_length,
-    images_per_row,
-    prepare_bucketed,
-    select_rows,
-    smallest_bucket,
-)
+from mmrag_jax.sampling import completion_batch, fit_length, images_per_row, select_rows, smallest_bucket
 
 # The shared prompts hold images of 24, 4, 16 and 64 patches: row 0 -> patches [0, 24), row 1 -> [24, 44)
 # (two images), row 2 -> none, row 3 -> [44, 108).
@@ -59,22 +51,6 @@ def test_smallest_bucket():
   assert smallest_bucket(8, (16, 8), "length") == 8
   with pytest.raises(ValueError, match="prompt length 17 exceeds the largest bucket 16"):
     smallest_bucket(17, (8, 16), "prompt length")
-
-
-def test_prepare_bucketed_pads_to_the_buckets(prompts, config):
-  inputs = prepare_bucketed(prompts, config, length_buckets=(16, 32, 128), patch_buckets=(100, 128, 512))
-  assert inputs.input_ids.shape == (4, 32)  # the longest prompt has 21 tokens
-  assert inputs.pixel_values.shape == (128, config.vision.patch_dim)  # 108 real patches
-  np.testing.assert_array_equal(inputs.input_ids[:, -prompts["input_ids"].shape[1]:], prompts["input_ids"])
-
-
-def test_filler_rows_are_single_real_pad_tokens(prompts, config):
-  out = append_filler_rows(prompts, 6, config.pad_token_id)
-  assert out["input_ids"].shape[0] == 6
-  assert np.all(out["input_ids"][4:] == config.pad_token_id)
-  np.testing.assert_array_equal(out["attention_mask"][4:].sum(axis=1), [1, 1])
-  assert np.all(out["attention_mask"][4:, -1] == 1)
-  np.testing.assert_array_equal(out["pixel_values"], prompts["pixel_values"])
 
 
 def test_completion_batch_appends_completions_to_repeated_prompts(prompts, config):

@@ -10,7 +10,7 @@ import torch
 
 from mmrag_jax.processing import build_tiny_tokenizer
 from mmrag_jax.processing.targets import stage1_target
-from mmrag_jax.sampling import Scorer, ScorerConfig, judgment_continuation, with_continuation
+from mmrag_jax.sampling import Scorer, ScorerConfig, judgment_continuation, prompt_batch, with_continuation
 
 # Candidate prompts: images of several sizes, text-only rows, different lengths (left padding).
 CANDIDATE_ROWS = ([4, (1, 4, 4), 3], [11], [2, (1, 2, 6), 5], [6, 2])
@@ -74,9 +74,8 @@ def test_scorer_on_continued_prompts_is_the_softmax_of_the_reference_judgment_lo
     model, hf_model, config, make_prompts, torch_inputs, tokenizer):
   prefix, yes_id, no_id = judgment_continuation(tokenizer, stage1_target(1), stage1_target(0))
   continued = with_continuation(make_prompts(CANDIDATE_ROWS, config, seed=5), prefix)
-  scorer = Scorer(model, yes_token_id=yes_id, no_token_id=no_id,
-                  config=ScorerConfig(batch_size=4, length_buckets=(32,), patch_buckets=(128,)))
-  scores = scorer(continued)
+  scorer = Scorer(model, yes_token_id=yes_id, no_token_id=no_id, config=ScorerConfig(batch_size=4))
+  scores = scorer(prompt_batch(continued, config, length_buckets=(32,)))
 
   # The reference reads int64 ids and needs mm_token_type_ids (1 on image tokens) for its M-RoPE positions.
   input_ids = continued["input_ids"].astype(np.int64)

@@ -37,13 +37,13 @@ def varied_model(model):
   return varied
 
 
-def test_packed_steps_give_the_model_decode_step_logits_and_cache(varied_model, prompts, make_config,
+def test_packed_steps_give_the_model_decode_step_logits_and_cache(varied_model, prompt_inputs, make_config,
                                                                   reference_roundoff):
   """Equal up to float32 round-off: the packed step fuses q/k/v and gate/up, so its matmuls sum in other
   orders. The unit is the test model's relative logit round-off, scaled to each compared value."""
   model = varied_model
   sampler = Sampler(model, make_config(method=Greedy()))
-  _, cache = sampler.prefill(prompts, group_size=2)
+  _, cache = sampler.prefill(prompt_inputs, group_size=2)
   rows = cache.batch_size
   fed = np.random.default_rng(3).integers(0, 400, (STEPS, rows))
 
@@ -69,8 +69,8 @@ def test_packed_steps_give_the_model_decode_step_logits_and_cache(varied_model, 
   assert int(final.index) == int(model_cache.index)
 
 
-def test_layer_cache_round_trip_is_exact(model, prompts, make_config):
-  _, cache = Sampler(model, make_config()).prefill(prompts, group_size=1)
+def test_layer_cache_round_trip_is_exact(model, prompt_inputs, make_config):
+  _, cache = Sampler(model, make_config()).prefill(prompt_inputs, group_size=1)
   layer_cache = LayerCache.from_cache(cache)
   t = model.config.text
   assert len(layer_cache.keys) == t.num_hidden_layers
@@ -100,7 +100,7 @@ def test_a_tied_head_is_packed_from_the_embedding(config):
   np.testing.assert_array_equal(np.concatenate(packed.head), embedding)
 
 
-def test_packed_weights_are_reused_until_a_parameter_changes(model, prompts, make_config):
+def test_packed_weights_are_reused_until_a_parameter_changes(model, prompt_inputs, make_config):
   updated = nnx.clone(model)
   sampler = Sampler(updated, make_config(method=Greedy()))
   first = sampler.packed_decoder()
@@ -113,6 +113,7 @@ def test_packed_weights_are_reused_until_a_parameter_changes(model, prompts, mak
   np.testing.assert_array_equal(np.concatenate(repacked.head), np.asarray(head[...]).T)
 
   key = jax.random.key(0)
-  fresh = Sampler(updated, make_config(method=Greedy())).generate(prompts, key)
-  np.testing.assert_array_equal(sampler.generate(prompts, key).tokens, fresh.tokens)
-  assert not np.array_equal(fresh.tokens, Sampler(model, make_config(method=Greedy())).generate(prompts, key).tokens)
+  fresh = Sampler(updated, make_config(method=Greedy())).generate(prompt_inputs, key)
+  np.testing.assert_array_equal(sampler.generate(prompt_inputs, key).tokens, fresh.tokens)
+  original = Sampler(model, make_config(method=Greedy())).generate(prompt_inputs, key)
+  assert not np.array_equal(fresh.tokens, original.tokens)

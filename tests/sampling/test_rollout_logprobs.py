@@ -10,6 +10,7 @@ from flax import nnx
 
 from mmrag_jax.model import chunked_logprobs, prepare_inputs
 from mmrag_jax.sampling import Sampler, completion_batch, select_rows
+from tests.sampling.conftest import bucketed
 
 
 def numpy_top_p_logprobs(logits: np.ndarray, tokens: np.ndarray, *, p: float, temperature: float,
@@ -28,12 +29,12 @@ def numpy_top_p_logprobs(logits: np.ndarray, tokens: np.ndarray, *, p: float, te
   return np.take_along_axis(logq, tokens[..., None], axis=-1)[..., 0]
 
 
-def test_group_shared_prefill_equals_separate_prefills(model, prompts, make_config, rollout_spec, shared_rollout,
+def test_group_shared_prefill_equals_separate_prefills(model, prompt_inputs, make_config, rollout_spec, shared_rollout,
                                                        reference_roundoff):
   """Same tokens; log-probs equal up to float32 round-off (the separate prefill runs G copies of every image
   through the vision tower with a larger patch budget, so its reductions have other shapes)."""
   separate = Sampler(model, make_config(method=rollout_spec.method, share_prefix=False)).generate(
-      prompts, jax.random.key(rollout_spec.seed), group_size=rollout_spec.group_size)
+      prompt_inputs, jax.random.key(rollout_spec.seed), group_size=rollout_spec.group_size)
   np.testing.assert_array_equal(separate.tokens, shared_rollout.tokens)
   np.testing.assert_array_equal(separate.lengths, shared_rollout.lengths)
   # Tempering divides the logits, and so their round-off, by T.
@@ -100,7 +101,7 @@ def test_samples_follow_prompt_ids_not_row_positions(model, prompts, config, mak
   group = rollout_spec.group_size
   reverse = np.arange(len(prompts["input_ids"]))[::-1]
   out = Sampler(model, make_config(method=rollout_spec.method)).generate(
-      select_rows(prompts, reverse, config), jax.random.key(rollout_spec.seed), group_size=group,
+      bucketed(select_rows(prompts, reverse, config), config), jax.random.key(rollout_spec.seed), group_size=group,
       prompt_ids=reverse)
   rows = (reverse[:, None] * group + np.arange(group)).reshape(-1)  # where each output row was before
   np.testing.assert_array_equal(out.tokens, shared_rollout.tokens[rows])
@@ -108,10 +109,10 @@ def test_samples_follow_prompt_ids_not_row_positions(model, prompts, config, mak
                              atol=reference_roundoff.pairwise(reference_roundoff.policy_logprob))
 
 
-def test_same_key_reproduces_and_another_key_differs(model, prompts, make_config, rollout_spec, shared_rollout):
+def test_same_key_reproduces_and_another_key_differs(model, prompt_inputs, make_config, rollout_spec, shared_rollout):
   sampler = Sampler(model, make_config(method=rollout_spec.method))
-  again = sampler.generate(prompts, jax.random.key(rollout_spec.seed), group_size=rollout_spec.group_size)
+  again = sampler.generate(prompt_inputs, jax.random.key(rollout_spec.seed), group_size=rollout_spec.group_size)
   np.testing.assert_array_equal(again.tokens, shared_rollout.tokens)
   np.testing.assert_array_equal(again.policy_logprobs, shared_rollout.policy_logprobs)
-  other = sampler.generate(prompts, jax.random.key(rollout_spec.seed + 1), group_size=rollout_spec.group_size)
+  other = sampler.generate(prompt_inputs, jax.random.key(rollout_spec.seed + 1), group_size=rollout_spec.group_size)
   assert not np.array_equal(other.tokens, shared_rollout.tokens)

@@ -8,7 +8,7 @@ import scipy.special
 import torch
 
 from mmrag_jax.processing import build_tiny_tokenizer
-from mmrag_jax.sampling import Scorer, ScorerConfig, judgment_token_ids
+from mmrag_jax.sampling import Scorer, ScorerConfig, judgment_token_ids, prompt_batch
 
 # Six candidates (images of several sizes, text-only ones): two chunks of four, the second with filler rows.
 CANDIDATE_ROWS = ([4, (1, 4, 4), 3], [11], [2, (1, 2, 6), 5], [6, 2], [1, (1, 8, 4), 1], [3, (1, 2, 2), 9])
@@ -23,9 +23,8 @@ def test_yes_probability_is_softmax_of_the_reference_logit_pair(model, hf_model,
                                                                 torch_inputs, judgment_ids):
   candidates = make_prompts(CANDIDATE_ROWS, config, seed=3)
   yes, no = judgment_ids
-  scorer = Scorer(model, yes_token_id=yes, no_token_id=no,
-                  config=ScorerConfig(batch_size=4, length_buckets=(32, 64), patch_buckets=(128,)))
-  scores = scorer(candidates)
+  scorer = Scorer(model, yes_token_id=yes, no_token_id=no, config=ScorerConfig(batch_size=4))
+  scores = scorer(prompt_batch(candidates, config, length_buckets=(32, 64)))
 
   with torch.no_grad():
     last = hf_model(**torch_inputs(candidates)).logits[:, -1].numpy()

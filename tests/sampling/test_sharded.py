@@ -26,22 +26,22 @@ def sharded_sampler(checkpoint_dir, mesh, make_config, rollout_spec):
   return Sampler(model, make_config(method=rollout_spec.method), mesh=mesh)
 
 
-def test_sharded_sampling_gives_the_single_device_tokens(sharded_sampler, prompts, rollout_spec, shared_rollout,
+def test_sharded_sampling_gives_the_single_device_tokens(sharded_sampler, prompt_inputs, rollout_spec, shared_rollout,
                                                          reference_roundoff):
   """The mesh runs the model's own decode step, the single device the packed CPU step: log-probs agree up
   to float32 round-off (sharded contractions sum in another order)."""
   assert sharded_sampler.packed_decoder() is None
-  out = sharded_sampler.generate(prompts, jax.random.key(rollout_spec.seed), group_size=rollout_spec.group_size)
+  out = sharded_sampler.generate(prompt_inputs, jax.random.key(rollout_spec.seed), group_size=rollout_spec.group_size)
   np.testing.assert_array_equal(out.tokens, shared_rollout.tokens)
   np.testing.assert_array_equal(out.lengths, shared_rollout.lengths)
   np.testing.assert_allclose(out.policy_logprobs, shared_rollout.policy_logprobs, rtol=0,
                              atol=reference_roundoff.pairwise(reference_roundoff.policy_logprob))
 
 
-def test_cache_rows_over_batch_axes_and_kv_heads_over_tensor(sharded_sampler, prompts, rollout_spec, mesh):
+def test_cache_rows_over_batch_axes_and_kv_heads_over_tensor(sharded_sampler, prompt_inputs, rollout_spec, mesh):
   """2 kv heads do not divide the 4 devices of ('fsdp', 'tensor') the decode weights split heads over: the
   cache keeps the training layout."""
-  _, cache = sharded_sampler.prefill(prompts, rollout_spec.group_size)
+  _, cache = sharded_sampler.prefill(prompt_inputs, rollout_spec.group_size)
   kv_spec = NamedSharding(mesh, P(None, ("data", "fsdp"), None, "tensor", None))
   assert cache.k.sharding.is_equivalent_to(kv_spec, cache.k.ndim)
   assert cache.valid.sharding.is_equivalent_to(NamedSharding(mesh, P(("data", "fsdp"), None)), 2)
@@ -89,7 +89,7 @@ def test_training_decode_weights_read_the_parameters_themselves(checkpoint_dir, 
     ("training", P(None, ("data", "fsdp"), None, None, None)),  # rows over the batch axes, heads over 'tensor'
 ])
 def test_cache_kv_heads_follow_the_decode_weights_where_they_divide(checkpoint_dir, make_config, rollout_spec,
-                                                                    prompts, shared_rollout, reference_roundoff,
+                                                                    prompt_inputs, shared_rollout, reference_roundoff,
                                                                     decode_weights, kv_spec):
   """On (data=4, fsdp=2, tensor=1) the decode weights split the 2 kv heads over 'fsdp': the prefill leaves the
   cache with each device holding its rows' share of the data axis and one kv head, so a token step's attention
@@ -97,17 +97,18 @@ def test_cache_kv_heads_follow_the_decode_weights_where_they_divide(checkpoint_d
   mesh = make_mesh((4, 2, 1))
   sampler = Sampler(load_pretrained(checkpoint_dir, mesh=mesh),
                     make_config(method=rollout_spec.method, decode_weights=decode_weights), mesh=mesh)
-  _, cache = sampler.prefill(prompts, rollout_spec.group_size)
+  _, cache = sampler.prefill(prompt_inputs, rollout_spec.group_size)
   assert cache.k.sharding.is_equivalent_to(NamedSharding(mesh, kv_spec), cache.k.ndim)
   assert cache.v.sharding.is_equivalent_to(NamedSharding(mesh, kv_spec), cache.v.ndim)
   assert cache.valid.sharding.is_equivalent_to(NamedSharding(mesh, P(kv_spec[1], None)), 2)
-  out = sampler.generate(prompts, jax.random.key(rollout_spec.seed), group_size=rollout_spec.group_size)
+  out = sampler.generate(prompt_inputs, jax.random.key(rollout_spec.seed), group_size=rollout_spec.group_size)
   np.testing.assert_array_equal(out.tokens, shared_rollout.tokens)
   np.testing.assert_allclose(out.policy_logprobs, shared_rollout.policy_logprobs, rtol=0,
                              atol=reference_roundoff.pairwise(reference_roundoff.policy_logprob))
 
 
-def test_prompts_fewer_than_the_data_parallel_devices_are_filled_not_replicated(checkpoint_dir, make_config,
+def test_prompts_fewer_than_the_data_parallel_devices_are_filled_not_replicated(prompt_inputs, checkpoint_dir,
+                                                                                make_config,
                                                                                 rollout_spec, prompts, shared_rollout,
                                                                                 reference_roundoff):
   """4 prompts on 8 data-parallel devices (data=2, fsdp=4): replicated rows would make every device prefill all
@@ -116,16 +117,16 @@ def test_prompts_fewer_than_the_data_parallel_devices_are_filled_not_replicated(
   mesh = make_mesh((2, 4, 1))
   assert prefill_rows(len(prompts["input_ids"]), mesh) == 8 and prefill_rows(8, mesh) == 8
   sampler = Sampler(load_pretrained(checkpoint_dir, mesh=mesh), make_config(method=rollout_spec.method), mesh=mesh)
-  logits, cache = sampler.prefill(prompts, rollout_spec.group_size)
+  logits, cache = sampler.prefill(prompt_inputs, rollout_spec.group_size)
   rows = len(prompts["input_ids"]) * rollout_spec.group_size
   assert logits.shape[0] == rows and cache.k.shape[1] == rows and cache.valid.shape[0] == rows
-  out = sampler.generate(prompts, jax.random.key(rollout_spec.seed), group_size=rollout_spec.group_size)
+  out = sampler.generate(prompt_inputs, jax.random.key(rollout_spec.seed), group_size=rollout_spec.group_size)
   np.testing.assert_array_equal(out.tokens, shared_rollout.tokens)
   np.testing.assert_allclose(out.policy_logprobs, shared_rollout.policy_logprobs, rtol=0,
                              atol=reference_roundoff.pairwise(reference_roundoff.policy_logprob))
 
 
-def test_a_one_device_mesh_decodes_with_the_packed_step(checkpoint_dir, make_config, rollout_spec, prompts,
+def test_a_one_device_mesh_decodes_with_the_packed_step(checkpoint_dir, make_config, rollout_spec, prompt_inputs,
                                                         shared_rollout, reference_roundoff):
   """The trainer hands its mesh to the sampler; on one device (a one-core host) there is nothing to lay out,
   so the loop takes the packed CPU step, as without a mesh: the same packed copy decodes, the same samples."""
@@ -134,7 +135,7 @@ def test_a_one_device_mesh_decodes_with_the_packed_step(checkpoint_dir, make_con
   assert sampler.packed_decoder() is not None
   state = nnx.state(sampler.model)
   assert all(a is b for a, b in zip(jax.tree.leaves(sampler.decode_state()), jax.tree.leaves(state)))
-  out = sampler.generate(prompts, jax.random.key(rollout_spec.seed), group_size=rollout_spec.group_size)
+  out = sampler.generate(prompt_inputs, jax.random.key(rollout_spec.seed), group_size=rollout_spec.group_size)
   np.testing.assert_array_equal(out.tokens, shared_rollout.tokens)
   np.testing.assert_allclose(out.policy_logprobs, shared_rollout.policy_logprobs, rtol=0,
                              atol=reference_roundoff.pairwise(reference_roundoff.policy_logprob))
