@@ -26,7 +26,6 @@ from mmrag_jax.recipe.context import RunDir, Split, is_main_process, load_policy
 from mmrag_jax.recipe.settings import ConfigError, Settings, for_checkpoint
 from mmrag_jax.recipe.training import TrainResult, train_policy
 from mmrag_jax.rl.reward_fns import stage2_reward_fn
-from mmrag_jax.rl.rollout import completion_texts
 from mmrag_jax.rl.trainer import EvalFn
 from mmrag_jax.sampling import Sampler
 
@@ -121,7 +120,7 @@ def predict_split(model: Qwen25VL, model_dir: str, split: Split, scores: Stage1S
                        disable=not is_main_process() or not s.trainer.progress_bar)
   for batch in pipeline:
     samples = sampler.generate(batch.prompts, key, group_size=1)
-    texts = completion_texts(samples, processor.decode, sampler.stop_ids)
+    texts = samples.texts(processor.decode, sampler.stop_ids)
     meta = batch.meta
     for row, qid in enumerate(meta["qid"]):
       if not qid:

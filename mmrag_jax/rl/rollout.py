@@ -51,18 +51,6 @@ def prompt_metadata(meta: Mapping[str, Any], group_size: int) -> dict[str, np.nd
   return {key: np.repeat(np.asarray(value), group_size, axis=0) for key, value in meta.items()}
 
 
-def completion_texts(samples: SampleOutput, detokenize: Detokenize, stop_ids: Sequence[int]) -> list[str]:
-  """Decoded completions without their stop token."""
-  stops = set(int(s) for s in stop_ids)
-  texts = []
-  for tokens, length in zip(samples.tokens, samples.lengths):
-    ids = [int(t) for t in tokens[:length]]
-    if ids and ids[-1] in stops:
-      ids = ids[:-1]
-    texts.append(detokenize(ids))
-  return texts
-
-
 def checked_rewards(rewards: Mapping[str, Any], num_rows: int) -> dict[str, np.ndarray]:
   """Reward components as [N] float32 host arrays; requires 'total'."""
   if "total" not in rewards:
@@ -87,7 +75,7 @@ def collect_rollout(model: Qwen25VL, batch: PipelineBatch, key: jax.Array, *, sa
   valid = np.asarray(batch.prompts.valid, bool)
   sampler = Sampler(model, sampler_config, mesh=mesh)
   samples = sampler.generate(batch.prompts, key, group_size=group_size, prompt_ids=prompt_ids)
-  texts = completion_texts(samples, detokenize, sampler.stop_ids)
+  texts = samples.texts(detokenize, sampler.stop_ids)
   rewards = checked_rewards(reward_fn(texts, prompt_metadata(batch.meta, group_size)), len(texts))
   train_batch = build_train_batch(batch.prompts, samples.tokens, samples.lengths, samples.policy_logprobs,
                                   group_size=group_size, config=model.config,

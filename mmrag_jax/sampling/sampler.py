@@ -46,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import weakref
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -129,6 +130,17 @@ class SampleOutput:
   def prompt_index(self) -> np.ndarray:
     """[N] int, the prompt (row of the input batch) each sample belongs to."""
     return np.arange(len(self.tokens)) // self.group_size
+
+  def texts(self, detokenize: Callable[[Sequence[int]], str], stop_ids: Sequence[int]) -> list[str]:
+    """The N completions as text (`detokenize` of each row's tokens), without their stop token."""
+    stops = set(int(s) for s in stop_ids)
+    texts = []
+    for tokens, length in zip(self.tokens, self.lengths):
+      ids = [int(t) for t in tokens[:length]]
+      if ids and ids[-1] in stops:
+        ids = ids[:-1]
+      texts.append(detokenize(ids))
+    return texts
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_size", "group_size", "mesh", "weight_rules", "prompts"))

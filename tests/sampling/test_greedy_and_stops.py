@@ -90,3 +90,12 @@ def test_stop_ids_end_rows_independently(prompt_inputs, model, hf_model, prompts
   assert np.all(out.policy_logprobs[out.completion_mask] < 0)
   # transformers stops rows the same way.
   np.testing.assert_array_equal(tokens, hf_greedy(hf_model, prompts, config, stop_ids, torch_inputs))
+
+
+def test_completion_texts_drop_the_stop_token_and_the_padding_after_it():
+  from mmrag_jax.sampling import SampleOutput
+  tokens = np.array([[5, 6, 2, 0], [7, 8, 9, 4], [2, 0, 0, 0]], np.int32)  # stop ids 2; row 1 truncated
+  out = SampleOutput(tokens=tokens, lengths=np.array([3, 4, 1], np.int32), truncated=np.array([False, True, False]),
+                     policy_logprobs=np.zeros((3, 4), np.float32), sampling_logprobs=np.zeros((3, 4), np.float32),
+                     group_size=1)
+  assert out.texts(lambda ids: ",".join(map(str, ids)), stop_ids=[2]) == ["5,6", "7,8,9,4", ""]
