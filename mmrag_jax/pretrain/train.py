@@ -16,20 +16,22 @@ import logging
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from mmrag_jax.data import read_webqa
 from mmrag_jax.data.batching import MetaField
-from mmrag_jax.data.pipeline import PipelineConfig, _collator, _Encoder, _EncodeAndCollate, batched_dataset
+from mmrag_jax.data.pipeline import PipelineConfig, _collator, _Encoder, _EncodeAndCollate, _processor, batched_dataset
 from mmrag_jax.data.records import IMAGE, Question
 from mmrag_jax.data.synthetic import SyntheticManifest, generate_webqa
 from mmrag_jax.data.synthetic.world import Entity
-from mmrag_jax.model import Qwen25VL, save_pretrained, tiny
+from mmrag_jax.model import ModelInputs, Qwen25VL, forward, save_pretrained, tiny
 from mmrag_jax.parallel import make_mesh
 from mmrag_jax.pretrain.tasks import MAX_LISTED, TASKS, PretrainExample, document_examples
 from mmrag_jax.processing import load_processor, prompts
@@ -38,8 +40,9 @@ from mmrag_jax.rl.warmup import WarmupConfig, supervised_warmup
 
 _log = logging.getLogger(__name__)
 
-DATA_DIR, MODEL_DIR, STAMP_FILE = "data", "model", "pretrain.json"
-_META = {"task": MetaField(object, ""), "target": MetaField(object, "")}
+DATA_DIR, MODEL_DIR, WORLDS_DIR, STAMP_FILE = "data", "model", "worlds", "pretrain.json"
+LOSSES = ("completion", "sequence")
+_META = {"task": MetaField(object, ""), "target": MetaField(object, ""), "target_tokens": MetaField(np.int32, 0)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +53,11 @@ class PretrainConfig:
   num_train / num_val / num_test: questions per split of the synthetic WebQA (pretraining reads only the
     documents of the train split's pools, never a question or an answer of the benchmark).
   hidden_size, num_layers, vision_depth: the text decoder's width and depth, the vision tower's depth.
+  extra_worlds: more worlds (seeds `world_seed(seed, i)`, names and pictures the benchmark never shows) whose
+    train-split documents are pretraining documents too, so that a skill such as "is this a text about X?"
+    has to hold for names it has not seen rather than be memorized per document.
+  loss: 'sequence' (next-token loss over every text token of prompt and target, as a language model is
+    pretrained) or 'completion' (the target's tokens only, as an instruction fine-tune).
   steps, batch_size, learning_rate: supervised steps, prompts per step, AdamW rate (constant).
   max_new_tokens, length_buckets: target and prompt widths (longer ones are cut / dropped).
   min_pixels / max_pixels: the image processor's budget (the RL runs must use the same).
@@ -70,6 +78,14 @@ class PretrainConfig:
   max_new_tokens: int = 48
   length_buckets: tuple[int, ...] = (128, 256)
   tasks: tuple[str, ...] = TASKS  # the skills to pretrain on (a subset makes a faster, narrower base)
+  extra_worlds: int = 0
+  loss: str = "completion"
+
+  def __post_init__(self):
+    if self.loss not in LOSSES:
+      raise ValueError(f"PretrainConfig.loss must be one of {LOSSES}, got {self.loss!r}")
+    if self.extra_worlds < 0:
+      raise ValueError(f"PretrainConfig.extra_worlds must be >= 0, got {self.extra_worlds}")
 
 
 def _mrope_section(head_dim: int) -> tuple[int, int, int]:
@@ -111,6 +127,26 @@ def pretrain_examples(questions: Sequence[Question], manifest: SyntheticManifest
   return out
 
 
+def world_seed(seed: int, index: int) -> int:
+  """The seed of extra world `index` of a run with world seed `seed`: far from the seeds a benchmark uses."""
+  return 1_000_003 * (index + 1) + seed
+
+
+def _extra_world_examples(workdir: str, config: PretrainConfig) -> list[PretrainExample]:
+  """The reading-skill examples of the extra worlds' train documents, pictures carried as bytes."""
+  out: list[PretrainExample] = []
+  for index in range(config.extra_worlds):
+    seed = world_seed(config.seed, index)
+    world_dir = os.path.join(workdir, WORLDS_DIR, str(index))
+    manifest = generate_webqa(world_dir, num_train=config.num_train, num_val=0, num_test=0, seed=seed)
+    data = read_webqa(world_dir, "train", verbose=False)
+    questions = [dataclasses.replace(q, candidates=tuple(
+        dataclasses.replace(c, image_bytes=data.images.read_bytes(c.image_ref)) if c.kind == IMAGE else c
+        for c in q.candidates)) for q in data.questions]
+    out.extend(pretrain_examples(questions, manifest, seed))
+  return out
+
+
 def _tokenizer_corpus(examples: Sequence[PretrainExample]) -> list[str]:
   """Text the world's tokenizer learns its merges from: documents, requests, answers, instructions."""
   texts = [prompts.STAGE1_ANSWER, prompts.STAGE1_THINK, prompts.STAGE2_INSTRUCTION, *prompts.ANSWER_STYLE.values()]
@@ -124,9 +160,55 @@ def _tokenizer_corpus(examples: Sequence[PretrainExample]) -> list[str]:
 class _PretrainEncoder(_Encoder):
   examples: Sequence[PretrainExample] = ()
 
+  target_in_prompt: bool = False  # the target and the stop token follow the prompt (loss='sequence')
+
   def __call__(self, row: np.ndarray) -> dict[str, Any]:
     ex = self.examples[int(row[0])]
-    return self._encode(ex.candidates, ex.messages, {"task": ex.task, "target": ex.target})
+    encoded = self._encode(ex.candidates, ex.messages, {"task": ex.task, "target": ex.target, "target_tokens": 0})
+    if self.target_in_prompt and not encoded["error"]:
+      tokenizer = _processor(self.config.processor_path, self.config.min_pixels, self.config.max_pixels).tokenizer
+      target = [*tokenizer.encode(ex.target, add_special_tokens=False), tokenizer.eos_token_id]
+      encoded["input_ids"] = np.concatenate([encoded["input_ids"], np.asarray(target, np.int64)])
+      encoded["meta"]["target_tokens"] = len(target)
+    return encoded
+
+
+def _sequence_loss(model: Qwen25VL, inputs: ModelInputs, target_tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(token-mean next-token NLL over every real text token, the same over the targets' tokens only).
+
+  inputs: B left-padded sequences, each a prompt followed by its target; target_tokens: [B] int32, how many
+  of the last tokens of each row are its target (the stop token included). Image placeholders are not
+  predicted (their content comes from the vision tower).
+  """
+  logits = forward(model, inputs).astype(jnp.float32)[:, :-1]  # [B, L-1, V] predicts ids[:, 1:]
+  ids, mask = inputs.input_ids, inputs.attention_mask
+  labels = ids[:, 1:]
+  nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[..., None], axis=-1)[..., 0]  # [B, L-1]
+  real = (mask[:, 1:] * mask[:, :-1] * (labels != model.config.image_token_id)).astype(jnp.float32)
+  positions = jnp.arange(labels.shape[1])[None, :]
+  in_target = (positions >= labels.shape[1] - target_tokens[:, None]).astype(jnp.float32) * real
+  return (nll * real).sum() / jnp.maximum(real.sum(), 1.0), (nll * in_target).sum() / jnp.maximum(in_target.sum(), 1.0)
+
+
+@nnx.jit
+def _sequence_step(model: Qwen25VL, optimizer: nnx.Optimizer, inputs: ModelInputs,
+                   target_tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+  (loss, target_nll), grads = nnx.value_and_grad(_sequence_loss, has_aux=True)(model, inputs, target_tokens)
+  optimizer.update(model, grads)
+  return loss, target_nll
+
+
+def _sequence_pretrain(model: Qwen25VL, data, config: PretrainConfig,
+                       on_step: Callable[[int, dict[str, float]], None]) -> Qwen25VL:
+  """`config.steps` AdamW steps (constant rate, gradients clipped to norm 1) on the sequence loss."""
+  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(config.learning_rate))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  for step in range(1, config.steps + 1):
+    batch = next(data)
+    inputs = batch.prompts.model_inputs(model.config)
+    loss, target_nll = _sequence_step(model, optimizer, inputs, jnp.asarray(batch.meta["target_tokens"], jnp.int32))
+    on_step(step, {"nll": float(target_nll), "sequence_nll": float(loss)})
+  return model
 
 
 def _stamp(config: PretrainConfig) -> dict[str, Any]:
@@ -148,14 +230,16 @@ def pretrain(workdir: str, config: PretrainConfig = PretrainConfig(), progress: 
   manifest = generate_webqa(data_dir, num_train=config.num_train, num_val=config.num_val, num_test=config.num_test,
                             seed=config.seed)
   train = read_webqa(data_dir, "train", verbose=False)
-  examples = [ex for ex in pretrain_examples(train.questions, manifest, config.seed) if ex.task in config.tasks]
+  examples = pretrain_examples(train.questions, manifest, config.seed) + _extra_world_examples(workdir, config)
+  examples = [ex for ex in examples if ex.task in config.tasks]
   build_tiny_processor_dir(model_dir, extra_corpus=_tokenizer_corpus(examples))
   model = Qwen25VL(model_config(config), rngs=nnx.Rngs(config.seed))
 
   pipeline_config = PipelineConfig(processor_path=model_dir, min_pixels=config.min_pixels,
                                    max_pixels=config.max_pixels, batch_size=config.batch_size,
                                    length_buckets=config.length_buckets, seed=config.seed, read_threads=2)
-  encoder = _PretrainEncoder(questions=(), images=train.images, config=pipeline_config, examples=examples)
+  encoder = _PretrainEncoder(questions=(), images=train.images, config=pipeline_config, examples=examples,
+                             target_in_prompt=config.loss == "sequence")
   table = np.arange(len(examples), dtype=np.int64)[:, None]
   data = iter(batched_dataset(table, _EncodeAndCollate(encoder, _collator(pipeline_config, MAX_LISTED, _META)), pipeline_config))
   warmup = WarmupConfig(steps=config.steps, learning_rate=config.learning_rate, max_new_tokens=config.max_new_tokens,
@@ -167,11 +251,15 @@ def pretrain(workdir: str, config: PretrainConfig = PretrainConfig(), progress: 
   def on_step(step: int, metrics: dict[str, float]) -> None:
     curve.append(metrics["nll"])
     if progress and (step % 50 == 0 or step == 1):
-      print(f"pretrain step {step}/{config.steps}: token NLL {metrics['nll']:.3f}", flush=True)
+      print(f"pretrain step {step}/{config.steps}: target NLL {metrics['nll']:.3f}"
+            + (f", sequence NLL {metrics['sequence_nll']:.3f}" if "sequence_nll" in metrics else ""), flush=True)
 
-  mesh = make_mesh((1, 1, 1), jax.devices()[:1])
-  model = supervised_warmup(model, data, lambda meta: [str(t) for t in meta["target"]], tokenize, warmup,
-                            mesh=mesh, stop_id=model.config.eos_token_id, on_step=on_step)
+  if config.loss == "sequence":
+    model = _sequence_pretrain(model, data, config, on_step)
+  else:
+    mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+    model = supervised_warmup(model, data, lambda meta: [str(t) for t in meta["target"]], tokenize, warmup,
+                              mesh=mesh, stop_id=model.config.eos_token_id, on_step=on_step)
   save_pretrained(model, model_dir)
   tail = curve[-20:] or [float("nan")]
   result = {**_stamp(config), "data_dir": data_dir, "model_dir": model_dir, "num_examples": len(examples),
