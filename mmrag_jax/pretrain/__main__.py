@@ -9,6 +9,8 @@ import os
 
 from absl import app, flags
 
+__all__ = ["main"]
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (created).")
 _SEED = flags.DEFINE_integer("seed", 0, "World and initialization seed.")
 _STEPS = flags.DEFINE_integer("steps", None, "Supervised steps (default: PretrainConfig.steps).", lower_bound=1)

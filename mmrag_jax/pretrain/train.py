@@ -25,7 +25,7 @@ from flax import nnx
 
 from mmrag_jax.data import read_webqa
 from mmrag_jax.data.batching import MetaField
-from mmrag_jax.data.pipeline import PipelineConfig, _collator, _Encoder, _EncodeAndCollate, batched_dataset
+from mmrag_jax.data.pipeline import EncodeAndCollate, PipelineConfig, PromptEncoder, batched_dataset, prompt_collator
 from mmrag_jax.data.records import IMAGE, Question
 from mmrag_jax.data.synthetic import SyntheticManifest, generate_webqa
 from mmrag_jax.data.synthetic.world import Entity
@@ -36,9 +36,11 @@ from mmrag_jax.processing import load_processor, prompts
 from mmrag_jax.processing.tiny_tokenizer import build_tiny_processor_dir
 from mmrag_jax.rl.warmup import WarmupConfig, supervised_warmup
 
+__all__ = ["PretrainConfig", "pretrain"]
+
 _log = logging.getLogger(__name__)
 
-DATA_DIR, MODEL_DIR, STAMP_FILE = "data", "model", "pretrain.json"
+_DATA_DIR, _MODEL_DIR, _STAMP_FILE = "data", "model", "pretrain.json"
 _META = {"task": MetaField(object, ""), "target": MetaField(object, "")}
 
 
@@ -79,7 +81,7 @@ def _mrope_section(head_dim: int) -> tuple[int, int, int]:
   return (t, h, head_dim // 2 - t - h)
 
 
-def model_config(config: PretrainConfig):
+def _model_config(config: PretrainConfig):
   """`tiny()` (the offline tokenizer's 512-row vocabulary and special ids) at the configured size."""
   base = tiny()
   heads = max(2, config.hidden_size // 32)
@@ -92,7 +94,7 @@ def model_config(config: PretrainConfig):
   return dataclasses.replace(base, text=text, vision=vision)
 
 
-def pretrain_examples(questions: Sequence[Question], manifest: SyntheticManifest, seed: int) -> list[PretrainExample]:
+def _pretrain_examples(questions: Sequence[Question], manifest: SyntheticManifest, seed: int) -> list[PretrainExample]:
   """The reading-skill examples of every distinct document in the questions' candidate pools."""
   rng = random.Random(seed)
   documents = {c.id: c for q in questions for c in q.candidates}
@@ -121,7 +123,7 @@ def _tokenizer_corpus(examples: Sequence[PretrainExample]) -> list[str]:
 
 
 @dataclasses.dataclass(frozen=True)
-class _PretrainEncoder(_Encoder):
+class _PretrainEncoder(PromptEncoder):
   examples: Sequence[PretrainExample] = ()
 
   def __call__(self, row: np.ndarray) -> dict[str, Any]:
@@ -137,27 +139,27 @@ def pretrain(workdir: str, config: PretrainConfig = PretrainConfig(), progress: 
   """Builds (or finds cached) the world and the base model in `workdir`; returns pretrain.json's content:
   {'config', 'data_dir', 'model_dir', 'num_examples', 'nll_start', 'nll_end', 'seconds'}."""
   workdir = os.path.abspath(workdir)
-  stamp_path = os.path.join(workdir, STAMP_FILE)
+  stamp_path = os.path.join(workdir, _STAMP_FILE)
   if os.path.isfile(stamp_path):
     with open(stamp_path, encoding="utf-8") as f:
       done = json.load(f)
     if done.get("config") == _stamp(config)["config"]:
       return done
   started = time.perf_counter()
-  data_dir, model_dir = os.path.join(workdir, DATA_DIR), os.path.join(workdir, MODEL_DIR)
+  data_dir, model_dir = os.path.join(workdir, _DATA_DIR), os.path.join(workdir, _MODEL_DIR)
   manifest = generate_webqa(data_dir, num_train=config.num_train, num_val=config.num_val, num_test=config.num_test,
                             seed=config.seed)
   train = read_webqa(data_dir, "train", verbose=False)
-  examples = [ex for ex in pretrain_examples(train.questions, manifest, config.seed) if ex.task in config.tasks]
+  examples = [ex for ex in _pretrain_examples(train.questions, manifest, config.seed) if ex.task in config.tasks]
   build_tiny_processor_dir(model_dir, extra_corpus=_tokenizer_corpus(examples))
-  model = Qwen25VL(model_config(config), rngs=nnx.Rngs(config.seed))
+  model = Qwen25VL(_model_config(config), rngs=nnx.Rngs(config.seed))
 
   pipeline_config = PipelineConfig(processor_path=model_dir, min_pixels=config.min_pixels,
                                    max_pixels=config.max_pixels, batch_size=config.batch_size,
                                    length_buckets=config.length_buckets, seed=config.seed, read_threads=2)
   encoder = _PretrainEncoder(questions=(), images=train.images, config=pipeline_config, examples=examples)
   table = np.arange(len(examples), dtype=np.int64)[:, None]
-  data = iter(batched_dataset(table, _EncodeAndCollate(encoder, _collator(pipeline_config, MAX_LISTED, _META)), pipeline_config))
+  data = iter(batched_dataset(table, EncodeAndCollate(encoder, prompt_collator(pipeline_config, MAX_LISTED, _META)), pipeline_config))
   warmup = WarmupConfig(steps=config.steps, learning_rate=config.learning_rate, max_new_tokens=config.max_new_tokens,
                         group_size=1)
   processor = load_processor(model_dir, min_pixels=config.min_pixels, max_pixels=config.max_pixels)
