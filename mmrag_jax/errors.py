@@ -7,6 +7,8 @@ exits with `exit_code`; library callers catch it like any other exception.
 
 from __future__ import annotations
 
+__all__ = ["RunError"]
+
 
 class RunError(Exception):
   """A run stopped for a reason stated in full by the message."""

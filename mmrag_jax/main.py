@@ -26,6 +26,8 @@ from ml_collections import ConfigDict, config_flags
 
 from mmrag_jax.errors import RunError  # ConfigError (recipe/settings.py) is one
 
+__all__ = ["entry", "main", "use_compilation_cache"]
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/stage2.py:demo.",
                                           lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
@@ -60,7 +62,7 @@ def main(argv: list[str]) -> int:
   # jax.distributed.initialize() before that.
   from mmrag_jax.parallel import maybe_initialize_distributed, shutdown_distributed
 
-  _use_compilation_cache(config, workdir)
+  use_compilation_cache(config, workdir)
   try:
     maybe_initialize_distributed()
     from mmrag_jax.recipe.run import run
@@ -75,7 +77,7 @@ def main(argv: list[str]) -> int:
   return 0
 
 
-def _use_compilation_cache(config: ConfigDict, workdir: str) -> None:
+def use_compilation_cache(config: ConfigDict, workdir: str) -> None:
   """XLA's persistent compilation cache in WORKDIR/jax_cache (`config.compilation_cache`): a rerun, a resumed
   run or the next mode in the same workdir loads its compiled programs instead of compiling them again. A
   cache directory the environment names (JAX_COMPILATION_CACHE_DIR) is kept. Set before the first compile:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+__all__ = ["check_int", "check_non_negative", "is_finite_number", "is_int", "is_number"]
+
 
 def is_int(value: Any) -> bool:
   """A Python int that is not a bool."""

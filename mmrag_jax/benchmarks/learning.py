@@ -32,19 +32,21 @@ from typing import Any
 from mmrag_jax.benchmarks.report import print_result
 from mmrag_jax.data.files import iter_json_lines
 
+__all__ = ["main"]
+
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STAGE1_CONFIG = os.path.join(_REPO, "configs", "stage1.py") + ":toy"
-STAGE2_CONFIG = os.path.join(_REPO, "configs", "stage2.py") + ":toy"
-EDGE_STEPS = 5  # "start" / "end" reward: the mean over this many first / last GRPO steps
+_STAGE1_CONFIG = os.path.join(_REPO, "configs", "stage1.py") + ":toy"
+_STAGE2_CONFIG = os.path.join(_REPO, "configs", "stage2.py") + ":toy"
+_EDGE_STEPS = 5  # "start" / "end" reward: the mean over this many first / last GRPO steps
 
 # Settings per mode: the base model's pretraining, the world's size and the GRPO steps of each stage.
-SETTINGS = {
+_SETTINGS = {
     "full": dict(pretrain=dict(), stage1_steps=40, stage2_steps=40),
     "quick": dict(pretrain=dict(num_train=48, num_val=24, num_test=4, steps=80, batch_size=16), stage1_steps=6,
                   stage2_steps=4),
 }
-ROWS = (("base", "base"), ("stage2_only", "stage-2 RL only"), ("stage1_only", "stage-1 RL only"),
-        ("full", "full method"), ("full_no_think", "full, think off"))
+_ROWS = (("base", "base"), ("stage2_only", "stage-2 RL only"), ("stage1_only", "stage-1 RL only"),
+         ("full", "full method"), ("full_no_think", "full, think off"))
 
 
 def _flags(overrides: Mapping[str, Any]) -> list[str]:
@@ -96,22 +98,22 @@ def _read_jsonl(path: str) -> list[dict[str, Any]]:
   return [row for _, _, row in iter_json_lines(path)] if os.path.isfile(path) else []
 
 
-def reward_edges(workdir: str) -> tuple[float | None, float | None]:
+def _reward_edges(workdir: str) -> tuple[float | None, float | None]:
   """Mean `reward/total` over the first and the last EDGE_STEPS loop steps of a GRPO run."""
   rewards = _reward_curve(workdir)
   if not rewards:
     return None, None
-  head, tail = rewards[:EDGE_STEPS], rewards[-EDGE_STEPS:]
+  head, tail = rewards[:_EDGE_STEPS], rewards[-_EDGE_STEPS:]
   return sum(head) / len(head), sum(tail) / len(tail)
 
 
-def format_rate(workdir: str) -> float | None:
+def _format_rate(workdir: str) -> float | None:
   """Share of the split's stage-2 completions that are well formed."""
   records = _read_jsonl(os.path.join(workdir, "predictions.jsonl"))
   return sum(bool(r["format_ok"]) for r in records) / len(records) if records else None
 
 
-def plot_rewards(curves: Mapping[str, Sequence[float]], title: str, out_png: str) -> str:
+def _plot_rewards(curves: Mapping[str, Sequence[float]], title: str, out_png: str) -> str:
   """One line per run: mean reward per GRPO step."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
@@ -137,11 +139,11 @@ def _reward_curve(workdir: str) -> list[float]:
           if isinstance(row.get("reward/total"), (int, float))]
 
 
-def run_table(root: str, seed: int, quick: bool, echo: bool = False) -> dict[str, Any]:
+def _run_table(root: str, seed: int, quick: bool, echo: bool = False) -> dict[str, Any]:
   """Pretraining, the seven runs and the table's figures (see the module docstring)."""
   from mmrag_jax.pretrain import PretrainConfig, pretrain
 
-  settings = SETTINGS["quick" if quick else "full"]
+  settings = _SETTINGS["quick" if quick else "full"]
   started = time.perf_counter()
   os.makedirs(root, exist_ok=True)
   runs = _Runs(root, echo)
@@ -154,10 +156,10 @@ def run_table(root: str, seed: int, quick: bool, echo: bool = False) -> dict[str
   if not os.path.isfile(os.path.join(base_policy, "config.json")):
     shutil.copytree(base["model_dir"], base_policy, dirs_exist_ok=True)
   for split in ("val", "train"):
-    runs.main(f"stage1_base_{split}", STAGE1_CONFIG, {**common, "mode": "eval", "data.eval_split": split})
+    runs.main(f"stage1_base_{split}", _STAGE1_CONFIG, {**common, "mode": "eval", "data.eval_split": split})
     for name in (f"ranking_{split}.jsonl", f"recall_{split}.json"):
       shutil.copy2(runs.path(f"stage1_base_{split}", name), runs.path("stage1_base", name))
-  runs.main("stage1", STAGE1_CONFIG, {**common, "train.num_steps": s1_steps})
+  runs.main("stage1", _STAGE1_CONFIG, {**common, "train.num_steps": s1_steps})
 
   def stage2(name: str, stage1: str, train: bool, **extra: Any) -> dict[str, Any]:
     overrides = {**common, "stage2.stage1_workdir": runs.path(stage1), **extra}
@@ -165,7 +167,7 @@ def run_table(root: str, seed: int, quick: bool, echo: bool = False) -> dict[str
       overrides["train.num_steps"] = s2_steps
     else:
       overrides.update({"mode": "eval", "stage2.init_from": base["model_dir"]})
-    return runs.main(name, STAGE2_CONFIG, overrides)
+    return runs.main(name, _STAGE2_CONFIG, overrides)
 
   plan = {  # row -> (stage-1 run, stage-2 run, trains stage 2, extra overrides)
       "base": ("stage1_base", "base_model", False, {}),
@@ -181,19 +183,19 @@ def run_table(root: str, seed: int, quick: bool, echo: bool = False) -> dict[str
     metrics = summary["metrics"]
     k = k or _read_json(runs.path(name, "config.json"))["stage2"]["k"]
     recall = _read_json(runs.path(stage1, "recall_val.json"))
-    s1_start, s1_end = reward_edges(runs.path(stage1)) if stage1 == "stage1" else (None, None)
-    s2_start, s2_end = reward_edges(runs.path(name)) if train else (None, None)
+    s1_start, s1_end = _reward_edges(runs.path(stage1)) if stage1 == "stage1" else (None, None)
+    s2_start, s2_end = _reward_edges(runs.path(name)) if train else (None, None)
     used = [name] + (["stage1"] if stage1 == "stage1" else ["stage1_base_val", "stage1_base_train"])
     rows[key] = {"recall@1": recall.get("recall@1"), f"recall@{k}": recall.get(f"recall@{k}"),
                  "retrieval_f1": metrics.get("retrieval_f1"), "qa_acc": metrics.get("qa_acc"),
-                 "format_rate": format_rate(runs.path(name)),
+                 "format_rate": _format_rate(runs.path(name)),
                  "stage1_reward": [s1_start, s1_end], "stage2_reward": [s2_start, s2_end],
                  "seconds": sum(runs.seconds.get(n, 0.0) for n in used)}
 
-  plot_rewards({"stage 1 (relevance judge)": _reward_curve(runs.path("stage1"))},
-               f"Stage-1 GRPO, seed {seed}", os.path.join(root, "reward_curves_stage1.png"))
-  plot_rewards({label: _reward_curve(runs.path(key)) for key, label in ROWS if plan[key][2]},
-               f"Stage-2 GRPO, seed {seed}", os.path.join(root, "reward_curves_stage2.png"))
+  _plot_rewards({"stage 1 (relevance judge)": _reward_curve(runs.path("stage1"))},
+                f"Stage-1 GRPO, seed {seed}", os.path.join(root, "reward_curves_stage1.png"))
+  _plot_rewards({label: _reward_curve(runs.path(key)) for key, label in _ROWS if plan[key][2]},
+                f"Stage-2 GRPO, seed {seed}", os.path.join(root, "reward_curves_stage2.png"))
   return {"rows": rows, "k": k, "pretrain": {key: base[key] for key in ("num_examples", "nll_start", "nll_end")},
           "pretrain_seconds": base["seconds"], "seconds": time.perf_counter() - started}
 
@@ -202,11 +204,11 @@ def _fmt(value: Any, digits: int = 3) -> str:
   return "-" if value is None else f"{value:.{digits}f}"
 
 
-def print_learning_table(result: Mapping[str, Any]) -> None:
+def _print_learning_table(result: Mapping[str, Any]) -> None:
   k = result["k"]
   header = ("row", "recall@1", f"recall@{k}", "Retr-F1", "QA-Acc", "format", "s1 reward", "s2 reward", "time s")
   lines = [header]
-  for key, label in ROWS:
+  for key, label in _ROWS:
     r = result["rows"][key]
     edges = lambda pair: "-" if pair[0] is None else f"{pair[0]:.2f}->{pair[1]:.2f}"
     lines.append((label, _fmt(r["recall@1"]), _fmt(r[f"recall@{k}"]), _fmt(r["retrieval_f1"]), _fmt(r["qa_acc"]),
@@ -226,12 +228,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--echo", action="store_true", help="stream the runs' logs")
   args = parser.parse_args(argv)
   root = os.path.abspath(args.workdir or os.path.join("runs", f"learning_seed{args.seed}{'_quick' if args.quick else ''}"))
-  result = run_table(root, args.seed, args.quick, echo=args.echo)
+  result = _run_table(root, args.seed, args.quick, echo=args.echo)
   print(f"Learning table, seed {args.seed}{' (quick)' if args.quick else ''}, val split; workdir {root}")
   print(f"base model: {result['pretrain']['num_examples']} pretraining examples, token NLL "
         f"{result['pretrain']['nll_start']:.2f} -> {result['pretrain']['nll_end']:.2f}, "
         f"{result['pretrain_seconds']:.0f} s")
-  print_learning_table(result)
+  _print_learning_table(result)
   for stage in (1, 2):
     png = os.path.join(root, f"reward_curves_stage{stage}.png")
     if args.curves_dir:
@@ -244,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       "base_qa_acc": rows["base"]["qa_acc"], "full_qa_acc": rows["full"]["qa_acc"],
       "full_retrieval_f1": rows["full"]["retrieval_f1"], "full_stage1_recall_at_k": rows["full"][f"recall@{k}"],
       "base_stage1_recall_at_k": rows["base"][f"recall@{k}"],
-      "rows": {key: {m: rows[key][m] for m in ("qa_acc", "retrieval_f1", "format_rate")} for key, _ in ROWS},
+      "rows": {key: {m: rows[key][m] for m in ("qa_acc", "retrieval_f1", "format_rate")} for key, _ in _ROWS},
       "seconds": result["seconds"]})
   return 0
 

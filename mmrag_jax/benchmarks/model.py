@@ -40,16 +40,18 @@ from mmrag_jax.model import (  # noqa: E402
 )
 from mmrag_jax.model.synthetic_batch import random_processor_batch  # noqa: E402
 
+__all__ = ["main"]
+
 
 @dataclasses.dataclass(frozen=True)
-class Workload:
+class _Workload:
   config: Qwen25VLConfig
   text_tokens: int  # split half before, half after the image
   image_grid: tuple[int, int, int]  # (t, h, w) in patches
   runs: int
 
 
-def workload(quick: bool) -> Workload:
+def _workload(quick: bool) -> _Workload:
   """A mid-size model (a few layers, real head_dim / window layout) and one image prompt.
 
   Special token ids are the tiny preset's (text ids are drawn below them).
@@ -59,21 +61,21 @@ def workload(quick: bool) -> Workload:
                       num_attention_heads=4, num_key_value_heads=2, head_dim=64, mrope_section=(8, 12, 12))
     vision = VisionConfig(depth=2, hidden_size=256, intermediate_size=512, num_heads=4, out_hidden_size=256,
                           fullatt_block_indexes=(1,))
-    return Workload(tiny().replace(text=text, vision=vision), 96, (1, 8, 8), runs=5)
+    return _Workload(tiny().replace(text=text, vision=vision), 96, (1, 8, 8), runs=5)
   text = TextConfig(vocab_size=8192, hidden_size=1024, intermediate_size=2816, num_hidden_layers=4,
                     num_attention_heads=16, num_key_value_heads=4, head_dim=64, mrope_section=(8, 12, 12))
   vision = VisionConfig(depth=4, hidden_size=512, intermediate_size=1024, num_heads=8, out_hidden_size=1024,
                         fullatt_block_indexes=(1, 3))
-  return Workload(tiny().replace(text=text, vision=vision), 384, (1, 16, 16), runs=7)
+  return _Workload(tiny().replace(text=text, vision=vision), 384, (1, 16, 16), runs=7)
 
 
-def prompt_batch(work: Workload, seed: int = 0) -> dict[str, np.ndarray]:
+def _prompt_batch(work: _Workload, seed: int = 0) -> dict[str, np.ndarray]:
   """One processor-style row: text, <|vision_start|>, image pads, <|vision_end|>, text."""
   before = work.text_tokens // 2
   return random_processor_batch([[before, work.image_grid, work.text_tokens - before]], work.config, seed=seed)
 
 
-def interleaved_medians(fns: list[Callable[[], object]], runs: int) -> list[float]:
+def _interleaved_medians(fns: list[Callable[[], object]], runs: int) -> list[float]:
   """Median wall seconds of each fn; the fns alternate so both see the same machine load over time."""
   times: list[list[float]] = [[] for _ in fns]
   for _ in range(runs):
@@ -88,7 +90,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="a smaller model and prompt (seconds, for CI)")
   args = parser.parse_args()
-  work = workload(args.quick)
+  work = _workload(args.quick)
   threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
   torch.set_num_threads(threads)  # XLA's CPU client uses every core the process may run on
 
@@ -99,7 +101,7 @@ def main() -> None:
     torch_model.save_pretrained(directory)
     flax_model = load_pretrained(directory)
 
-  batch = prompt_batch(work)
+  batch = _prompt_batch(work)
   torch_batch = {k: torch.from_numpy(v) for k, v in batch.items()}
   graphdef, state = nnx.split(flax_model)
   # The functional form (split once, jit over the state) keeps per-call Python work to a minimum.
@@ -131,7 +133,7 @@ def main() -> None:
   reference = run_torch().numpy()
   max_diff = float(np.abs(ours - reference).max())
   run_torch_one_thread()
-  jax_s, torch_s, torch1_s, prep_s = interleaved_medians(
+  jax_s, torch_s, torch1_s, prep_s = _interleaved_medians(
       [run_jax, run_torch, run_torch_one_thread, run_host_prep], work.runs)
   load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 

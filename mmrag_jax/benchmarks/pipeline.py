@@ -30,10 +30,12 @@ from mmrag_jax.data.pipeline import PipelineConfig, stage1_pipeline, stage2_pipe
 from mmrag_jax.data.synthetic import generate_webqa
 from mmrag_jax.processing import build_tiny_processor_dir
 
-K = 5
+__all__ = ["main"]
+
+_K = 5
 
 
-def time_pipeline(dataset: grain.IterDataset, num_batches: int, warmup: int) -> tuple[float, PipelineBatch]:
+def _time_pipeline(dataset: grain.IterDataset, num_batches: int, warmup: int) -> tuple[float, PipelineBatch]:
   """Seconds for `num_batches` batches after `warmup` batches; also returns the first batch."""
   iterator = iter(dataset)
   try:
@@ -49,7 +51,7 @@ def time_pipeline(dataset: grain.IterDataset, num_batches: int, warmup: int) -> 
       iterator.close()
 
 
-def tiny_step_seconds(batch: PipelineBatch, repeats: int) -> tuple[float, float]:
+def _tiny_step_seconds(batch: PipelineBatch, repeats: int) -> tuple[float, float]:
   """(compile seconds, median step seconds) of jitted forward + backward of the tiny model on `batch`."""
   import jax
   import jax.numpy as jnp
@@ -100,7 +102,7 @@ def main() -> None:
 
   builders: dict[str, Callable[[PipelineConfig], Any]] = {
       "stage1": lambda c: stage1_pipeline(data.questions, data.images, c, negatives_per_positive=1.0),
-      "stage2": lambda c: stage2_pipeline(data.questions, data.images, c, k=K),
+      "stage2": lambda c: stage2_pipeline(data.questions, data.images, c, k=_K),
   }
   results: dict[str, float] = {}
   first_batches = {}
@@ -109,7 +111,7 @@ def main() -> None:
     for workers in (0, 2):
       config = dataclasses.replace(base, worker_count=workers)
       # Every worker must have started (imports, processor) before the clock runs.
-      seconds, first = time_pipeline(build(config), num_batches, warmup=max(1, 3 * workers))
+      seconds, first = _time_pipeline(build(config), num_batches, warmup=max(1, 3 * workers))
       first_batches.setdefault(stage, first)
       rate = num_batches * config.batch_size / seconds
       results[f"{stage}_examples_per_s_workers{workers}"] = round(rate, 1)
@@ -117,7 +119,7 @@ def main() -> None:
 
   step_rows = []
   for stage, batch in first_batches.items():
-    compile_s, step_s = tiny_step_seconds(batch, repeats=3 if args.quick else 7)
+    compile_s, step_s = _tiny_step_seconds(batch, repeats=3 if args.quick else 7)
     rate = base.batch_size / step_s
     results[f"{stage}_tiny_step_examples_per_s"] = round(rate, 1)
     best_pipeline = max(results[f"{stage}_examples_per_s_workers{w}"] for w in (0, 2))

@@ -6,6 +6,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+__all__ = ["print_result", "print_table"]
+
 
 def print_table(title: str, rows: Sequence[tuple[str, str]], *, value_width: int = 0) -> None:
   """Prints `title`, then one `  name  value` line per row with the names aligned."""

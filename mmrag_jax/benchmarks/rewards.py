@@ -27,6 +27,8 @@ from mmrag_jax.rl.rewards.batch import pack_stage2
 from mmrag_jax.formats.parse import parse_stage2
 from mmrag_jax.rl.rewards.stage2 import stage2_reward_kernel
 
+__all__ = ["main"]
+
 _KEYWORDS = {
     "color": ["red", "blue", "white", "green"], "shape": ["round", "square", "oval", "dome"],
     "number": ["2", "three", "12", "forty"], "YesNo": ["yes", "no"],
@@ -70,14 +72,14 @@ def _completion(rng: np.random.Generator, reference: Stage2Reference) -> str:
   return text
 
 
-def make_batch(seed: int, size: int) -> tuple[list[str], list[Stage2Reference]]:
+def _make_batch(seed: int, size: int) -> tuple[list[str], list[Stage2Reference]]:
   rng = np.random.default_rng(seed)
   references = [_reference(rng) for _ in range(size)]
   return [_completion(rng, r) for r in references], references
 
 
-def score_with_python_metrics(completions: list[str], references: list[Stage2Reference],
-                              config: Stage2RewardConfig) -> list[float]:
+def _score_with_python_metrics(completions: list[str], references: list[Stage2Reference],
+                               config: Stage2RewardConfig) -> list[float]:
   """The same rewards from the official metric functions, one completion at a time (the comparison)."""
   totals = []
   for text, reference in zip(completions, references):
@@ -108,7 +110,7 @@ def main() -> None:
   config = Stage2RewardConfig(mmqa_span_separator=_SEPARATOR)
 
   webqa_metrics.normalize_text("load the lemmatizer dictionary")  # a one-off, not part of compilation
-  completions, references = make_batch(0, size)
+  completions, references = _make_batch(0, size)
   start = time.perf_counter()
   parses = [parse_stage2(t, r.num_candidates, config.think) for t, r in zip(completions, references)]
   batch = pack_stage2(parses, references, config.mmqa_span_separator)
@@ -117,7 +119,7 @@ def main() -> None:
 
   host_s, kernel_s, python_s, malformed = [], [], [], 0
   for seed in range(1, repeats + 1):
-    completions, references = make_batch(seed, size)
+    completions, references = _make_batch(seed, size)
     start = time.perf_counter()
     parses = [parse_stage2(t, r.num_candidates, config.think) for t, r in zip(completions, references)]
     batch = pack_stage2(parses, references, config.mmqa_span_separator)
@@ -127,9 +129,9 @@ def main() -> None:
     kernel_s.append(time.perf_counter() - start)
     malformed += int(batch.malformed.any(axis=1).sum())
     # The metric functions share the normalization caches: give them text of their own.
-    completions, references = make_batch(1000 + seed, size)
+    completions, references = _make_batch(1000 + seed, size)
     start = time.perf_counter()
-    score_with_python_metrics(completions, references, config)
+    _score_with_python_metrics(completions, references, config)
     python_s.append(time.perf_counter() - start)
 
   ours_ms = _median_ms(host_s) + _median_ms(kernel_s)

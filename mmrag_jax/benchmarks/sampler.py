@@ -12,7 +12,7 @@ figure is the median of several runs.
               sampler decodes from a packed copy of the weights made once per parameter version (at
               the warm-up call here, as in any loop of `generate` calls between parameter updates);
               its cost is reported on its own row, and so is the step's floor on this machine: the
-              step's matrix products alone (`weight_stream`), which read every weight once.
+              step's matrix products alone (`_weight_stream`), which read every weight once.
   prefix      one long multimodal prompt (several images), G = 8 samples: `Sampler.prefill` with the
               prefix shared (one prompt prefilled, cache repeated) vs not (G copies prefilled). The
               vision tower's full-attention blocks are dense over a batch's whole patch budget, so G copies
@@ -47,26 +47,21 @@ from flax import nnx  # noqa: E402
 from mmrag_jax.benchmarks.report import print_result, print_table  # noqa: E402
 from mmrag_jax.model import Qwen25VLConfig, TextConfig, VisionConfig, load_pretrained, tiny  # noqa: E402
 from mmrag_jax.model.synthetic_batch import random_processor_batch  # noqa: E402
-from mmrag_jax.sampling import (  # noqa: E402
-    Greedy,
-    Sampler,
-    SamplerConfig,
-    Scorer,
-    ScorerConfig,
-    prompt_batch,
-    select_rows,
-)
+from mmrag_jax.sampling import Greedy, Sampler, SamplerConfig, Scorer, ScorerConfig, prompt_batch  # noqa: E402
+from mmrag_jax.sampling.host_batch import select_rows  # noqa: E402
 from mmrag_jax.sampling.packed_decoder import PackedDecoder, matvec, pack_decoder  # noqa: E402
 
-GROUP = 8
-pack_decoder_jit = nnx.jit(pack_decoder)
+__all__ = ["main"]
+
+_GROUP = 8
+_pack_decoder_jit = nnx.jit(pack_decoder)
 # Published HBM bandwidths (GB/s) by device kind substring, for the decode roofline.
-HBM_GBPS = {"H200": 4800.0, "H100": 3350.0, "A100": 2039.0, "L4": 300.0, "v5e": 819.0, "v5p": 2765.0,
-            "v4": 1228.0, "v6": 1640.0}
+_HBM_GBPS = {"H200": 4800.0, "H100": 3350.0, "A100": 2039.0, "L4": 300.0, "v5e": 819.0, "v5p": 2765.0,
+             "v4": 1228.0, "v6": 1640.0}
 
 
 @dataclasses.dataclass(frozen=True)
-class Workload:
+class _Workload:
   config: Qwen25VLConfig
   decode_batch: int
   decode_prompt_tokens: int
@@ -79,34 +74,34 @@ class Workload:
   runs: int
 
 
-def workload(quick: bool) -> Workload:
+def _workload(quick: bool) -> _Workload:
   """Small random models (tiny preset's special ids; text ids are drawn below them)."""
   if quick:
     text = TextConfig(vocab_size=2048, hidden_size=128, intermediate_size=352, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=32, mrope_section=(4, 6, 6))
     vision = VisionConfig(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=128,
                           fullatt_block_indexes=(1,))
-    return Workload(tiny().replace(text=text, vision=vision), decode_batch=4, decode_prompt_tokens=32,
-                    decode_steps=16, prefix_text_tokens=128, prefix_images=2, candidates=16, candidate_tokens=32,
-                    judgment_tokens=8, runs=3)
+    return _Workload(tiny().replace(text=text, vision=vision), decode_batch=4, decode_prompt_tokens=32,
+                     decode_steps=16, prefix_text_tokens=128, prefix_images=2, candidates=16, candidate_tokens=32,
+                     judgment_tokens=8, runs=3)
   text = TextConfig(vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
                     num_attention_heads=8, num_key_value_heads=2, head_dim=64, mrope_section=(8, 12, 12))
   vision = VisionConfig(depth=4, hidden_size=256, intermediate_size=512, num_heads=4, out_hidden_size=512,
                         fullatt_block_indexes=(1, 3))
-  return Workload(tiny().replace(text=text, vision=vision), decode_batch=8, decode_prompt_tokens=64,
-                  decode_steps=64, prefix_text_tokens=512, prefix_images=4, candidates=64, candidate_tokens=96,
-                  judgment_tokens=8, runs=5)
+  return _Workload(tiny().replace(text=text, vision=vision), decode_batch=8, decode_prompt_tokens=64,
+                   decode_steps=64, prefix_text_tokens=512, prefix_images=4, candidates=64, candidate_tokens=96,
+                   judgment_tokens=8, runs=5)
 
 
-def layout_batch(config: Qwen25VLConfig, rows: int, text_tokens: int, images: int, grid: tuple[int, int, int],
-                 seed: int) -> dict[str, np.ndarray]:
+def _layout_batch(config: Qwen25VLConfig, rows: int, text_tokens: int, images: int, grid: tuple[int, int, int],
+                  seed: int) -> dict[str, np.ndarray]:
   """`rows` prompts, each: text, then `images` images of patch grid `grid` between text runs (no padding)."""
   runs = [len(chunk) for chunk in np.array_split(np.arange(text_tokens), images + 1)]
   layout = [runs[0]] + [part for run in runs[1:] for part in (grid, run)]
   return random_processor_batch([layout] * rows, config, seed=seed)
 
 
-def median_seconds(fns: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:
+def _median_seconds(fns: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:
   """Median wall time of each function; runs are interleaved so that load drifts hit all sides alike."""
   for fn in fns.values():
     fn()  # warm-up: compilation / first call
@@ -119,12 +114,12 @@ def median_seconds(fns: dict[str, Callable[[], object]], runs: int) -> dict[str,
   return {name: statistics.median(values) for name, values in times.items()}
 
 
-def torch_inputs(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+def _torch_inputs(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
   return {k: torch.from_numpy(v) for k, v in batch.items()}
 
 
-def bench_decode(work: Workload, model, hf_model) -> dict[str, float]:
-  batch = layout_batch(work.config, work.decode_batch, work.decode_prompt_tokens, 1, (1, 4, 4), seed=1)
+def _bench_decode(work: _Workload, model, hf_model) -> dict[str, float]:
+  batch = _layout_batch(work.config, work.decode_batch, work.decode_prompt_tokens, 1, (1, 4, 4), seed=1)
   prompts = prompt_batch(batch, work.config)  # the batch's own length and patch count: no padding work
   length = prompts.length
   sampler = Sampler(model, SamplerConfig(max_new_tokens=work.decode_steps, method=Greedy(), stop_ids=()))
@@ -136,7 +131,7 @@ def bench_decode(work: Workload, model, hf_model) -> dict[str, float]:
       do_sample=False, max_new_tokens=work.decode_steps, min_new_tokens=work.decode_steps, eos_token_id=None,
       pad_token_id=c.pad_token_id, temperature=None, top_k=None, top_p=None, repetition_penalty=None,
       suppress_tokens=[c.image_token_id, c.video_token_id, c.vision_start_token_id, c.vision_end_token_id])
-  inputs = torch_inputs(batch)
+  inputs = _torch_inputs(batch)
 
   def hf_generate() -> np.ndarray:
     with torch.inference_mode():
@@ -147,7 +142,7 @@ def bench_decode(work: Workload, model, hf_model) -> dict[str, float]:
       hf_model(**inputs, use_cache=True)
 
   reference = hf_generate()[:, length:]
-  seconds = median_seconds({
+  seconds = _median_seconds({
       "ours_total": lambda: sampler.generate(prompts, key),
       "ours_prefill": lambda: jax.block_until_ready(sampler.prefill(prompts, 1)),
       "hf_total": hf_generate,
@@ -158,10 +153,10 @@ def bench_decode(work: Workload, model, hf_model) -> dict[str, float]:
   packing_s = floor_s = None
   packed = sampler.packed_decoder()
   if packed is not None:  # timed apart: interleaved, the fresh copy slows the run after it
-    packing_s = median_seconds({"pack": lambda: jax.block_until_ready(pack_decoder_jit(model))}, work.runs)["pack"]
+    packing_s = _median_seconds({"pack": lambda: jax.block_until_ready(_pack_decoder_jit(model))}, work.runs)["pack"]
     columns = jax.numpy.ones((work.config.text.hidden_size, work.decode_batch), packed.head[0].dtype)
-    floor_s = median_seconds({"floor": lambda: jax.block_until_ready(weight_stream(packed, columns))},
-                             10 * work.runs)["floor"]
+    floor_s = _median_seconds({"floor": lambda: jax.block_until_ready(_weight_stream(packed, columns))},
+                              10 * work.runs)["floor"]
   tokens = work.decode_batch * work.decode_steps
   ours_decode, hf_decode = ours_total - ours_prefill, hf_total - hf_prefill_s
   return {
@@ -174,7 +169,7 @@ def bench_decode(work: Workload, model, hf_model) -> dict[str, float]:
 
 
 @jax.jit
-def weight_stream(packed: PackedDecoder, columns: jax.Array) -> jax.Array:
+def _weight_stream(packed: PackedDecoder, columns: jax.Array) -> jax.Array:
   """The decode step's matrix products alone, in its order: columns [D, N] through every packed matrix.
 
   Each product feeds the next (as in the step), with no norms, rotary, attention or sampling: the time
@@ -190,20 +185,20 @@ def weight_stream(packed: PackedDecoder, columns: jax.Array) -> jax.Array:
   return matvec(packed.head, hidden)
 
 
-def bench_prefix(work: Workload, model) -> dict[str, float]:
-  prompts = prompt_batch(layout_batch(work.config, 1, work.prefix_text_tokens, work.prefix_images, (1, 16, 16),
-                                      seed=2), work.config)
+def _bench_prefix(work: _Workload, model) -> dict[str, float]:
+  prompts = prompt_batch(_layout_batch(work.config, 1, work.prefix_text_tokens, work.prefix_images, (1, 16, 16),
+                                       seed=2), work.config)
   prefills = {}
   for share in (True, False):
     sampler = Sampler(model, SamplerConfig(max_new_tokens=32, share_prefix=share))
-    prefills["shared" if share else "separate"] = lambda s=sampler: jax.block_until_ready(s.prefill(prompts, GROUP))
-  seconds = median_seconds(prefills, work.runs)
+    prefills["shared" if share else "separate"] = lambda s=sampler: jax.block_until_ready(s.prefill(prompts, _GROUP))
+  seconds = _median_seconds(prefills, work.runs)
   return {"prompt_length": prompts.length, "shared_s": seconds["shared"],
           "separate_s": seconds["separate"]}
 
 
-def bench_scorer(work: Workload, model) -> dict[str, float]:
-  batch = layout_batch(work.config, work.candidates, work.candidate_tokens, 1, (1, 8, 8), seed=3)
+def _bench_scorer(work: _Workload, model) -> dict[str, float]:
+  batch = _layout_batch(work.config, work.candidates, work.candidate_tokens, 1, (1, 8, 8), seed=3)
   length, size = batch["input_ids"].shape[1], 16
   prompts = prompt_batch(batch, work.config)
   scorer = Scorer(model, yes_token_id=10, no_token_id=11, config=ScorerConfig(batch_size=size))
@@ -216,18 +211,19 @@ def bench_scorer(work: Workload, model) -> dict[str, float]:
     for chunk in chunks:
       generator.generate(chunk, key)
 
-  seconds = median_seconds({"scorer": lambda: scorer(prompts), "generation": generate_judgments}, work.runs)
+  seconds = _median_seconds({"scorer": lambda: scorer(prompts), "generation": generate_judgments}, work.runs)
   return {"candidates": work.candidates, "scorer_s": seconds["scorer"], "generation_s": seconds["generation"],
           "prompt_length": length}
 
 
-def decode_roofline(model, decode: dict[str, float], work: Workload, hbm_gbps: float | None) -> dict[str, float] | None:
+def _decode_roofline(model, decode: dict[str, float], work: _Workload, hbm_gbps: float | None
+                     ) -> dict[str, float] | None:
   """Bytes one decode step must read (all parameters + the KV cache) and the bandwidth it achieved."""
   if jax.default_backend() == "cpu":
     return None
   device = jax.devices()[0].device_kind
   if hbm_gbps is None:
-    hbm_gbps = next((v for name, v in HBM_GBPS.items() if name.lower() in device.lower()), None)
+    hbm_gbps = next((v for name, v in _HBM_GBPS.items() if name.lower() in device.lower()), None)
   params = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   t = work.config.text
   cache_slots = decode["prompt_length"] + work.decode_steps
@@ -242,7 +238,7 @@ def main() -> None:
   parser.add_argument("--quick", action="store_true", help="a smaller model and workload (seconds, for CI)")
   parser.add_argument("--hbm_gbps", type=float, default=None, help="accelerator HBM bandwidth in GB/s")
   args = parser.parse_args()
-  work = workload(args.quick)
+  work = _workload(args.quick)
   threads = len(os.sched_getaffinity(0))
   torch.set_num_threads(threads)  # XLA's CPU client uses every core the process may run on
 
@@ -255,10 +251,10 @@ def main() -> None:
     hf_model.save_pretrained(directory)
     model = load_pretrained(directory)
 
-  decode = bench_decode(work, model, hf_model)
-  prefix = bench_prefix(work, model)
-  scorer = bench_scorer(work, model)
-  roofline = decode_roofline(model, decode, work, args.hbm_gbps)
+  decode = _bench_decode(work, model, hf_model)
+  prefix = _bench_prefix(work, model)
+  scorer = _bench_scorer(work, model)
+  roofline = _decode_roofline(model, decode, work, args.hbm_gbps)
 
   decode_speedup = decode["ours_decode_tps"] / decode["hf_decode_tps"]
   generate_speedup = decode["hf_total_s"] / decode["ours_total_s"]
@@ -283,7 +279,7 @@ def main() -> None:
        "n/a" if decode["floor_step_s"] is None else f"{decode['floor_step_s'] * 1e3:.2f}"),
       ("  weight packing, once per parameter version (ms)",
        "n/a" if decode["ours_packing_s"] is None else f"{decode['ours_packing_s'] * 1e3:.1f}"),
-      ("prefix workload", f"1 prompt x {prefix['prompt_length']} tokens ({work.prefix_images} images), G={GROUP}"),
+      ("prefix workload", f"1 prompt x {prefix['prompt_length']} tokens ({work.prefix_images} images), G={_GROUP}"),
       ("  prefill shared / separate (ms)", f"{prefix['shared_s'] * 1e3:.1f} / {prefix['separate_s'] * 1e3:.1f}"),
       ("  prefix sharing speedup", f"{prefix_speedup:.2f}x"),
       ("scorer workload", f"{scorer['candidates']} candidates x {scorer['prompt_length']} tokens, 1 image each"),

@@ -51,9 +51,11 @@ from mmrag_jax.rl.trainer import GRPOTrainer, TrainerConfig
 from mmrag_jax.rl.update import PolicyUpdater, split_trainable
 from mmrag_jax.sampling import Categorical, SamplerConfig, prompt_batch
 
+__all__ = ["main"]
+
 
 @dataclasses.dataclass(frozen=True)
-class Workload:
+class _Workload:
   config: Qwen25VLConfig
   prompts: int
   group_size: int
@@ -63,7 +65,7 @@ class Workload:
   runs: int
 
 
-def workload(quick: bool, dtype: str, on_accelerator: bool) -> Workload:
+def _workload(quick: bool, dtype: str, on_accelerator: bool) -> _Workload:
   """A small random text policy (tiny preset's special ids; text ids drawn below them)."""
   if on_accelerator and not quick:
     text = TextConfig(vocab_size=32768, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
@@ -80,10 +82,10 @@ def workload(quick: bool, dtype: str, on_accelerator: bool) -> Workload:
   vision = VisionConfig(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=text.hidden_size,
                         fullatt_block_indexes=(0,))
   config = tiny().replace(text=text, vision=vision, dtype=dtype, param_dtype="float32")
-  return Workload(config=config, **sizes)
+  return _Workload(config=config, **sizes)
 
 
-def median_seconds(fn: Callable[[], object], runs: int) -> float:
+def _median_seconds(fn: Callable[[], object], runs: int) -> float:
   times = []
   for _ in range(runs):
     start = time.perf_counter()
@@ -92,16 +94,16 @@ def median_seconds(fn: Callable[[], object], runs: int) -> float:
   return statistics.median(times)
 
 
-def matmul_peak(size: int, dtype: str, runs: int) -> float:
+def _matmul_peak(size: int, dtype: str, runs: int) -> float:
   """FLOP/s of a jitted [size, size] @ [size, size] matmul in `dtype` (float32 accumulation)."""
   keys = jax.random.split(jax.random.key(0))
   a, b = (jax.random.normal(k, (size, size), jnp.float32).astype(dtype) for k in keys)
   matmul = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
   jax.block_until_ready(matmul(a, b))
-  return 2.0 * size**3 / median_seconds(lambda: jax.block_until_ready(matmul(a, b)), max(runs, 5))
+  return 2.0 * size**3 / _median_seconds(lambda: jax.block_until_ready(matmul(a, b)), max(runs, 5))
 
 
-def model_flops_per_step(work: Workload) -> float:
+def _model_flops_per_step(work: _Workload) -> float:
   """Model FLOPs of one update (forward + backward = 3 x forward matmul FLOPs), see the module doc."""
   t = work.config.text
   rows, length = work.prompts * work.group_size, work.prompt_tokens + work.completion_tokens
@@ -113,7 +115,7 @@ def model_flops_per_step(work: Workload) -> float:
   return 3.0 * (decoder + head)
 
 
-def random_policy(config: Qwen25VLConfig, seed: int = 0) -> Qwen25VL:
+def _random_policy(config: Qwen25VLConfig, seed: int = 0) -> Qwen25VL:
   """Host-initialized random weights (N(0, 0.02), unit norms, zero biases): no init compilation."""
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Qwen25VL(config, rngs=nnx.Rngs(0))))
   rng = np.random.default_rng(seed)
@@ -127,7 +129,7 @@ def random_policy(config: Qwen25VLConfig, seed: int = 0) -> Qwen25VL:
   return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(draw, abstract))
 
 
-def update_batch(work: Workload):
+def _update_batch(work: _Workload):
   rng = np.random.default_rng(1)
   ids = rng.integers(0, 400, (work.prompts, work.prompt_tokens))
   prompts = prompt_batch({"input_ids": ids}, work.config)
@@ -139,9 +141,9 @@ def update_batch(work: Workload):
   return dataclasses.replace(batch, advantages=rng.normal(size=rows).astype(np.float32))
 
 
-def measure_update(work: Workload, grpo: GRPOConfig, mesh) -> dict[str, float]:
-  updater = PolicyUpdater(random_policy(work.config), grpo, mesh)
-  batch = updater.place_batch(update_batch(work))
+def _measure_update(work: _Workload, grpo: GRPOConfig, mesh) -> dict[str, float]:
+  updater = PolicyUpdater(_random_policy(work.config), grpo, mesh)
+  batch = updater.place_batch(_update_batch(work))
 
   def step() -> None:
     updater.optimizer_update([batch])
@@ -150,10 +152,10 @@ def measure_update(work: Workload, grpo: GRPOConfig, mesh) -> dict[str, float]:
   start = time.perf_counter()
   step()
   compile_s = time.perf_counter() - start
-  return {"compile_s": compile_s, "step_s": median_seconds(step, work.runs), "xla_flops": updater.update_flops(batch)}
+  return {"compile_s": compile_s, "step_s": _median_seconds(step, work.runs), "xla_flops": updater.update_flops(batch)}
 
 
-def vision_workload(work: Workload, on_accelerator: bool) -> tuple[Workload, tuple[int, int, int]]:
+def _vision_workload(work: _Workload, on_accelerator: bool) -> tuple[_Workload, tuple[int, int, int]]:
   """The update workload with a 4-block vision tower (one full-attention block, as every 8th of the
   real 32) and the image grid (t, h, w) in patches that each prompt carries."""
   big = on_accelerator and work.prompt_tokens >= 512
@@ -164,7 +166,7 @@ def vision_workload(work: Workload, on_accelerator: bool) -> tuple[Workload, tup
   return dataclasses.replace(work, config=work.config.replace(vision=vision)), grid
 
 
-def image_update_batch(work: Workload, grid: tuple[int, int, int]):
+def _image_update_batch(work: _Workload, grid: tuple[int, int, int]):
   """N = B * G rows; each prompt: text, one image of `grid` patches, text (prompt_tokens text ids in all)."""
   text = work.prompt_tokens // 2
   prompts = random_processor_batch([[text, grid, work.prompt_tokens - text]] * work.prompts, work.config, seed=1)
@@ -176,15 +178,15 @@ def image_update_batch(work: Workload, grid: tuple[int, int, int]):
   return dataclasses.replace(batch, advantages=rng.normal(size=rows).astype(np.float32))
 
 
-def measure_frozen_vision(work: Workload, grpo: GRPOConfig, mesh, modes: tuple[str, ...], on_accelerator: bool
-                          ) -> tuple[dict[str, dict[str, float]], Workload, tuple[int, int, int]]:
+def _measure_frozen_vision(work: _Workload, grpo: GRPOConfig, mesh, modes: tuple[str, ...], on_accelerator: bool
+                           ) -> tuple[dict[str, dict[str, float]], _Workload, tuple[int, int, int]]:
   """mode -> {step_s, xla_flops, opt_state_bytes, trainable_params, params} of one optimizer step on
   an image batch, for 'none' and each of `modes`."""
-  vision_work, grid = vision_workload(work, on_accelerator)
-  host_batch = image_update_batch(vision_work, grid)
+  vision_work, grid = _vision_workload(work, on_accelerator)
+  host_batch = _image_update_batch(vision_work, grid)
   out = {}
   for mode in ("none", *modes):
-    updater = PolicyUpdater(random_policy(vision_work.config), dataclasses.replace(grpo, freeze_vision_tower=mode),
+    updater = PolicyUpdater(_random_policy(vision_work.config), dataclasses.replace(grpo, freeze_vision_tower=mode),
                             mesh)
     batch = updater.place_batch(host_batch)
 
@@ -194,15 +196,15 @@ def measure_frozen_vision(work: Workload, grpo: GRPOConfig, mesh, modes: tuple[s
 
     step()  # compilation
     sizes = lambda tree: [leaf.size for leaf in jax.tree.leaves(tree)]
-    out[mode] = {"step_s": median_seconds(step, work.runs), "xla_flops": updater.update_flops(batch),
+    out[mode] = {"step_s": _median_seconds(step, work.runs), "xla_flops": updater.update_flops(batch),
                  "opt_state_bytes": float(sum(leaf.nbytes for leaf in jax.tree.leaves(updater.opt_state))),
                  "trainable_params": float(sum(sizes(split_trainable(updater.params, mode)[0]))),
                  "params": float(sum(sizes(updater.params)))}
   return out, vision_work, grid
 
 
-def frozen_vision_rows(frozen: dict[str, dict[str, float]], work: Workload, grid: tuple[int, int, int]
-                       ) -> list[tuple[str, str]]:
+def _frozen_vision_rows(frozen: dict[str, dict[str, float]], work: _Workload, grid: tuple[int, int, int]
+                        ) -> list[tuple[str, str]]:
   v = work.config.vision
   rows = [("frozen vision: policy", f"vision {v.depth}x{v.hidden_size} (mlp {v.intermediate_size}), one image of "
                                     f"{grid[1]}x{grid[2]} patches per prompt")]
@@ -216,7 +218,7 @@ def frozen_vision_rows(frozen: dict[str, dict[str, float]], work: Workload, grid
   return rows
 
 
-def frozen_vision_result(frozen: dict[str, dict[str, float]]) -> dict[str, float]:
+def _frozen_vision_result(frozen: dict[str, dict[str, float]]) -> dict[str, float]:
   """RESULT entries: per frozen mode (key prefix frozen_tower_ / frozen_tower_and_merger_) the ratios to
   'none' of XLA FLOPs, optimizer-state bytes and step time, and the raw figures of every mode."""
   base, out = frozen["none"], {}
@@ -232,7 +234,7 @@ def frozen_vision_result(frozen: dict[str, dict[str, float]]) -> dict[str, float
   return out
 
 
-def measure_iteration(work: Workload, grpo: GRPOConfig, mesh) -> dict[str, float]:
+def _measure_iteration(work: _Workload, grpo: GRPOConfig, mesh) -> dict[str, float]:
   """Median rollout / reference / update seconds of full GRPO iterations (after one warm-up step)."""
   target = 137
 
@@ -247,7 +249,7 @@ def measure_iteration(work: Workload, grpo: GRPOConfig, mesh) -> dict[str, float
 
   sampler = SamplerConfig(max_new_tokens=work.completion_tokens, method=Categorical(1.0))
   with tempfile.TemporaryDirectory() as workdir:
-    trainer = GRPOTrainer(random_policy(work.config, seed=1), grpo, sampler,
+    trainer = GRPOTrainer(_random_policy(work.config, seed=1), grpo, sampler,
                           TrainerConfig(num_steps=work.runs + 1, progress_bar=False), mesh=mesh, workdir=workdir,
                           data=prompts(), reward_fn=reward, detokenize=lambda ids: " ".join(map(str, ids)))
     trainer.train_step()  # compilation
@@ -268,20 +270,20 @@ def main() -> None:
   backend = jax.default_backend()
   on_accelerator = backend in ("gpu", "tpu")
   dtype = args.dtype or ("bfloat16" if on_accelerator else "float32")
-  work = workload(args.quick, dtype, on_accelerator)
+  work = _workload(args.quick, dtype, on_accelerator)
   mesh = make_mesh((1, 1, 1), jax.devices()[:1])
   grpo = GRPOConfig(group_size=work.group_size, max_new_tokens=work.completion_tokens, learning_rate=1e-5,
                     beta=0.04)
 
-  peak = matmul_peak(work.matmul_size, dtype, work.runs)
-  update = measure_update(work, dataclasses.replace(grpo, beta=0.0), mesh)  # no reference pass in the step
-  iteration = measure_iteration(work, grpo, mesh)
+  peak = _matmul_peak(work.matmul_size, dtype, work.runs)
+  update = _measure_update(work, dataclasses.replace(grpo, beta=0.0), mesh)  # no reference pass in the step
+  iteration = _measure_iteration(work, grpo, mesh)
   frozen = None
   if args.freeze_vision_tower:
     modes = ("tower", "tower_and_merger") if args.freeze_vision_tower == "both" else (args.freeze_vision_tower,)
-    frozen, vision_work, grid = measure_frozen_vision(work, dataclasses.replace(grpo, beta=0.0), mesh, modes,
-                                                      on_accelerator)
-  flops = model_flops_per_step(work)
+    frozen, vision_work, grid = _measure_frozen_vision(work, dataclasses.replace(grpo, beta=0.0), mesh, modes,
+                                                       on_accelerator)
+  flops = _model_flops_per_step(work)
   achieved = flops / update["step_s"]
   rows_per_step = work.prompts * work.group_size
   tokens_per_step = rows_per_step * (work.prompt_tokens + work.completion_tokens)
@@ -310,7 +312,7 @@ def main() -> None:
                                "completion tokens)"),
   ]
   if frozen is not None:
-    table += frozen_vision_rows(frozen, vision_work, grid)
+    table += _frozen_vision_rows(frozen, vision_work, grid)
   print_table(f"GRPO trainer benchmark ({work.runs} timed runs each)", table)
   print_result({
       "update_flops_fraction_of_matmul_peak": round(achieved / peak, 4),
@@ -328,7 +330,7 @@ def main() -> None:
       "dtype": dtype,
       "load_average": round(load, 2),
       "quick": args.quick,
-      **(frozen_vision_result(frozen) if frozen is not None else {}),
+      **(_frozen_vision_result(frozen) if frozen is not None else {}),
   })
 
 

@@ -28,6 +28,8 @@ from transformers.processing_utils import ProcessorMixin
 from mmrag_jax.model import Qwen25VLConfig
 from mmrag_jax.processing import QwenVLProcessor
 
+__all__ = ["INSTALL_HINT", "TrlPeer", "TrlStep", "trl_missing"]
+
 INSTALL_HINT = "pip install -e '.[peer]'"
 
 
@@ -41,7 +43,7 @@ def trl_missing() -> str | None:
   return None
 
 
-class ImageOnlyQwenProcessor(transformers.Qwen2_5_VLProcessor):
+class _ImageOnlyQwenProcessor(transformers.Qwen2_5_VLProcessor):
   """transformers' Qwen2.5-VL processor without its video processor (which needs torchvision).
 
   `ProcessorMixin` takes its sub-processors from the `__init__` signature, so leaving `video_processor`
@@ -56,10 +58,10 @@ class ImageOnlyQwenProcessor(transformers.Qwen2_5_VLProcessor):
     ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
 
 
-def image_only_processor(processor: QwenVLProcessor) -> ImageOnlyQwenProcessor:
+def _image_only_processor(processor: QwenVLProcessor) -> _ImageOnlyQwenProcessor:
   """The TRL processing class built from our processor's own tokenizer, image processor and template."""
-  return ImageOnlyQwenProcessor(image_processor=processor.image_processor, tokenizer=processor.tokenizer,
-                                chat_template=processor.chat_template)
+  return _ImageOnlyQwenProcessor(image_processor=processor.image_processor, tokenizer=processor.tokenizer,
+                                 chat_template=processor.chat_template)
 
 
 @dataclasses.dataclass
@@ -118,7 +120,7 @@ class TrlPeer:
 
     model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint_dir, dtype="float32")
     self.trainer = trl.GRPOTrainer(model=model, reward_funcs=[text_reward], args=args, train_dataset=dataset,
-                                   processing_class=image_only_processor(processor),
+                                   processing_class=_image_only_processor(processor),
                                    callbacks=[_StepClock(self)])
     for quiet in (transformers.trainer_callback.PrinterCallback, transformers.trainer_callback.ProgressCallback):
       self.trainer.remove_callback(quiet)

@@ -53,6 +53,11 @@ from mmrag_jax.benchmarks.report import print_result, print_table  # noqa: E402
 from mmrag_jax.model import Qwen25VLConfig, TextConfig, VisionConfig, tiny  # noqa: E402
 from mmrag_jax.processing import QwenVLProcessor  # noqa: E402
 
+__all__ = [
+    "Comparison", "OurSide", "OurStep", "Workload", "main", "make_prompts", "processor_inputs", "save_checkpoint",
+    "summary", "vowel_fraction", "workload",
+]
+
 # Words the prompts are made of (each prompt draws its own sequence of them).
 _WORDS = ("the image shows a red bridge over river document names city tower caption museum question answer "
           "which building picture people standing front house old harbour town lighthouse white cat wooden "
@@ -109,7 +114,7 @@ def vowel_fraction(text: str) -> float:
   return sum(c in "aeiouAEIOU" for c in text) / max(len(text), 1)
 
 
-def user_turn(text: str, num_images: int) -> list[dict]:
+def _user_turn(text: str, num_images: int) -> list[dict]:
   """The one user message both sides render: the images first, then the text (TRL's layout)."""
   return [{"role": "user", "content": [*([{"type": "image"}] * num_images), {"type": "text", "text": text}]}]
 
@@ -125,7 +130,7 @@ def make_prompts(work: Workload, processor: QwenVLProcessor, seed: int = 0
     pads = sum(processor.num_image_tokens(h, w) - 1 for h, w in sizes)  # the template writes one pad each
     words = [f"Question {index}:"]
     while True:
-      rendered = processor.apply_chat_template(user_turn(" ".join(words), len(images)))
+      rendered = processor.apply_chat_template(_user_turn(" ".join(words), len(images)))
       if len(processor.tokenizer(rendered)["input_ids"]) + pads >= work.prompt_tokens:
         break
       words.append(str(rng.choice(_WORDS)))
@@ -136,7 +141,7 @@ def make_prompts(work: Workload, processor: QwenVLProcessor, seed: int = 0
 def processor_inputs(processor: QwenVLProcessor, prompts: Sequence[tuple[str, Sequence[PIL.Image.Image]]]
                      ) -> dict[str, np.ndarray]:
   """Our processor batch of the prompts: input_ids [B, L] left-padded, pixel_values [N_patches, 1176], ..."""
-  texts = [processor.apply_chat_template(user_turn(text, len(images))) for text, images in prompts]
+  texts = [processor.apply_chat_template(_user_turn(text, len(images))) for text, images in prompts]
   return processor(texts, [list(images) for _, images in prompts])
 
 
@@ -237,7 +242,7 @@ class Comparison:
     return [int(s.completion_mask.sum()) for s in self.trl]
 
 
-def compare(work: Workload, directory: str) -> Comparison:
+def _compare(work: Workload, directory: str) -> Comparison:
   """Builds both sides on one checkpoint in `directory` and runs them alternately (see the module doc)."""
   from mmrag_jax.processing import load_processor
 
@@ -299,7 +304,7 @@ def summary(comparison: Comparison) -> dict[str, object]:
   return out
 
 
-def table_rows(comparison: Comparison, figures: dict[str, object], threads: str) -> list[tuple[str, str]]:
+def _table_rows(comparison: Comparison, figures: dict[str, object], threads: str) -> list[tuple[str, str]]:
   work, t, v = comparison.work, comparison.work.config.text, comparison.work.config.vision
   rows = [
       ("model", f"float32, text {t.num_hidden_layers}x{t.hidden_size}, vision {v.depth}x{v.hidden_size}, "
@@ -322,7 +327,7 @@ def table_rows(comparison: Comparison, figures: dict[str, object], threads: str)
   return rows
 
 
-def pin_to_one_core(core: int | None) -> int:
+def _pin_to_one_core(core: int | None) -> int:
   """Pins this process to one core (before XLA starts: its CPU pool sizes itself to the affinity mask)
   and torch to one intra-op and one inter-op thread. Returns the core."""
   import torch
@@ -350,18 +355,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     raise SystemExit(2)
   if args.steps is not None and args.steps < 1:
     raise SystemExit(f"--steps must be >= 1, got {args.steps}")
-  core = pin_to_one_core(args.core)
+  core = _pin_to_one_core(args.core)
   warnings.filterwarnings("ignore", category=FutureWarning)  # TRL 1.16 still sets transformers' deprecated names
   import transformers
 
   transformers.utils.logging.disable_progress_bar()
   work = workload(args.quick, args.steps, args.warmup)
   with tempfile.TemporaryDirectory() as directory:
-    comparison = compare(work, directory)
+    comparison = _compare(work, directory)
   figures = summary(comparison)
   load = os.getloadavg()[0]
   threads = f"pinned to core {core}: XLA CPU client on 1 core, torch 1 intra-op + 1 inter-op thread"
-  rows = table_rows(comparison, figures, threads)
+  rows = _table_rows(comparison, figures, threads)
   rows.append(("machine load", f"{load:.1f} (1-min average over {os.cpu_count()} cores)"))
   print_table(f"GRPO step, ours vs TRL {_trl_version()} ({work.steps} timed steps each, median (min-max))", rows)
   print_result({**figures, "load_average": round(load, 2), "core": core, "trl_version": _trl_version(),

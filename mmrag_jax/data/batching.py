@@ -32,6 +32,8 @@ import numpy as np
 
 from mmrag_jax.sampling.prompt_batch import PromptBatch, PromptTokens, prompt_batch
 
+__all__ = ["BatchShapes", "Collator", "DROP_REASONS", "MetaField", "PATCH_DIM", "PipelineBatch"]
+
 PATCH_DIM = 1176
 # Why a row can be dropped: its image (ImageReadError reasons), its prompt length, or the batch budgets.
 DROP_REASONS = ("missing_image", "undecodable_image", "prompt_too_long", "patch_budget", "image_budget")
@@ -48,7 +50,12 @@ class MetaField:
 
 @dataclasses.dataclass(frozen=True)
 class PipelineBatch:
-  """One batch of the input pipeline: the model's prompts and, apart, the per-row metadata for rewards."""
+  """One batch of the input pipeline: the model's prompts and, apart, the per-row metadata for rewards.
+
+  prompts:  `PromptBatch` of B prompts.
+  meta:     name -> [B] or [B, k] host array (object, int32 or bool; see `pipeline.stage1_pipeline` /
+            `stage2_pipeline`), plus `drop_reason` [B] object.
+  """
 
   prompts: PromptBatch
   meta: dict[str, np.ndarray]

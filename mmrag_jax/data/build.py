@@ -11,6 +11,8 @@ from absl import app, flags
 
 from mmrag_jax.data.tfds_builders import BUILDERS, build_dataset
 
+__all__ = ["main"]
+
 _DATASET = flags.DEFINE_enum("dataset", None, sorted(BUILDERS), "Which benchmark to build.")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Folder with the official files.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder to write into.")

@@ -25,10 +25,12 @@ from typing import Any, Iterator
 
 from mmrag_jax.data.records import DataError, SkipReport
 
+__all__ = ["JsonPairs", "iter_json_lines", "load_json_object"]
+
 JsonPairs = list[tuple[str, Any]]
 
 
-def decode_utf8(raw: bytes, where: str, offset: int = 0, error: type[DataError] = DataError) -> str:
+def _decode_utf8(raw: bytes, where: str, offset: int = 0, error: type[DataError] = DataError) -> str:
   """`raw` as text; a non-UTF-8 byte raises `error` naming `where` and the byte's offset (`offset` + index)."""
   try:
     return raw.decode("utf-8")
@@ -36,7 +38,7 @@ def decode_utf8(raw: bytes, where: str, offset: int = 0, error: type[DataError] 
     raise error(f"{where}: not UTF-8 text: byte {raw[e.start]:#04x} at byte offset {offset + e.start}") from e
 
 
-def iter_lines(path: str, error: type[DataError] = DataError) -> Iterator[tuple[int, int, bytes]]:
+def _iter_lines(path: str, error: type[DataError] = DataError) -> Iterator[tuple[int, int, bytes]]:
   """(1-based line number, byte offset of the line's start, raw line with its newline) of every line.
 
   `.gz` files are decompressed; a truncated or corrupt stream raises `error` naming the file and the last
@@ -59,7 +61,7 @@ def iter_json_lines(path: str, error: type[DataError] = DataError,
   A line that is not UTF-8, not JSON or not a JSON object raises `error` naming it; with `skipped` it is
   reported there as 'malformed' instead (raised only when the report is strict) and reading goes on.
   """
-  for number, offset, raw in iter_lines(path, error):
+  for number, offset, raw in _iter_lines(path, error):
     where = f"{path} line {number}"
     try:
       obj = _json_object(raw, where, offset, error)
@@ -74,7 +76,7 @@ def iter_json_lines(path: str, error: type[DataError] = DataError,
 
 def _json_object(raw: bytes, where: str, offset: int, error: type[DataError]) -> dict[str, Any] | None:
   """The JSON object of one raw line; None for a blank line."""
-  line = decode_utf8(raw, where, offset, error)
+  line = _decode_utf8(raw, where, offset, error)
   if not line.strip():
     return None
   try:
@@ -94,7 +96,7 @@ def load_json_object(path: str, keyed_by: str, error: type[DataError] = DataErro
   to the syntax-error message.
   """
   with open(path, "rb") as f:
-    text = decode_utf8(f.read(), path, error=error)
+    text = _decode_utf8(f.read(), path, error=error)
   finished: list[JsonPairs] = []
 
   def keep_pairs(pairs: JsonPairs) -> dict[str, Any]:

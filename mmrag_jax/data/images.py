@@ -23,10 +23,12 @@ from PIL import Image, ImageFile
 
 from mmrag_jax.data.records import DataError
 
+__all__ = ["DirectoryImageStore", "ImageChecker", "ImageReadError", "ImageStore", "WebQAImageStore", "decode_image"]
+
 # WebQA ships truncated JPEGs; the official loaders decode them anyway (missing rows come out grey).
 ImageFile.LOAD_TRUNCATED_IMAGES = True
 
-WEBQA_ID_MODULUS = 10_000_000
+_WEBQA_ID_MODULUS = 10_000_000
 
 
 class ImageReadError(Exception):
@@ -108,7 +110,7 @@ class WebQAImageStore:
 
   def _line_index(self, ref: str) -> int:
     try:
-      return int(ref) % WEBQA_ID_MODULUS
+      return int(ref) % _WEBQA_ID_MODULUS
     except ValueError as e:
       raise ImageReadError("missing_image", f"image id {ref!r} is not an integer") from e
 
@@ -175,7 +177,7 @@ class DirectoryImageStore:
       raise ImageReadError("missing_image", f"image {ref!r}: cannot read {path} ({e.strerror})") from e
 
 
-def check_image(store: ImageStore, ref: str, mode: str) -> None:
+def _check_image(store: ImageStore, ref: str, mode: str) -> None:
   """Verifies an image reference: mode 'off' (nothing), 'exists' (cheap index/file check), 'decode'.
 
   Raises `ImageReadError` with reason 'missing_image' or 'undecodable_image'.
@@ -193,7 +195,7 @@ def check_image(store: ImageStore, ref: str, mode: str) -> None:
 
 
 class ImageChecker:
-  """`check_image` with one check per reference: pools share images, so each is read at most once."""
+  """`_check_image` with one check per reference: pools share images, so each is read at most once."""
 
   def __init__(self, store: ImageStore | None, mode: str):
     if mode not in ("off", "exists", "decode"):
@@ -208,7 +210,7 @@ class ImageChecker:
       return None
     if ref not in self._problems:
       try:
-        check_image(self.store, ref, self.mode)
+        _check_image(self.store, ref, self.mode)
         self._problems[ref] = None
       except ImageReadError as e:
         self._problems[ref] = e

@@ -42,6 +42,11 @@ from absl import app, flags
 from mmrag_jax.data.records import Question
 from mmrag_jax.data.webqa import TEST_FILE, TRAIN_VAL_FILE, load_webqa_json, read_webqa
 
+__all__ = [
+    "MiniWebQAConfig", "QUALITY_RULES", "READER_RULES", "REPORT_FILE", "SplitReport", "build_mini_webqa",
+    "normalize_question", "stratified_subsample",
+]
+
 READER_RULES = ("malformed", "duplicate_id", "missing_image", "undecodable_image", "no_candidates", "no_gold")
 QUALITY_RULES = ("empty_question", "empty_answer", "long_answer", "small_pool", "duplicate_question")
 REPORT_FILE = "mini_webqa_report.json"
@@ -87,7 +92,7 @@ def _quality_rule(question: Question, config: MiniWebQAConfig) -> str | None:
   return None
 
 
-def apply_rules(questions: Sequence[Question], config: MiniWebQAConfig) -> tuple[list[Question], dict[str, list[str]]]:
+def _apply_rules(questions: Sequence[Question], config: MiniWebQAConfig) -> tuple[list[Question], dict[str, list[str]]]:
   """Quality rules in order; returns (kept questions in order, rule -> removed Guids)."""
   removed: dict[str, list[str]] = {rule: [] for rule in QUALITY_RULES}
   seen: set[str] = set()
@@ -126,11 +131,11 @@ def stratified_subsample(questions: Sequence[Question], target_size: int, seed: 
   return [questions[i] for i in sorted(chosen)]
 
 
-def filter_split(data_dir: str, split: str, config: MiniWebQAConfig) -> SplitReport:
+def _filter_split(data_dir: str, split: str, config: MiniWebQAConfig) -> SplitReport:
   """Applies every rule (and, for train, the subsample) to one split. Reads each referenced image once."""
   data = read_webqa(data_dir, split, image_check="decode", verbose=False)
   removed = {rule: list(data.skipped.keys.get(rule, [])) for rule in READER_RULES}
-  kept, quality_removed = apply_rules(data.questions, config)
+  kept, quality_removed = _apply_rules(data.questions, config)
   removed.update(quality_removed)
   after_rules = len(kept)
   if split == "train" and config.target_size is not None:
@@ -152,7 +157,7 @@ def build_mini_webqa(data_dir: str, out_dir: str, config: MiniWebQAConfig = Mini
                      log: Callable[[str], None] = print) -> dict[str, SplitReport]:
   """Writes Mini-WebQA into `out_dir` (see the module docstring) and returns the per-split reports."""
   os.makedirs(out_dir, exist_ok=True)
-  reports = {split: filter_split(data_dir, split, config) for split in config.splits}
+  reports = {split: _filter_split(data_dir, split, config) for split in config.splits}
   _, raw = load_webqa_json(data_dir, "train")
   keep = {guid for r in reports.values() for guid in r.kept}
   subset: dict[str, Any] = {}
@@ -168,11 +173,11 @@ def build_mini_webqa(data_dir: str, out_dir: str, config: MiniWebQAConfig = Mini
     json.dump({"config": dataclasses.asdict(config),
                "splits": {s: dataclasses.asdict(r) for s, r in reports.items()}}, f, indent=1)
   for r in reports.values():
-    log(format_report(r))
+    log(_format_report(r))
   return reports
 
 
-def format_report(report: SplitReport) -> str:
+def _format_report(report: SplitReport) -> str:
   lines = [f"Mini-WebQA {report.split}: {report.input_questions} questions in"]
   lines += [f"  - {rule:<20s} {len(ids):>7d}" for rule, ids in report.removed.items()]
   lines.append(f"  = after rules          {report.kept_after_rules:>7d}")

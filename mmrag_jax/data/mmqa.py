@@ -23,15 +23,20 @@ from mmrag_jax.data.files import iter_json_lines
 from mmrag_jax.data.images import DirectoryImageStore, ImageChecker
 from mmrag_jax.data.records import DUPLICATE_ID, IMAGE, TEXT, Candidate, Question, SkipReport
 
+__all__ = [
+    "MMQAData", "MMQA_SPLITS", "is_table_question", "iter_mmqa_file", "parse_answers", "question_file", "read_mmqa",
+    "supporting_doc_ids",
+]
+
 MMQA_SPLITS = ("train", "dev", "test")
-TEXTS_FILE = "MMQA_texts.jsonl.gz"
-IMAGES_FILE = "MMQA_images.jsonl.gz"
-TABLES_FILE = "MMQA_tables.jsonl.gz"
-IMAGE_DIR = "final_dataset_images"
-TABLE = "table"
+_TEXTS_FILE = "MMQA_texts.jsonl.gz"
+_IMAGES_FILE = "MMQA_images.jsonl.gz"
+_TABLES_FILE = "MMQA_tables.jsonl.gz"
+_IMAGE_DIR = "final_dataset_images"
+_TABLE = "table"
 
 # Sub-question kinds inside a metadata.type such as "Compose(TableQ,ImageListQ)".
-_TYPE_MODALITY = {"TextQ": TEXT, "ImageQ": IMAGE, "ImageListQ": IMAGE, "TableQ": TABLE}
+_TYPE_MODALITY = {"TextQ": TEXT, "ImageQ": IMAGE, "ImageListQ": IMAGE, "TableQ": _TABLE}
 
 
 class MMQAData(NamedTuple):
@@ -59,7 +64,7 @@ def iter_mmqa_file(path: str, report: SkipReport) -> Iterator[tuple[int, str, di
   return iter_json_lines(path, skipped=report)
 
 
-def load_contexts(path: str, required: tuple[str, ...], report: SkipReport) -> dict[str, dict[str, Any]]:
+def _load_contexts(path: str, required: tuple[str, ...], report: SkipReport) -> dict[str, dict[str, Any]]:
   """Context file -> {id: entry}; entries missing a required field are reported as 'malformed'."""
   contexts = {}
   for _, where, obj in iter_mmqa_file(path, report):
@@ -71,7 +76,7 @@ def load_contexts(path: str, required: tuple[str, ...], report: SkipReport) -> d
   return contexts
 
 
-def question_modalities(metadata: dict[str, Any]) -> tuple[str, ...]:
+def _question_modalities(metadata: dict[str, Any]) -> tuple[str, ...]:
   """Sorted `metadata.modalities`; inferred from `metadata.type` when the field is absent."""
   modalities = metadata.get("modalities")
   if modalities is None:
@@ -82,7 +87,7 @@ def question_modalities(metadata: dict[str, Any]) -> tuple[str, ...]:
 
 def is_table_question(metadata: dict[str, Any]) -> bool:
   """Whether the question's modalities involve tables (dropped from the default no-table subset)."""
-  return TABLE in question_modalities(metadata)
+  return _TABLE in _question_modalities(metadata)
 
 
 def parse_answers(line: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -96,7 +101,7 @@ def supporting_doc_ids(line: dict[str, Any]) -> tuple[str, ...]:
   return tuple(dict.fromkeys(str(s["doc_id"]) for s in line["supporting_context"]))
 
 
-def linearize_table(table_entry: dict[str, Any], max_rows: int = 30) -> str:
+def _linearize_table(table_entry: dict[str, Any], max_rows: int = 30) -> str:
   """A table as one text: 'name. col1 | col2 ; cell | cell ; …' (first `max_rows` rows)."""
   table = table_entry["table"]
   header = " | ".join(str(h.get("column_name", "")) for h in table.get("header", []))
@@ -126,19 +131,19 @@ class _Contexts:
     candidates = []
     for doc_id in dict.fromkeys(str(i) for i in metadata.get("text_doc_ids") or []):
       if doc_id not in self.texts:
-        raise _Skip("missing_document", f"text doc {doc_id} not in {TEXTS_FILE}")
+        raise _Skip("missing_document", f"text doc {doc_id} not in {_TEXTS_FILE}")
       doc = self.texts[doc_id]
       candidates.append(Candidate(id=doc_id, kind=TEXT, title=str(doc.get("title", "")), text=str(doc["text"])))
     table_id = metadata.get("table_id")
     if self.tables is not None and table_id:
       if str(table_id) not in self.tables:
-        raise _Skip("missing_document", f"table {table_id} not in {TABLES_FILE}")
+        raise _Skip("missing_document", f"table {table_id} not in {_TABLES_FILE}")
       doc = self.tables[str(table_id)]
       candidates.append(Candidate(id=str(table_id), kind=TEXT, title=str(doc.get("title", "")),
-                                  text=linearize_table(doc)))
+                                  text=_linearize_table(doc)))
     for doc_id in dict.fromkeys(str(i) for i in metadata.get("image_doc_ids") or []):
       if doc_id not in self.images:
-        raise _Skip("missing_image", f"image doc {doc_id} not in {IMAGES_FILE}")
+        raise _Skip("missing_image", f"image doc {doc_id} not in {_IMAGES_FILE}")
       doc = self.images[doc_id]
       ref = str(doc["path"])
       bad_image = self.checker.problem(ref)
@@ -154,13 +159,13 @@ def _parse_line(line: dict[str, Any], split: str, contexts: _Contexts) -> Questi
   qid, text, metadata = str(line["qid"]), line["question"], line["metadata"]
   if not isinstance(text, str) or not isinstance(metadata, dict):
     raise TypeError("'question' must be a string and 'metadata' an object")
-  modalities = question_modalities(metadata)
+  modalities = _question_modalities(metadata)
   labeled = split != "test"
   answers, answer_modalities, supporting = (), (), ()
   if labeled:
     answers, answer_modalities = parse_answers(line)
     supporting = supporting_doc_ids(line)
-  if TABLE in modalities and contexts.tables is None:
+  if _TABLE in modalities and contexts.tables is None:
     raise _Skip("table_question", "")
   candidates = contexts.pool(metadata)
   if not candidates:
@@ -202,11 +207,11 @@ def read_mmqa(data_dir: str, split: str, *, image_dir: str | None = None, includ
   """
   path = question_file(data_dir, split)
   report = SkipReport(source=f"mmqa/{split}", strict=strict)
-  images = DirectoryImageStore(image_dir or os.path.join(data_dir, IMAGE_DIR))
+  images = DirectoryImageStore(image_dir or os.path.join(data_dir, _IMAGE_DIR))
   contexts = _Contexts(
-      texts=load_contexts(os.path.join(data_dir, TEXTS_FILE), ("text",), report),
-      images=load_contexts(os.path.join(data_dir, IMAGES_FILE), ("path",), report),
-      tables=load_contexts(os.path.join(data_dir, TABLES_FILE), ("table",), report) if include_tables else None,
+      texts=_load_contexts(os.path.join(data_dir, _TEXTS_FILE), ("text",), report),
+      images=_load_contexts(os.path.join(data_dir, _IMAGES_FILE), ("path",), report),
+      tables=_load_contexts(os.path.join(data_dir, _TABLES_FILE), ("table",), report) if include_tables else None,
       checker=ImageChecker(images, image_check))
   questions: list[Question] = []
   first_line: dict[str, int] = {}

@@ -35,6 +35,11 @@ from mmrag_jax.processing import load_processor
 from mmrag_jax.processing.prompts import ANSWER_STYLE, PromptConfig, stage1_messages, stage2_messages
 from mmrag_jax.sampling.prompt_batch import PromptTokens
 
+__all__ = [
+    "EncodeAndCollate", "PipelineConfig", "PromptEncoder", "batched_dataset", "prompt_collator", "stage1_pipeline",
+    "stage2_pipeline", "thread_processor",
+]
+
 _PIXELS_PER_PATCH = 14 * 14
 
 
@@ -100,7 +105,7 @@ class PipelineConfig:
 _THREAD_LOCAL = threading.local()
 
 
-def _processor(path: str, min_pixels: int, max_pixels: int):
+def thread_processor(path: str, min_pixels: int, max_pixels: int):
   """One processor per (thread, settings), loaded on first use in each worker process and reading thread.
 
   Per thread, because a fast tokenizer call sets padding options on the shared Rust object, which
@@ -123,7 +128,7 @@ def _candidate_image(candidate: Candidate, images: ImageStore | None):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Encoder:
+class PromptEncoder:
   """Example-table row -> encoded prompt (unpadded ids, patches, grids) + metadata. Never raises on bad images.
 
   continuation: token ids appended to every prompt after the chat template's generation prompt (e.g. the
@@ -136,7 +141,7 @@ class _Encoder:
 
   def _encode(self, candidates: Sequence[Candidate], messages: list[dict[str, Any]],
               meta: dict[str, Any]) -> dict[str, Any]:
-    processor = _processor(self.config.processor_path, self.config.min_pixels, self.config.max_pixels)
+    processor = thread_processor(self.config.processor_path, self.config.min_pixels, self.config.max_pixels)
     encoded = {"input_ids": np.zeros((0,), np.int32), "pixel_values": np.zeros((0, PATCH_DIM), np.float32),
                "image_grid_thw": np.zeros((0, 3), np.int32), "error": "", "error_reason": "", "meta": meta}
     try:
@@ -152,7 +157,7 @@ class _Encoder:
     return encoded
 
 
-class Stage1Encoder(_Encoder):
+class _Stage1Encoder(PromptEncoder):
   """Row (question index, candidate index, label) -> one point-wise prompt."""
 
   def __call__(self, row: np.ndarray) -> dict[str, Any]:
@@ -165,7 +170,7 @@ class Stage1Encoder(_Encoder):
     return self._encode([candidate], messages, meta)
 
 
-class Stage2Encoder(_Encoder):
+class _Stage2Encoder(PromptEncoder):
   """Row (question index, k candidate indices with -1 padding) -> one list-wise prompt."""
 
   def __call__(self, row: np.ndarray) -> dict[str, Any]:
@@ -183,23 +188,23 @@ class Stage2Encoder(_Encoder):
 
 
 @dataclasses.dataclass(frozen=True)
-class _EncodeAndCollate:
+class EncodeAndCollate:
   """grain batch_fn: encodes each row of a batch and pads them into one static-shape batch."""
 
-  encoder: _Encoder
+  encoder: PromptEncoder
   collator: Collator
 
   def __call__(self, rows: Sequence[np.ndarray]) -> PipelineBatch:
     return self.collator([self.encoder(row) for row in rows])
 
 
-STAGE1_META = {
+_STAGE1_META = {
     "qid": MetaField(object, ""), "dataset": MetaField(object, ""), "category": MetaField(object, ""),
     "candidate_id": MetaField(object, ""), "candidate_kind": MetaField(object, ""), "label": MetaField(np.int32, -1),
 }
 
 
-def stage2_meta(k: int) -> dict[str, MetaField]:
+def _stage2_meta(k: int) -> dict[str, MetaField]:
   return {
       "qid": MetaField(object, ""), "dataset": MetaField(object, ""), "category": MetaField(object, ""),
       "answers": MetaField(object, ()),
@@ -209,14 +214,14 @@ def stage2_meta(k: int) -> dict[str, MetaField]:
   }
 
 
-def _collator(config: PipelineConfig, max_images_per_prompt: int, meta: dict[str, MetaField]) -> Collator:
-  processor = _processor(config.processor_path, config.min_pixels, config.max_pixels)
+def prompt_collator(config: PipelineConfig, max_images_per_prompt: int, meta: dict[str, MetaField]) -> Collator:
+  processor = thread_processor(config.processor_path, config.min_pixels, config.max_pixels)
   tokens = PromptTokens(pad_token_id=processor.pad_token_id, image_token_id=processor.image_token_id,
                         spatial_merge_size=processor.merge_size)
   return Collator(shapes=config.batch_shapes(max_images_per_prompt), meta_fields=meta, tokens=tokens)
 
 
-def batched_dataset(table: np.ndarray, batch_fn: _EncodeAndCollate, config: PipelineConfig) -> grain.IterDataset:
+def batched_dataset(table: np.ndarray, batch_fn: EncodeAndCollate, config: PipelineConfig) -> grain.IterDataset:
   """The shared graph: shard -> shuffle -> repeat -> batch(batch_fn) -> iter -> worker prefetch."""
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()  # grain reads absl flags; outside absl.app nothing has parsed them
@@ -246,12 +251,12 @@ def stage1_pipeline(questions: Sequence[Question], images: ImageStore | None, co
   Metadata per row: qid, dataset, category, candidate_id, candidate_kind [B] object; label [B] int32 (1 gold,
   0 negative, -1 unknown / padding). `negatives_per_positive=None` scores every candidate (inference);
   `table` overrides the sampled rows (see `stage_examples.stage1_examples`); `continuation`: token ids
-  appended to every prompt (see `_Encoder`).
+  appended to every prompt (see `PromptEncoder`).
   """
   if table is None:
     table = stage1_examples(questions, negatives_per_positive=negatives_per_positive, seed=config.seed)
-  encoder = Stage1Encoder(questions, images, config, continuation=tuple(int(t) for t in continuation))
-  batch_fn = _EncodeAndCollate(encoder, _collator(config, 1, STAGE1_META))
+  encoder = _Stage1Encoder(questions, images, config, continuation=tuple(int(t) for t in continuation))
+  batch_fn = EncodeAndCollate(encoder, prompt_collator(config, 1, _STAGE1_META))
   return batched_dataset(table, batch_fn, config)
 
 
@@ -266,5 +271,5 @@ def stage2_pipeline(questions: Sequence[Question], images: ImageStore | None, co
   """
   table = stage2_examples(questions, k=k, mode=mode, scores=scores, seed=config.seed)
   # Up to k images per prompt; `config.patch_buckets` can bound the pixel rows tighter than that worst case.
-  batch_fn = _EncodeAndCollate(Stage2Encoder(questions, images, config), _collator(config, k, stage2_meta(k)))
+  batch_fn = EncodeAndCollate(_Stage2Encoder(questions, images, config), prompt_collator(config, k, _stage2_meta(k)))
   return batched_dataset(table, batch_fn, config)

@@ -19,6 +19,8 @@ import logging
 
 from mmrag_jax.errors import RunError
 
+__all__ = ["Candidate", "DUPLICATE_ID", "DataError", "IMAGE", "Question", "SkipReport", "TEXT"]
+
 _log = logging.getLogger(__name__)
 
 IMAGE = "image"

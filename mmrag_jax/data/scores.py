@@ -16,6 +16,8 @@ from typing import Mapping
 from mmrag_jax.data.files import iter_json_lines
 from mmrag_jax.data.records import DataError
 
+__all__ = ["Stage1Scores", "read_stage1_scores", "write_stage1_scores"]
+
 Stage1Scores = Mapping[str, Mapping[str, float]]
 
 

@@ -19,7 +19,9 @@ import numpy as np
 from mmrag_jax.data.records import Question
 from mmrag_jax.data.scores import Stage1Scores
 
-UNKNOWN_LABEL = -1
+__all__ = ["stage1_examples", "stage2_examples"]
+
+_UNKNOWN_LABEL = -1
 
 
 def stage1_examples(questions: Sequence[Question], *, negatives_per_positive: float | None = 1.0,
@@ -41,7 +43,7 @@ def stage1_examples(questions: Sequence[Question], *, negatives_per_positive: fl
   rows: list[tuple[int, int, int]] = []
   for qi, question in enumerate(questions):
     if not question.is_labeled:
-      rows.extend((qi, ci, UNKNOWN_LABEL) for ci in range(len(question.candidates)))
+      rows.extend((qi, ci, _UNKNOWN_LABEL) for ci in range(len(question.candidates)))
       continue
     labels = question.candidate_labels()
     negatives = [ci for ci, label in enumerate(labels) if not label]
@@ -64,8 +66,8 @@ def _ranked(question: Question, scores: Stage1Scores) -> list[int]:
   return sorted(range(len(question.candidates)), key=lambda ci: (-row[question.candidates[ci].id], ci))
 
 
-def stage2_train_selection(question: Question, k: int, rng: np.random.Generator,
-                           scores: Stage1Scores | None = None) -> list[int]:
+def _stage2_train_selection(question: Question, k: int, rng: np.random.Generator,
+                            scores: Stage1Scores | None = None) -> list[int]:
   """Candidate indices for one training prompt, in shuffled order.
 
   All gold candidates (a random k of them if there are more), then the hardest negatives by stage-1 score
@@ -111,7 +113,7 @@ def stage2_examples(questions: Sequence[Question], *, k: int, mode: str, scores:
     if mode == "train":
       if not question.is_labeled:
         raise ValueError(f"question {question.qid} ({question.split}) has no gold labels: cannot train on it")
-      chosen = stage2_train_selection(question, k, rng, scores)
+      chosen = _stage2_train_selection(question, k, rng, scores)
     else:
       chosen = _ranked(question, scores)[:k]
     table[qi, 0] = qi

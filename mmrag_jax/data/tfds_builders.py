@@ -23,6 +23,8 @@ from mmrag_jax.data.records import IMAGE, Question, SkipReport
 from mmrag_jax.data.tfds_features import TFDSQuestions, question_features, question_to_example
 from mmrag_jax.data.webqa import TEST_FILE, TRAIN_VAL_FILE, WEBQA_SPLITS, read_webqa
 
+__all__ = ["BUILDERS", "build_dataset", "tfds_questions"]
+
 _CITATIONS = {
     "webqa": "Chang et al. WebQA: Multihop and Multimodal QA. CVPR 2022.",
     "mmqa": "Talmor et al. MultiModalQA: Complex Question Answering over Text, Tables and Images. ICLR 2021.",
@@ -95,7 +97,7 @@ def _load_images(question: Question, images: ImageStore | None) -> dict[str, byt
   return out
 
 
-class Webqa(_QuestionsBuilder, skip_registration=True):
+class _Webqa(_QuestionsBuilder, skip_registration=True):
   """WebQA (Chang et al., CVPR 2022): image/text multi-hop QA with per-question candidate pools."""
 
   name = "webqa"
@@ -113,7 +115,7 @@ class Webqa(_QuestionsBuilder, skip_registration=True):
     return data.questions, data.images, data.skipped
 
 
-class MmqaConfig(tfds.core.BuilderConfig):
+class _MmqaConfig(tfds.core.BuilderConfig):
   """`include_tables`: keep table questions (the table becomes one text candidate)."""
 
   def __init__(self, *, include_tables: bool, **kwargs: Any):
@@ -121,17 +123,17 @@ class MmqaConfig(tfds.core.BuilderConfig):
     self.include_tables = include_tables
 
 
-class Mmqa(_QuestionsBuilder, skip_registration=True):
+class _Mmqa(_QuestionsBuilder, skip_registration=True):
   """MultimodalQA (Talmor et al., ICLR 2021); default config: the no-table subset."""
 
   name = "mmqa"
   SPLITS = MMQA_SPLITS
   HOMEPAGE = "https://allenai.github.io/multimodalqa/"
   BUILDER_CONFIGS = [
-      MmqaConfig(name="no_tables", description="Questions without tables (retrieval setting).",
-                 include_tables=False),
-      MmqaConfig(name="with_tables", description="All questions; tables as linearized text candidates.",
-                 include_tables=True),
+      _MmqaConfig(name="no_tables", description="Questions without tables (retrieval setting).",
+                  include_tables=False),
+      _MmqaConfig(name="with_tables", description="All questions; tables as linearized text candidates.",
+                  include_tables=True),
   ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Put MMQA_{train,dev,test}.jsonl.gz, MMQA_texts.jsonl.gz, MMQA_images.jsonl.gz (and "
@@ -146,10 +148,10 @@ class Mmqa(_QuestionsBuilder, skip_registration=True):
     return data.questions, data.images, data.skipped
 
 
-BUILDERS: dict[str, Callable[..., _QuestionsBuilder]] = {"webqa": Webqa, "mmqa": Mmqa}
+BUILDERS: dict[str, Callable[..., _QuestionsBuilder]] = {"webqa": _Webqa, "mmqa": _Mmqa}
 
 
-def make_builder(dataset: str, data_dir: str, config: str | None = None, **kwargs: Any) -> _QuestionsBuilder:
+def _make_builder(dataset: str, data_dir: str, config: str | None = None, **kwargs: Any) -> _QuestionsBuilder:
   if dataset not in BUILDERS:
     raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(BUILDERS)}")
   if config is not None:
@@ -160,12 +162,12 @@ def make_builder(dataset: str, data_dir: str, config: str | None = None, **kwarg
 def build_dataset(dataset: str, manual_dir: str, data_dir: str, *, config: str | None = None,
                   strict: bool = False) -> _QuestionsBuilder:
   """Builds (or reuses) the array_record dataset under `data_dir/<dataset>/<config>/<version>/`."""
-  builder = make_builder(dataset, data_dir, config, strict=strict)
+  builder = _make_builder(dataset, data_dir, config, strict=strict)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return builder
 
 
 def tfds_questions(dataset: str, data_dir: str, split: str, *, config: str | None = None) -> TFDSQuestions:
   """A built split as random-access `Question`s (images inline as bytes), via `as_data_source`."""
-  builder = make_builder(dataset, data_dir, config)
+  builder = _make_builder(dataset, data_dir, config)
   return TFDSQuestions(builder.as_data_source(split))

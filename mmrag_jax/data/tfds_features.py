@@ -14,6 +14,8 @@ import tensorflow_datasets as tfds
 
 from mmrag_jax.data.records import IMAGE, Candidate, Question
 
+__all__ = ["TFDSQuestions", "example_to_question", "question_features", "question_to_example"]
+
 
 def question_features() -> tfds.features.FeaturesDict:
   text = tfds.features.Text

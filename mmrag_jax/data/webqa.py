@@ -17,6 +17,11 @@ from mmrag_jax.data.files import JsonPairs, load_json_object
 from mmrag_jax.data.images import ImageChecker, WebQAImageStore
 from mmrag_jax.data.records import DUPLICATE_ID, IMAGE, TEXT, Candidate, Question, SkipReport
 
+__all__ = [
+    "TEST_FILE", "TRAIN_VAL_FILE", "WEBQA_QCATES", "WEBQA_SPLITS", "WebQAData", "load_webqa_json", "read_webqa",
+    "select_split", "webqa_answers", "webqa_gold_ids",
+]
+
 WEBQA_SPLITS = ("train", "val", "test")
 WEBQA_QCATES = ("text", "YesNo", "Others", "choose", "number", "color", "shape")
 TRAIN_VAL_FILE = "WebQA_train_val.json"
@@ -31,7 +36,7 @@ class WebQAData(NamedTuple):
   skipped: SkipReport
 
 
-def strip_quotes(text: str) -> str:
+def _strip_quotes(text: str) -> str:
   """Removes the literal double quotes WebQA wraps around many questions and answers, and outer spaces."""
   text = text.strip()
   if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
@@ -62,7 +67,7 @@ def webqa_answers(entry: dict[str, Any]) -> tuple[str, ...]:
   answers = entry["A"]
   if not isinstance(answers, list):
     raise TypeError(f"'A' is a {type(answers).__name__}, not a list")
-  return tuple(strip_quotes(str(a)) for a in answers)
+  return tuple(_strip_quotes(str(a)) for a in answers)
 
 
 def webqa_gold_ids(entry: dict[str, Any]) -> tuple[str, ...]:
@@ -72,7 +77,7 @@ def webqa_gold_ids(entry: dict[str, Any]) -> tuple[str, ...]:
   return tuple(dict.fromkeys(ids))
 
 
-def parse_webqa_entry(guid: str, entry: Any, split: str) -> tuple[Question, list[str]]:
+def _parse_webqa_entry(guid: str, entry: Any, split: str) -> tuple[Question, list[str]]:
   """Parses one JSON value into a Question (no image checks). Returns (question, ids of image candidates).
 
   Raises KeyError / TypeError / ValueError on a malformed entry.
@@ -97,7 +102,7 @@ def parse_webqa_entry(guid: str, entry: Any, split: str) -> tuple[Question, list
     candidates = ([_text_candidate(f) for f in entry.get("txt_Facts", [])]
                   + [_image_candidate(f) for f in entry.get("img_Facts", [])])
     gold_ids = None
-    answers = tuple(strip_quotes(str(a)) for a in entry.get("A", []) or [])
+    answers = tuple(_strip_quotes(str(a)) for a in entry.get("A", []) or [])
   # A source listed twice (e.g. as pos and neg) appears once in the pool, at its first place.
   unique: dict[str, Candidate] = {}
   for c in candidates:
@@ -105,7 +110,7 @@ def parse_webqa_entry(guid: str, entry: Any, split: str) -> tuple[Question, list
   candidates = list(unique.values())
   category = str(entry.get("Qcate", ""))
   modalities = (TEXT,) if category == "text" else (IMAGE,)
-  q = Question(qid=str(entry.get("Guid", guid)), question=strip_quotes(question), answers=answers,
+  q = Question(qid=str(entry.get("Guid", guid)), question=_strip_quotes(question), answers=answers,
                category=category, modalities=modalities, candidates=tuple(candidates), gold_ids=gold_ids,
                split=split, dataset="webqa")
   return q, [c.id for c in candidates if c.kind == IMAGE]
@@ -168,7 +173,7 @@ def read_webqa(data_dir: str, split: str, *, image_check: str = "exists", strict
       continue
     seen.add(guid)
     try:
-      question, image_ids = parse_webqa_entry(guid, entry, split)
+      question, image_ids = _parse_webqa_entry(guid, entry, split)
     except (KeyError, TypeError, ValueError) as e:
       detail = f"missing field {e}" if isinstance(e, KeyError) else str(e)
       report.skip("malformed", where, detail, key=guid)

@@ -6,3 +6,5 @@ from mmrag_jax.evaluation.cli import main
 
 if __name__ == "__main__":
   sys.exit(main())
+
+__all__: list[str] = []

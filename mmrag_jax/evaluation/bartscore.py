@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import numpy as np
 import tqdm
 
+__all__ = ["BartScorer", "PARABANK_WEIGHTS_FILE", "normalize_for_bart"]
+
 _DROP_PUNCTUATION = str.maketrans(dict.fromkeys(string.punctuation))
 PARABANK_WEIGHTS_FILE = "bart.pth"
 

@@ -25,6 +25,8 @@ from mmrag_jax.evaluation.predictions import (FORMATS, PredictionFileError, read
                                               write_mmqa_predictions, write_webqa_submission)
 from mmrag_jax.evaluation.webqa_eval import evaluate_webqa
 
+__all__ = ["build_parser", "main", "run"]
+
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m mmrag_jax.evaluation", description=__doc__.split("\n")[0])
@@ -81,7 +83,7 @@ def _table(rows: Sequence[tuple[str, Mapping[str, object]]], columns: Sequence[t
   return "\n".join(lines)
 
 
-def format_report(report: Mapping[str, object]) -> str:
+def _format_report(report: Mapping[str, object]) -> str:
   """The human-readable table of a metrics report."""
   overall = dict(report, count=report["num_questions"])
   lines = []
@@ -144,5 +146,5 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (FileNotFoundError, DataError, PredictionFileError, ValueError, ImportError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
-  print(format_report(report))
+  print(_format_report(report))
   return 0

@@ -12,13 +12,15 @@ import collections
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 
+__all__ = ["check_unique_qids", "coverage_counts", "coverage_warnings", "log_warnings"]
+
 _log = logging.getLogger(__name__)
-SHOWN_IDS = 5  # ids quoted in one warning
+_SHOWN_IDS = 5  # ids quoted in one warning
 
 
 def _some(ids: Sequence[str]) -> str:
-  more = f", ... ({len(ids) - SHOWN_IDS} more)" if len(ids) > SHOWN_IDS else ""
-  return ", ".join(ids[:SHOWN_IDS]) + more
+  more = f", ... ({len(ids) - _SHOWN_IDS} more)" if len(ids) > _SHOWN_IDS else ""
+  return ", ".join(ids[:_SHOWN_IDS]) + more
 
 
 def check_unique_qids(qids: Iterable[str]) -> None:

@@ -20,9 +20,11 @@ from mmrag_jax.data.files import iter_json_lines
 from mmrag_jax.data.records import DataError
 from mmrag_jax.validation import is_finite_number, is_int
 
-SUBPLOT_COLUMNS = 3
-SUBPLOT_SIZE_IN = (4.0, 2.6)  # width, height of one subplot in inches (100 dpi)
-MARKER_MAX_POINTS = 40  # sparse series (eval/*, short runs) get a marker per point
+__all__ = ["default_curve_keys", "metric_series", "plot_training_curves", "read_metrics_jsonl"]
+
+_SUBPLOT_COLUMNS = 3
+_SUBPLOT_SIZE_IN = (4.0, 2.6)  # width, height of one subplot in inches (100 dpi)
+_MARKER_MAX_POINTS = 40  # sparse series (eval/*, short runs) get a marker per point
 
 
 def read_metrics_jsonl(path: str) -> list[dict[str, object]]:
@@ -89,15 +91,15 @@ def plot_training_curves(metrics_jsonl: str, out_png: str, keys: Sequence[str] |
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
-  columns = min(SUBPLOT_COLUMNS, len(keys))
+  columns = min(_SUBPLOT_COLUMNS, len(keys))
   num_rows = math.ceil(len(keys) / columns)
-  figure = Figure(figsize=(SUBPLOT_SIZE_IN[0] * columns, SUBPLOT_SIZE_IN[1] * num_rows), dpi=100,
+  figure = Figure(figsize=(_SUBPLOT_SIZE_IN[0] * columns, _SUBPLOT_SIZE_IN[1] * num_rows), dpi=100,
                   layout="constrained")
   FigureCanvasAgg(figure)
   for index, key in enumerate(keys):
     steps, values = metric_series(rows, key)
     axes = figure.add_subplot(num_rows, columns, index + 1)
-    marker = "o" if steps.size <= MARKER_MAX_POINTS else None
+    marker = "o" if steps.size <= _MARKER_MAX_POINTS else None
     axes.plot(steps, values, marker=marker, markersize=3, linewidth=1.4)
     axes.set_title(key, fontsize=10)
     axes.set_xlabel("step", fontsize=8)

@@ -25,6 +25,8 @@ from mmrag_jax.evaluation.coverage import log_warnings
 from mmrag_jax.evaluation.mmqa_eval import MMQAGold
 from mmrag_jax.evaluation.webqa_eval import WebQAGold
 
+__all__ = ["add_gold_notes", "load_mmqa_gold", "load_webqa_gold"]
+
 # Skips that are the caller's choice of subset, not a loss: no warning.
 _CHOSEN_FILTERS = ("table_question",)
 
@@ -127,7 +129,7 @@ def load_mmqa_gold(data_dir: str, split: str, include_tables: bool = False) -> t
   return golds, report
 
 
-def gold_warnings(report: SkipReport) -> list[str]:
+def _gold_warnings(report: SkipReport) -> list[str]:
   """A warning when entries of the split are left out of the denominator for a reason other than the
   chosen subset (e.g. "webqa/val gold: 2 of the split's entries not scored (malformed 2); e.g. ...")."""
   left_out = {reason: n for reason, n in sorted(report.counts.items()) if reason not in _CHOSEN_FILTERS}
@@ -141,7 +143,7 @@ def gold_warnings(report: SkipReport) -> list[str]:
 
 def add_gold_notes(report: dict[str, Any], skipped: SkipReport) -> dict[str, Any]:
   """Adds `gold_skipped` (counts per reason) and the gold warnings (logged too) to a metrics report."""
-  warnings = gold_warnings(skipped)
+  warnings = _gold_warnings(skipped)
   log_warnings(warnings)
   report["gold_skipped"] = skipped.as_dict()
   report["warnings"] = [*report.get("warnings", []), *warnings]

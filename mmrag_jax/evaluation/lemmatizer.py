@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 import simplemma
 
+__all__ = ["BACKENDS", "lemmatize", "lemmatizer_name", "set_lemmatizer"]
+
 BACKENDS = ("auto", "spacy", "simplemma")
 
 _requested_backend = "auto"

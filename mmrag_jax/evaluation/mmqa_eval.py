@@ -20,7 +20,9 @@ from mmrag_jax.evaluation.mmqa_metrics import hop_type, list_em, list_f1
 from mmrag_jax.evaluation.predictions import Prediction
 from mmrag_jax.evaluation.webqa_metrics import retrieval_f1
 
-PROTOCOL = "official list EM/F1: the answer list is one multi-span reference; scores x100"
+__all__ = ["MMQAGold", "MMQAScores", "evaluate_mmqa", "score_mmqa"]
+
+_PROTOCOL = "official list EM/F1: the answer list is one multi-span reference; scores x100"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +98,7 @@ def evaluate_mmqa(golds: Sequence[MMQAGold], predictions: Mapping[str, Predictio
   report: dict[str, object] = {
       "dataset": "mmqa",
       "mode": "official_list",
-      "mode_description": PROTOCOL,
+      "mode_description": _PROTOCOL,
       **coverage_counts(qids, predictions),
       "warnings": coverage_warnings(qids, predictions),
   }

@@ -25,10 +25,14 @@ from collections.abc import Sequence
 import numpy as np
 from word2number import w2n
 
+__all__ = [
+    "Answer", "aligned_bag_f1", "answer_token_bags", "hop_type", "is_number", "list_em", "list_f1", "normalize_answer",
+]
+
 # Question types of MultimodalQA (`metadata.type`). Single-hop types read one modality; every other
 # type composes, intersects or compares two hops.
-SINGLE_HOP_QUESTION_TYPES = frozenset({"TextQ", "TableQ", "ImageQ", "ImageListQ"})
-MULTI_HOP_QUESTION_TYPES = frozenset({
+_SINGLE_HOP_QUESTION_TYPES = frozenset({"TextQ", "TableQ", "ImageQ", "ImageListQ"})
+_MULTI_HOP_QUESTION_TYPES = frozenset({
     "Compose(TableQ,ImageListQ)", "Compose(TextQ,ImageListQ)", "Compose(ImageQ,TableQ)",
     "Compose(ImageQ,TextQ)", "Compose(TextQ,TableQ)", "Compose(TableQ,TextQ)",
     "Intersect(TableQ,TextQ)", "Intersect(ImageListQ,TableQ)", "Intersect(ImageListQ,TextQ)",
@@ -45,7 +49,7 @@ _SPAN_SEPARATOR = re.compile(" |-")
 
 def hop_type(question_type: str) -> str:
   """'single_hop' for TextQ / TableQ / ImageQ / ImageListQ, 'multi_hop' for every other type."""
-  return "single_hop" if question_type in SINGLE_HOP_QUESTION_TYPES else "multi_hop"
+  return "single_hop" if question_type in _SINGLE_HOP_QUESTION_TYPES else "multi_hop"
 
 
 def is_number(text: str) -> bool:

@@ -23,6 +23,11 @@ from mmrag_jax.data.files import iter_json_lines, load_json_object
 from mmrag_jax.data.records import DataError
 from mmrag_jax.validation import is_int
 
+__all__ = [
+    "FORMATS", "Prediction", "PredictionFileError", "read_predictions", "write_mmqa_predictions",
+    "write_predictions_jsonl", "write_webqa_submission",
+]
+
 FORMATS = ("auto", "jsonl", "webqa", "mmqa")
 
 

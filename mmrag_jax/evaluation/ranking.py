@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 
 from mmrag_jax.data.records import Question
 
+__all__ = ["UNSCORED_POLICY", "Unscored", "describe_unscored", "recall_at_k", "unscored_summary"]
+
 UNSCORED_POLICY = ("unscored candidates get score 0 and rank last; an unscored gold source stays in the "
                    "recall denominator and counts as a miss unless it still reaches the top-k")
 

@@ -30,14 +30,16 @@ from PIL import Image
 
 from mmrag_jax.data.images import ImageReadError, ImageStore
 
-RECORD_KEYS = ("qid", "dataset", "category", "question", "answer", "sources", "gold_answers", "gold_ids",
-               "candidates", "kept_ids", "reasoning", "evidence_numbers", "completion", "format_ok",
-               "answer_score", "correct")
-CANDIDATE_KEYS = ("id", "kind", "title", "text", "image_ref", "stage1_score", "kept", "number", "gold")
+__all__ = ["thumbnail_jpeg", "write_report"]
+
+_RECORD_KEYS = ("qid", "dataset", "category", "question", "answer", "sources", "gold_answers", "gold_ids",
+                "candidates", "kept_ids", "reasoning", "evidence_numbers", "completion", "format_ok",
+                "answer_score", "correct")
+_CANDIDATE_KEYS = ("id", "kind", "title", "text", "image_ref", "stage1_score", "kept", "number", "gold")
 # record["correct"] -> the card's data-correct attribute; the correctness select's value -> the same.
-CORRECT_STATES = {True: "true", False: "false", None: "unlabeled"}
-CORRECT_FILTERS = {"correct": "true", "incorrect": "false", "unlabeled": "unlabeled"}
-TEXT_CLIP_CHARS = 300
+_CORRECT_STATES = {True: "true", False: "false", None: "unlabeled"}
+_CORRECT_FILTERS = {"correct": "true", "incorrect": "false", "unlabeled": "unlabeled"}
+_TEXT_CLIP_CHARS = 300
 _THUMBNAIL_CACHE_SIZE = 512  # cited evidence repeats a candidate's image; pools share images across questions
 
 _CSS = """
@@ -174,13 +176,13 @@ def _check_record(record: Mapping[str, Any], index: int) -> None:
   if not isinstance(record, Mapping):
     raise ValueError(f"record {index}: expected a dict, got {type(record).__name__}")
   where = f"record {index} (qid {record.get('qid')!r})"
-  missing = [k for k in RECORD_KEYS if k not in record]
+  missing = [k for k in _RECORD_KEYS if k not in record]
   if missing:
     raise ValueError(f"{where}: missing key(s) {missing}")
-  if record["correct"] not in CORRECT_STATES:
+  if record["correct"] not in _CORRECT_STATES:
     raise ValueError(f"{where}: 'correct' must be true, false or null, got {record['correct']!r}")
   for j, candidate in enumerate(record["candidates"]):
-    missing = [k for k in CANDIDATE_KEYS if k not in candidate]
+    missing = [k for k in _CANDIDATE_KEYS if k not in candidate]
     if missing:
       raise ValueError(f"{where}: candidate {j} is missing key(s) {missing}")
 
@@ -249,7 +251,7 @@ def _image_html(thumbnails: _Thumbnails, ref: str | None, alt: str, embed: bool)
 
 
 def _clip(text: str) -> str:
-  return text if len(text) <= TEXT_CLIP_CHARS else text[:TEXT_CLIP_CHARS] + "\u2026"
+  return text if len(text) <= _TEXT_CLIP_CHARS else text[:_TEXT_CLIP_CHARS] + "\u2026"
 
 
 def _candidate_html(candidate: Mapping[str, Any], thumbnails: _Thumbnails, embed_image: bool) -> str:
@@ -302,7 +304,7 @@ def _answer_html(answer: str | Sequence[str]) -> str:
 
 
 def _card_html(record: Mapping[str, Any], thumbnails: _Thumbnails, thumbnails_for: str) -> str:
-  state = CORRECT_STATES[record["correct"]]
+  state = _CORRECT_STATES[record["correct"]]
   badge = {"true": "correct", "false": "incorrect", "unlabeled": "unlabeled"}[state]
   by_id = {c["id"]: c for c in record["candidates"]}
   kept = [c for c in record["candidates"] if c["kept"]]
@@ -337,7 +339,7 @@ def _card_html(record: Mapping[str, Any], thumbnails: _Thumbnails, thumbnails_fo
 
 def _filters_html(categories: Sequence[str], total: int) -> str:
   category_options = "".join(f'<option value="{_esc(c)}">{_esc(c)}</option>' for c in categories)
-  correct_options = "".join(f'<option value="{k}">{k}</option>' for k in CORRECT_FILTERS)
+  correct_options = "".join(f'<option value="{k}">{k}</option>' for k in _CORRECT_FILTERS)
   return (f'<div class="filters"><label>Category <select id="filter-category"><option value="all">all</option>'
           f'{category_options}</select></label><label>Answer <select id="filter-correct">'
           f'<option value="all">all</option>{correct_options}</select></label>'
@@ -349,7 +351,7 @@ def write_report(path: str, records: Sequence[Mapping[str, Any]], metrics: Mappi
                  thumbnails: Literal["all", "kept_and_gold"] = "all") -> str:
   """Writes the self-contained HTML report of `records` (one rich prediction record per question).
 
-  records: dicts with the keys of `RECORD_KEYS` (candidates sorted by stage-1 score, best first).
+  records: dicts with the keys of `_RECORD_KEYS` (candidates sorted by stage-1 score, best first).
   metrics: an `evaluate_webqa` / `evaluate_mmqa` report plus extra scalars (e.g. "stage1/recall@1").
   images: resolves candidates' `image_ref`; None shows placeholders. thumbnail_px: longest side of the
   embedded thumbnails (pixels). thumbnails: "kept_and_gold" embeds only the images of prompt and gold
@@ -362,7 +364,7 @@ def write_report(path: str, records: Sequence[Mapping[str, Any]], metrics: Mappi
   for index, record in enumerate(records):
     _check_record(record, index)
   categories = sorted({str(r["category"]) for r in records})
-  counts = collections.Counter(CORRECT_STATES[r["correct"]] for r in records)
+  counts = collections.Counter(_CORRECT_STATES[r["correct"]] for r in records)
   summary = (f'<p class="summary">{len(records)} questions: {counts["true"]} correct, {counts["false"]} '
              f'incorrect, {counts["unlabeled"]} unlabeled</p>')
   head = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -20,16 +20,18 @@ from mmrag_jax.evaluation.coverage import check_unique_qids, coverage_counts, co
 from mmrag_jax.evaluation.predictions import Prediction
 from mmrag_jax.evaluation.webqa_metrics import IMAGE_QCATES, QCATES, retrieval_f1, webqa_keyword_accuracy
 
+__all__ = ["FluencyFn", "WebQAGold", "WebQAScores", "evaluate_webqa", "score_webqa"]
+
 # candidates [N], references [N][m] -> FL [N] in [0, 1]; e.g. `BartScorer.fluency`.
 FluencyFn = Callable[[Sequence[str], Sequence[Sequence[str]]], np.ndarray]
 
-KEYWORDS = "keywords"
-ANSWER_SENTENCE = "answer_sentence"
+_KEYWORDS = "keywords"
+_ANSWER_SENTENCE = "answer_sentence"
 # The split protocol each Acc target corresponds to.
-MODES = {KEYWORDS: "test", ANSWER_SENTENCE: "val", "mixed": "mixed"}
-ACC_TARGET_DESCRIPTIONS = {
-    KEYWORDS: "QA-Acc against Keywords_A (official test protocol)",
-    ANSWER_SENTENCE: "QA-Acc against the answer sentence A (val approximation)",
+_MODES = {_KEYWORDS: "test", _ANSWER_SENTENCE: "val", "mixed": "mixed"}
+_ACC_TARGET_DESCRIPTIONS = {
+    _KEYWORDS: "QA-Acc against Keywords_A (official test protocol)",
+    _ANSWER_SENTENCE: "QA-Acc against the answer sentence A (val approximation)",
     "mixed": "QA-Acc against Keywords_A where present, else the answer sentence A",
 }
 
@@ -56,7 +58,7 @@ class WebQAGold:
 
   @property
   def acc_target(self) -> str:
-    return KEYWORDS if self.keywords is not None else ANSWER_SENTENCE
+    return _KEYWORDS if self.keywords is not None else _ANSWER_SENTENCE
 
   @property
   def query_modality(self) -> str:
@@ -120,23 +122,23 @@ def _columns(scores: Sequence[WebQAScores]) -> dict[str, float | int | None]:
   }
 
 
-def summarize_webqa(golds: Sequence[WebQAGold], scores: Sequence[WebQAScores],
-                    predictions: Mapping[str, Prediction], fluency_info: Mapping[str, object]) -> dict[str, object]:
+def _summarize_webqa(golds: Sequence[WebQAGold], scores: Sequence[WebQAScores],
+                     predictions: Mapping[str, Prediction], fluency_info: Mapping[str, object]) -> dict[str, object]:
   """The metrics report: overall columns, `by_category` (Qcate), `by_query_modality` (image/text), the
   prediction counts and `warnings` about missing or unmatched predictions (also logged)."""
-  targets = {KEYWORDS: 0, ANSWER_SENTENCE: 0}
+  targets = {_KEYWORDS: 0, _ANSWER_SENTENCE: 0}
   for gold in golds:
     targets[gold.acc_target] += 1
-  if targets[KEYWORDS] and targets[ANSWER_SENTENCE]:
+  if targets[_KEYWORDS] and targets[_ANSWER_SENTENCE]:
     acc_target = "mixed"
   else:
-    acc_target = KEYWORDS if targets[KEYWORDS] else ANSWER_SENTENCE
+    acc_target = _KEYWORDS if targets[_KEYWORDS] else _ANSWER_SENTENCE
   qids = [g.qid for g in golds]
   report: dict[str, object] = {
       "dataset": "webqa",
-      "mode": MODES[acc_target],
+      "mode": _MODES[acc_target],
       "acc_target": acc_target,
-      "acc_target_description": ACC_TARGET_DESCRIPTIONS[acc_target],
+      "acc_target_description": _ACC_TARGET_DESCRIPTIONS[acc_target],
       "acc_target_counts": targets,
       "lemmatizer": lemmatizer.lemmatizer_name(),
       "fluency": dict(fluency_info),
@@ -161,4 +163,4 @@ def evaluate_webqa(golds: Sequence[WebQAGold], predictions: Mapping[str, Predict
   if fluency_info is None:
     fluency_info = {"available": fluency_fn is not None}
   scores = score_webqa(golds, predictions, fluency_fn)
-  return summarize_webqa(golds, scores, predictions, fluency_info)
+  return _summarize_webqa(golds, scores, predictions, fluency_info)

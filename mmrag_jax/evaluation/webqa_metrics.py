@@ -31,6 +31,11 @@ from word2number import w2n
 
 from mmrag_jax.evaluation import lemmatizer
 
+__all__ = [
+    "COLOR_SET", "F1_QCATES", "IMAGE_QCATES", "KeywordScores", "QCATES", "SHAPE_SET", "normalize_text", "retrieval_f1",
+    "webqa_keyword_accuracy", "webqa_keyword_bags", "webqa_keyword_scores",
+]
+
 COLOR_SET = frozenset({
     "orangebrown", "spot", "yellow", "blue", "rainbow", "ivory", "brown", "gray", "teal", "bluewhite",
     "orangepurple", "black", "white", "gold", "redorange", "pink", "blonde", "tan", "turquoise", "grey",
@@ -48,14 +53,14 @@ SHAPE_SET = frozenset({
     "dome", "sphere", "bellshaped", "rounded", "hexagon", "flower", "globe", "torus",
 })
 
-YESNO_SET = frozenset({"yes", "no"})
+_YESNO_SET = frozenset({"yes", "no"})
 
 # Question categories (Qcate). "text" questions are answered from text sources, all others from images.
 QCATES = ("color", "shape", "number", "YesNo", "choose", "Others", "text")
 F1_QCATES = frozenset({"color", "shape", "number", "YesNo"})
 IMAGE_QCATES = frozenset(QCATES) - {"text"}
 
-_SET_FILTERS = {"color": COLOR_SET, "shape": SHAPE_SET, "YesNo": YESNO_SET}
+_SET_FILTERS = {"color": COLOR_SET, "shape": SHAPE_SET, "YesNo": _YESNO_SET}
 _PUNCTUATION_BUT_PERIOD = frozenset(string.punctuation) - {"."}
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _NON_DECIMAL_PERIOD = re.compile(r"\.(?!\d)")
@@ -116,7 +121,7 @@ def _integer_tokens(tokens: Iterable[str]) -> list[str]:
   return kept
 
 
-def filter_tokens_by_qcate(tokens: Sequence[str], qcate: str) -> list[str]:
+def _filter_tokens_by_qcate(tokens: Sequence[str], qcate: str) -> list[str]:
   """Category filter of the official script: set members (deduplicated), integers, or all tokens."""
   _check_qcate(qcate)
   if qcate in _SET_FILTERS:
@@ -130,8 +135,8 @@ def filter_tokens_by_qcate(tokens: Sequence[str], qcate: str) -> list[str]:
 def webqa_keyword_bags(prediction: str, target: str, qcate: str) -> tuple[list[str], list[str]]:
   """Normalized, category-filtered token bags (pred_tokens, target_tokens) of one question."""
   _check_qcate(qcate)
-  pred_tokens = filter_tokens_by_qcate(normalize_text(prediction).split(), qcate)
-  target_tokens = filter_tokens_by_qcate(normalize_text(target).split(), qcate)
+  pred_tokens = _filter_tokens_by_qcate(normalize_text(prediction).split(), qcate)
+  target_tokens = _filter_tokens_by_qcate(normalize_text(target).split(), qcate)
   return pred_tokens, target_tokens
 
 
@@ -144,7 +149,7 @@ class KeywordScores:
   f1: float
 
 
-def keyword_scores_from_bags(pred_tokens: Sequence[str], target_tokens: Sequence[str]) -> KeywordScores:
+def _keyword_scores_from_bags(pred_tokens: Sequence[str], target_tokens: Sequence[str]) -> KeywordScores:
   """P, R and the official epsilon-F1 of two token bags (multiset overlap); 0 when nothing overlaps."""
   overlap = sum((collections.Counter(pred_tokens) & collections.Counter(target_tokens)).values())
   if overlap == 0:
@@ -157,10 +162,10 @@ def keyword_scores_from_bags(pred_tokens: Sequence[str], target_tokens: Sequence
 
 def webqa_keyword_scores(prediction: str, target: str, qcate: str) -> KeywordScores:
   """Precision, recall and F1 of `prediction` against `target` after normalization and filtering."""
-  return keyword_scores_from_bags(*webqa_keyword_bags(prediction, target, qcate))
+  return _keyword_scores_from_bags(*webqa_keyword_bags(prediction, target, qcate))
 
 
-def accuracy_from_scores(scores: KeywordScores, qcate: str) -> float:
+def _accuracy_from_scores(scores: KeywordScores, qcate: str) -> float:
   """Official per-category rule: F1 for color / shape / number / YesNo, recall otherwise."""
   _check_qcate(qcate)
   return scores.f1 if qcate in F1_QCATES else scores.recall
@@ -168,7 +173,7 @@ def accuracy_from_scores(scores: KeywordScores, qcate: str) -> float:
 
 def webqa_keyword_accuracy(prediction: str, target: str, qcate: str) -> float:
   """QA-Acc of one question in [0, 1]: `target` is Keywords_A (test) or the answer sentence (val)."""
-  return accuracy_from_scores(webqa_keyword_scores(prediction, target, qcate), qcate)
+  return _accuracy_from_scores(webqa_keyword_scores(prediction, target, qcate), qcate)
 
 
 def retrieval_f1(pred_sources: Iterable[object], gold_sources: Iterable[object]) -> float:

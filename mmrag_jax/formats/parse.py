@@ -26,10 +26,12 @@ import re
 
 from mmrag_jax.formats.tags import BlockState, Malformed, scan_blocks
 
-STAGE1_BLOCKS = ("think", "answer")
-STAGE2_BLOCKS = ("think", "evidence", "answer")
-STAGE1_LABELS = {"no": 0, "yes": 1}
-NO_LABEL = -1
+__all__ = ["Stage1Parse", "Stage2Parse", "parse_stage1", "parse_stage2", "split_mmqa_answer"]
+
+_STAGE1_BLOCKS = ("think", "answer")
+_STAGE2_BLOCKS = ("think", "evidence", "answer")
+_STAGE1_LABELS = {"no": 0, "yes": 1}
+_NO_LABEL = -1
 
 # One way to split each separator (whitespace, optional comma, whitespace): no backtracking blow-up.
 _EVIDENCE_LIST = re.compile(r"\s*(?:\[\s*[0-9]+\s*\](?:\s*(?:,\s*)?\[\s*[0-9]+\s*\])*)?\s*")
@@ -73,15 +75,15 @@ def _think_kinds(state: BlockState, content: str | None, think: str) -> set[Malf
 
 def parse_stage1(completion: str, think: str) -> Stage1Parse:
   """Parses a stage-1 completion under the think policy ('optional' | 'required' | 'forbidden')."""
-  blocks, kinds = scan_blocks(completion, STAGE1_BLOCKS)
+  blocks, kinds = scan_blocks(completion, _STAGE1_BLOCKS)
   kinds |= _think_kinds(blocks["think"].state, blocks["think"].content, think)
   answer = blocks["answer"]
-  label = NO_LABEL
+  label = _NO_LABEL
   if answer.state is BlockState.ABSENT:
     kinds.add(Malformed.MISSING_TAG)
   elif answer.state is BlockState.USABLE:
-    label = STAGE1_LABELS.get(answer.content, NO_LABEL)
-    if label == NO_LABEL:
+    label = _STAGE1_LABELS.get(answer.content, _NO_LABEL)
+    if label == _NO_LABEL:
       kinds.add(Malformed.BAD_LABEL)
   return Stage1Parse(label, frozenset(kinds), _is_non_ascii(completion))
 
@@ -101,7 +103,7 @@ def _parse_evidence(content: str, num_candidates: int) -> tuple[tuple[int, ...] 
 
 def parse_stage2(completion: str, num_candidates: int, think: str) -> Stage2Parse:
   """Parses a stage-2 completion whose prompt showed candidates numbered 1..num_candidates."""
-  blocks, kinds = scan_blocks(completion, STAGE2_BLOCKS)
+  blocks, kinds = scan_blocks(completion, _STAGE2_BLOCKS)
   kinds |= _think_kinds(blocks["think"].state, blocks["think"].content, think)
   for name in ("evidence", "answer"):
     if blocks[name].state is BlockState.ABSENT:

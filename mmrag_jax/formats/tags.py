@@ -36,6 +36,8 @@ import functools
 import re
 from collections.abc import Sequence
 
+__all__ = ["Block", "BlockState", "MALFORMED_NAMES", "Malformed", "NUM_MALFORMED", "scan_blocks"]
+
 
 class Malformed(enum.IntEnum):
   """Column index of each malformed kind in the `[B, NUM_MALFORMED]` flag arrays."""

@@ -32,10 +32,12 @@ from mmrag_jax.model.qwen25vl import Qwen25VL, abstract_model
 from mmrag_jax.model.vision_index import max_frame_patches
 from mmrag_jax.parallel import DEFAULT_RULES, LogicalRules, param_shardings
 
+__all__ = ["CONFIG_FILE", "CheckpointError", "TensorReader", "assign_hf_tensors", "load_pretrained", "save_pretrained"]
+
 CONFIG_FILE = "config.json"
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
-DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
+_SINGLE_FILE = "model.safetensors"
+_INDEX_FILE = "model.safetensors.index.json"
+_DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
 
 
 class CheckpointError(ValueError):
@@ -57,7 +59,7 @@ class TensorReader:
   """
 
   def __init__(self, path: str, stack: contextlib.ExitStack):
-    index_path, single_path = os.path.join(path, INDEX_FILE), os.path.join(path, SINGLE_FILE)
+    index_path, single_path = os.path.join(path, _INDEX_FILE), os.path.join(path, _SINGLE_FILE)
     if os.path.exists(index_path):
       with open(index_path) as f:
         weight_map = json.load(f).get("weight_map")
@@ -65,21 +67,21 @@ class TensorReader:
         raise CheckpointError(f"{index_path} has no 'weight_map' dict")
       files = sorted(set(weight_map.values()))
     elif os.path.exists(single_path):
-      files, weight_map = [SINGLE_FILE], None
+      files, weight_map = [_SINGLE_FILE], None
     else:
-      raise CheckpointError(f"no {SINGLE_FILE} or {INDEX_FILE} in {path}")
+      raise CheckpointError(f"no {_SINGLE_FILE} or {_INDEX_FILE} in {path}")
     self._handles = {}
     for name in files:
       file_path = os.path.join(path, name)
       if not os.path.exists(file_path):
-        raise CheckpointError(f"{INDEX_FILE} in {path} refers to missing file {name}")
+        raise CheckpointError(f"{_INDEX_FILE} in {path} refers to missing file {name}")
       # The flax reader understands bf16 on every safetensors version; keep its arrays on the host.
       self._handles[name] = stack.enter_context(safe_open(file_path, framework="flax"))
     self._where: dict[str, tuple[str, str]] = {}
     for name, handle in self._handles.items():
       for raw in handle.keys():
         if weight_map is not None and weight_map.get(raw) != name:
-          raise CheckpointError(f"tensor {raw!r} is in {name} but {INDEX_FILE} places it in {weight_map.get(raw)}")
+          raise CheckpointError(f"tensor {raw!r} is in {name} but {_INDEX_FILE} places it in {weight_map.get(raw)}")
         key = canonical_key(raw)
         if key in self._where:
           raise CheckpointError(f"checkpoint holds {key!r} twice (as {self._where[key][1]!r} and {raw!r})")
@@ -87,7 +89,7 @@ class TensorReader:
     if weight_map is not None:
       unread = set(weight_map) - {raw for _, raw in self._where.values()}
       if unread:
-        raise CheckpointError(f"{INDEX_FILE} lists tensors absent from their files: {sorted(unread)[:5]}")
+        raise CheckpointError(f"{_INDEX_FILE} lists tensors absent from their files: {sorted(unread)[:5]}")
 
   def keys(self) -> set[str]:
     return set(self._where)
@@ -104,7 +106,7 @@ class TensorReader:
 
 
 @contextlib.contextmanager
-def open_checkpoint(path: str) -> Iterator[TensorReader]:
+def _open_checkpoint(path: str) -> Iterator[TensorReader]:
   """`TensorReader` over the safetensors files of checkpoint directory `path`, closed on exit."""
   with contextlib.ExitStack() as stack:
     yield TensorReader(path, stack)
@@ -233,7 +235,7 @@ def load_pretrained(path: str, *, dtype: str | None = None, param_dtype: str | N
   shardings = None
   if mesh is not None:
     shardings = param_shardings(abstract_state, mesh, DEFAULT_RULES if rules is None else rules)
-  with open_checkpoint(path) as reader:
+  with _open_checkpoint(path) as reader:
     state = assign_hf_tensors(abstract_state, reader, model_params(config), vision_config=config.vision,
                               shardings=shardings, tied_head=config.text.tie_word_embeddings)
   return nnx.merge(graphdef, state)
@@ -246,7 +248,7 @@ def _to_host(array: jax.Array) -> np.ndarray:
 
 
 def save_pretrained(model: Qwen25VL, path: str, *, dtype: str | None = None,
-                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
+                    max_shard_bytes: int = _DEFAULT_MAX_SHARD_BYTES) -> None:
   """Writes `model` as a Hugging Face checkpoint: config.json + safetensors in the published key layout.
 
   dtype: tensor dtype on disk (default: the model's param dtype). Above `max_shard_bytes` the tensors
@@ -274,7 +276,7 @@ def save_pretrained(model: Qwen25VL, path: str, *, dtype: str | None = None,
   writer = jax.process_index() == 0
   if writer:
     os.makedirs(path, exist_ok=True)
-  names = [SINGLE_FILE] if len(shards) == 1 else [
+  names = [_SINGLE_FILE] if len(shards) == 1 else [
       f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
   weight_map, total = {}, 0
   host = _host_device()
@@ -292,7 +294,7 @@ def save_pretrained(model: Qwen25VL, path: str, *, dtype: str | None = None,
   if not writer:
     return
   if len(shards) > 1:
-    with open(os.path.join(path, INDEX_FILE), "w") as f:
+    with open(os.path.join(path, _INDEX_FILE), "w") as f:
       json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
   hf = config.to_hf_dict()
   hf["torch_dtype"] = hf["dtype"] = out_dtype.name

@@ -11,6 +11,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+__all__ = ["Qwen25VLConfig", "TINY_SPECIAL_IDS", "TextConfig", "VisionConfig", "preset", "tiny"]
+
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
@@ -230,13 +232,13 @@ _REAL_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_head
                     fullatt_block_indexes=(7, 15, 23, 31))
 
 
-def qwen25vl_3b(**overrides: Any) -> Qwen25VLConfig:
+def _qwen25vl_3b(**overrides: Any) -> Qwen25VLConfig:
   text = TextConfig(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
                     num_attention_heads=16, num_key_value_heads=2, head_dim=128, tie_word_embeddings=True)
   return Qwen25VLConfig(text=text, vision=VisionConfig(out_hidden_size=2048, **_REAL_VISION), **overrides)
 
 
-def qwen25vl_7b(**overrides: Any) -> Qwen25VLConfig:
+def _qwen25vl_7b(**overrides: Any) -> Qwen25VLConfig:
   text = TextConfig(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                     num_attention_heads=28, num_key_value_heads=4, head_dim=128, tie_word_embeddings=False)
   return Qwen25VLConfig(text=text, vision=VisionConfig(out_hidden_size=3584, **_REAL_VISION), **overrides)
@@ -274,14 +276,14 @@ def tiny(vocab_size: int = 512, **overrides: Any) -> Qwen25VLConfig:
   return Qwen25VLConfig(text=text, vision=vision, **ids)
 
 
-PRESETS = {
+_PRESETS = {
     "tiny": tiny,
-    "qwen2.5-vl-3b": qwen25vl_3b,
-    "qwen2.5-vl-7b": qwen25vl_7b,
+    "qwen2.5-vl-3b": _qwen25vl_3b,
+    "qwen2.5-vl-7b": _qwen25vl_7b,
 }
 
 
 def preset(name: str, **overrides: Any) -> Qwen25VLConfig:
-  if name not in PRESETS:
-    raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
-  return PRESETS[name](**overrides)
+  if name not in _PRESETS:
+    raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(_PRESETS)}")
+  return _PRESETS[name](**overrides)

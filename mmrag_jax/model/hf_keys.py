@@ -22,9 +22,13 @@ import numpy as np
 
 from mmrag_jax.model.config import Qwen25VLConfig, VisionConfig
 
+__all__ = [
+    "HFParam", "Kind", "Path", "canonical_key", "model_params", "to_flax", "to_torch", "torch_shape", "vision_params",
+]
+
 Kind = Literal["linear", "conv", "copy"]
 Path = tuple[str | int, ...]
-A = TypeVar("A")
+_A = TypeVar("_A")
 
 # Newer transformers saves nest both towers under `model.`; the published checkpoints do not.
 _NEWER_PREFIXES = (("model.visual.", "visual."), ("model.language_model.", "model."))
@@ -42,7 +46,7 @@ class HFParam:
   kind: Kind
   layer: int | None = None
 
-  def part(self, array: A) -> A:
+  def part(self, array: _A) -> _A:
     """This tensor's part of the parameter `array`: slice [layer] when stacked, else all of it."""
     return array if self.layer is None else array[self.layer]
 
@@ -85,7 +89,7 @@ def vision_params(config: VisionConfig, key_prefix: str = "", path_prefix: Path 
   return params
 
 
-def text_params(config: Qwen25VLConfig) -> list[HFParam]:
+def _text_params(config: Qwen25VLConfig) -> list[HFParam]:
   """Table of the decoder (layer i: slice i of the stacked layer parameters) and the LM head (absent
   when tied to the embedding)."""
   lm = ("language_model",)
@@ -108,7 +112,7 @@ def text_params(config: Qwen25VLConfig) -> list[HFParam]:
 
 def model_params(config: Qwen25VLConfig) -> list[HFParam]:
   """Table of every parameter of `Qwen25VL(config)`."""
-  return vision_params(config.vision, "visual.", ("visual",)) + text_params(config)
+  return vision_params(config.vision, "visual.", ("visual",)) + _text_params(config)
 
 
 def to_flax(array: np.ndarray, kind: Kind) -> np.ndarray:

@@ -28,6 +28,8 @@ from mmrag_jax.model.config import Qwen25VLConfig
 if TYPE_CHECKING:
   from mmrag_jax.model.qwen25vl import ModelInputs, Qwen25VL
 
+__all__ = ["KVCache", "decode_hidden", "decode_step", "init_cache", "prefill", "prefill_hidden", "repeat_rows"]
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)

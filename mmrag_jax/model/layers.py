@@ -12,10 +12,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+__all__ = [
+    "DEFAULT_KERNEL_INIT", "RMSNorm", "apply_rotary", "attention", "attention_with_new_slot", "linear",
+    "logical_partitioning", "rotate_half", "stacked_modules",
+]
+
 # Hugging Face initialises Qwen2.5-VL linears with N(0, initializer_range=0.02) and zero biases.
 DEFAULT_KERNEL_INIT = nnx.initializers.normal(stddev=0.02)
 
-M = TypeVar("M", bound=nnx.Module)
+_M = TypeVar("_M", bound=nnx.Module)
 
 
 def _mesh_is_set() -> bool:
@@ -72,7 +77,7 @@ def linear(in_f: int, out_f: int, *, use_bias: bool, axes: tuple[str, str],
       rngs=rngs)
 
 
-def stacked_modules(build: Callable[[nnx.Rngs], M], count: int, rngs: nnx.Rngs) -> M:
+def stacked_modules(build: Callable[[nnx.Rngs], _M], count: int, rngs: nnx.Rngs) -> _M:
   """`count` modules of `build` as one whose every parameter is [layers, ...]: module i is slice [i].
 
   Each draws its own initial weights (split RNG streams); the leading dim carries the logical axis name
@@ -80,7 +85,7 @@ def stacked_modules(build: Callable[[nnx.Rngs], M], count: int, rngs: nnx.Rngs) 
   """
   @nnx.split_rngs(splits=count)
   @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-  def build_all(each_rngs: nnx.Rngs) -> M:
+  def build_all(each_rngs: nnx.Rngs) -> _M:
     return build(each_rngs)
 
   return build_all(rngs)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+__all__ = ["chunked_logprobs"]
+
 
 def chunked_logprobs(hidden: jax.Array, head_weight: jax.Array, targets: jax.Array, *, temperature: float = 1.0,
                      chunk_size: int = 512) -> tuple[jax.Array, jax.Array]:

@@ -26,6 +26,8 @@ from mmrag_jax.model.text import TextModel, causal_padding_mask
 from mmrag_jax.model.vision import VisionTower
 from mmrag_jax.model.vision_index import AttentionBlocks, VisionIndex
 
+__all__ = ["ModelInputs", "Qwen25VL", "abstract_model", "forward", "map_input_arrays", "prepare_inputs"]
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
@@ -34,12 +36,13 @@ class ModelInputs:
 
   input_ids:       [B, L] int32, left-padded.
   attention_mask:  [B, L] int32, 1 real / 0 pad.
-  positions:       [3, B, L] int32 M-RoPE (t, h, w) positions.
+  positions:       [3, B, L] int32, M-RoPE (t, h, w) positions.
   rope_deltas:     [B] int32, position offset of generated tokens (see `rope_index`).
-  pixel_values:    [P, patch_dim] float32 patches padded to the budget P, or None (text only).
+  pixel_values:    [P, 1176] float32, patch rows (vision.patch_dim = 3 * 2 * 14 * 14) padded to the budget P;
+                   None (text only).
   vision_index:    `VisionIndex` of the images (padded to P), or None.
-  image_scatter:   [P / merge**2] int32 flat (b * L + l) slot of each merged image token; padding
-                   entries hold B * L and are dropped. None without images.
+  image_scatter:   [P / merge**2] int32, flat (b * L + l) slot of each merged image token; padding entries
+                   hold B * L and are dropped. None without images.
   """
 
   input_ids: jax.Array

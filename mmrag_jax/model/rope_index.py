@@ -25,6 +25,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+__all__ = ["image_scatter_indices", "mrope_positions"]
+
 
 def _runs(flags: np.ndarray) -> list[tuple[int, int, bool]]:
   """Maximal runs of equal values in a 1-D bool array as (start, end, value), end exclusive."""
@@ -36,7 +38,7 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int, bool]]:
   return [(int(s), int(e), bool(flags[s])) for s, e in zip(starts, ends)]
 
 
-def merged_token_counts(image_grid_thw: np.ndarray, spatial_merge_size: int) -> np.ndarray:
+def _merged_token_counts(image_grid_thw: np.ndarray, spatial_merge_size: int) -> np.ndarray:
   """Language-model tokens per image: t * (h / m) * (w / m). image_grid_thw: [N, 3] -> [N]."""
   grid = np.asarray(image_grid_thw, dtype=np.int64).reshape(-1, 3)
   if np.any(grid[:, 1:] % spatial_merge_size):
@@ -101,7 +103,7 @@ def mrope_positions(input_ids: np.ndarray, attention_mask: np.ndarray | None,
   if np.any((input_ids == image_token_id) & ~mask):
     raise ValueError("an <|image_pad|> token sits at a position where attention_mask is 0")
   grid_rows = np.zeros((0, 3), np.int64) if image_grid_thw is None else np.asarray(image_grid_thw).reshape(-1, 3)
-  merged_token_counts(grid_rows, spatial_merge_size)  # validates divisibility
+  _merged_token_counts(grid_rows, spatial_merge_size)  # validates divisibility
   grids = iter(grid_rows)
 
   positions = np.zeros((3, batch, length), dtype=np.int64)
@@ -127,7 +129,7 @@ def image_scatter_indices(input_ids: np.ndarray, image_grid_thw: np.ndarray | No
   """
   input_ids = np.asarray(input_ids)
   slots = np.flatnonzero(input_ids.reshape(-1) == image_token_id)
-  expected = 0 if image_grid_thw is None else int(merged_token_counts(image_grid_thw, spatial_merge_size).sum())
+  expected = 0 if image_grid_thw is None else int(_merged_token_counts(image_grid_thw, spatial_merge_size).sum())
   if slots.size != expected:
     raise ValueError(f"input_ids hold {slots.size} <|image_pad|> tokens but image_grid_thw describes "
                      f"{expected} merged image tokens")

@@ -8,6 +8,8 @@ import numpy as np
 
 from mmrag_jax.model.config import Qwen25VLConfig
 
+__all__ = ["Part", "random_processor_batch"]
+
 Part = int | tuple[int, int, int]
 
 

@@ -3,7 +3,7 @@
 Pre-norm blocks: RMSNorm -> GQA self-attention (q/k/v with bias, o without) -> residual -> RMSNorm ->
 SwiGLU MLP (no biases) -> residual; a final RMSNorm. Attribute names mirror the Hugging Face modules.
 
-The layers are one `DecoderLayer` whose parameters are stacked, [layers, ...] (logical axis 'layers'),
+The layers are one `_DecoderLayer` whose parameters are stacked, [layers, ...] (logical axis 'layers'),
 and the forward pass is a `jax.lax.scan` over that axis: XLA compiles one layer body, not
 `num_hidden_layers` copies of it, so compile time does not grow with depth. (XLA's `cost_analysis()`
 counts a loop body once: a compiled program's FLOPs and bytes include one layer, not all of them.)
@@ -25,6 +25,8 @@ from mmrag_jax.model.config import Qwen25VLConfig
 from mmrag_jax.model.layers import (DEFAULT_KERNEL_INIT, RMSNorm, apply_rotary, attention, attention_with_new_slot,
                                     linear, logical_partitioning, stacked_modules)
 from mmrag_jax.parallel import constrain
+
+__all__ = ["KVBuffers", "TextModel", "causal_padding_mask", "mrope_cos_sin", "rotary_inv_freq"]
 
 KVBuffers = tuple[jax.Array, jax.Array]  # (k, v), each [layers, B, S, KVH, Dh]
 
@@ -78,7 +80,7 @@ def causal_padding_mask(attention_mask: jax.Array) -> jax.Array:
   return causal[None] & (attention_mask[:, None, :] != 0)
 
 
-class TextAttention(nnx.Module):
+class _TextAttention(nnx.Module):
   """Grouped-query attention with M-RoPE; kv head j serves query heads j*g ... (j+1)*g - 1."""
 
   def __init__(self, config: Qwen25VLConfig, *, rngs: nnx.Rngs):
@@ -149,7 +151,7 @@ class TextAttention(nnx.Module):
                                  ("batch", "length", "q_heads")))
 
 
-class TextMLP(nnx.Module):
+class _TextMLP(nnx.Module):
   """SwiGLU: down(silu(gate(x)) * up(x)), no biases."""
 
   def __init__(self, config: Qwen25VLConfig, *, rngs: nnx.Rngs):
@@ -165,21 +167,21 @@ class TextMLP(nnx.Module):
     return self.down_proj(constrain(jax.nn.silu(self.gate_proj(x)), hidden) * constrain(self.up_proj(x), hidden))
 
 
-class DecoderLayer(nnx.Module):
-  """One pre-norm decoder block (`TextModel` holds all of them as one, stacked: `stacked_layers`)."""
+class _DecoderLayer(nnx.Module):
+  """One pre-norm decoder block (`TextModel` holds all of them as one, stacked: `_stacked_layers`)."""
 
   def __init__(self, config: Qwen25VLConfig, *, rngs: nnx.Rngs):
     t = config.text
     norm_kw = dict(eps=t.rms_norm_eps, dtype=config.compute_dtype, param_dtype=config.storage_dtype, rngs=rngs)
     self.input_layernorm = RMSNorm(t.hidden_size, **norm_kw)
-    self.self_attn = TextAttention(config, rngs=rngs)
+    self.self_attn = _TextAttention(config, rngs=rngs)
     self.post_attention_layernorm = RMSNorm(t.hidden_size, **norm_kw)
-    self.mlp = TextMLP(config, rngs=rngs)
+    self.mlp = _TextMLP(config, rngs=rngs)
 
   def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, *,
                cache: KVBuffers | None = None, layer_index: int | jax.Array = 0,
                write_index: jax.Array | None = None) -> tuple[jax.Array, KVBuffers | None]:
-    """x: [B, T, D] -> ([B, T, D], updated cache); see `TextAttention` for the other arguments.
+    """x: [B, T, D] -> ([B, T, D], updated cache); see `_TextAttention` for the other arguments.
 
     Under an `activation_mesh` the residual stream, q / k / v, the attention output and the MLP hidden
     states are pinned to rows over the batch axes (heads and MLP over 'tensor'), so FSDP gathers weights,
@@ -192,25 +194,25 @@ class DecoderLayer(nnx.Module):
 
   def step(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, k_cache: jax.Array,
            v_cache: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    """One decode step: x [B, 1, D] -> ([B, 1, D], this step's (k, v)); see `TextAttention.step`."""
+    """One decode step: x [B, 1, D] -> ([B, 1, D], this step's (k, v)); see `_TextAttention.step`."""
     attn_out, new_kv = self.self_attn.step(self.input_layernorm(x), cos, sin, mask, k_cache, v_cache)
     x = x + attn_out
     return x + self.mlp(self.post_attention_layernorm(x)), new_kv
 
 
-def stacked_layers(config: Qwen25VLConfig, *, rngs: nnx.Rngs) -> DecoderLayer:
-  """`num_hidden_layers` decoder layers as one `DecoderLayer` whose parameters are [layers, ...].
+def _stacked_layers(config: Qwen25VLConfig, *, rngs: nnx.Rngs) -> _DecoderLayer:
+  """`num_hidden_layers` decoder layers as one `_DecoderLayer` whose parameters are [layers, ...].
 
   Each layer draws its own initial weights (split RNG streams); the leading dim of every parameter
   carries the logical axis name 'layers', e.g. q_proj.kernel [layers, D, H * Dh] ('layers', 'embed',
   'q_heads'). Layer i is the slice [i] of every parameter.
   """
-  return stacked_modules(lambda layer_rngs: DecoderLayer(config, rngs=layer_rngs), config.text.num_hidden_layers,
+  return stacked_modules(lambda layer_rngs: _DecoderLayer(config, rngs=layer_rngs), config.text.num_hidden_layers,
                          rngs)
 
 
 class TextModel(nnx.Module):
-  """Token embedding, decoder layers (stacked, see `stacked_layers`) and final norm (no head: `Qwen25VL`
+  """Token embedding, decoder layers (stacked, see `_stacked_layers`) and final norm (no head: `Qwen25VL`
   owns it)."""
 
   def __init__(self, config: Qwen25VLConfig, *, rngs: nnx.Rngs):
@@ -219,7 +221,7 @@ class TextModel(nnx.Module):
     self.embed_tokens = nnx.Embed(
         t.vocab_size, t.hidden_size, dtype=config.compute_dtype, param_dtype=config.storage_dtype,
         embedding_init=logical_partitioning(DEFAULT_KERNEL_INIT, ("vocab", "embed")), rngs=rngs)
-    self.layers = stacked_layers(config, rngs=rngs)
+    self.layers = _stacked_layers(config, rngs=rngs)
     self.norm = RMSNorm(t.hidden_size, eps=t.rms_norm_eps, dtype=config.compute_dtype,
                         param_dtype=config.storage_dtype, rngs=rngs)
 

@@ -36,6 +36,8 @@ from mmrag_jax.model.text import rotary_inv_freq
 from mmrag_jax.model.vision_index import AttentionBlocks, VisionIndex
 from mmrag_jax.parallel import constrain
 
+__all__ = ["VISION_ROPE_THETA", "VisionTower", "block_runs", "full_attention_period", "vision_rotary"]
+
 # The reference's vision rotary base (`rope_theta` of its axial rotary); not in config.json.
 VISION_ROPE_THETA = 10000.0
 
@@ -68,7 +70,7 @@ def _masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
   return jnp.einsum("...hqk,...khd->...qhd", probs, v)
 
 
-def block_attention(q: jax.Array, k: jax.Array, v: jax.Array, blocks: AttentionBlocks, scale: float) -> jax.Array:
+def _block_attention(q: jax.Array, k: jax.Array, v: jax.Array, blocks: AttentionBlocks, scale: float) -> jax.Array:
   """Attention within the groups of `blocks` (windows or frames): q/k/v [P, H, D] -> [P, H, D]; rows in no
   group get 0. Each [S, S] block gathers its rows, attends under a same-group mask, and every row
   gathers its output back from its slot."""
@@ -82,7 +84,7 @@ def block_attention(q: jax.Array, k: jax.Array, v: jax.Array, blocks: AttentionB
   return jnp.take(out, blocks.slots, axis=0, mode="fill", fill_value=0)
 
 
-class VisionAttention(nnx.Module):
+class _VisionAttention(nnx.Module):
   """Fused qkv projection ([q|k|v], head-major), 2-D rotary, exact window/segment attention, proj."""
 
   def __init__(self, config: VisionConfig, *, dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs):
@@ -105,11 +107,11 @@ class VisionAttention(nnx.Module):
     q = apply_rotary(q.astype(cos.dtype), cos, sin).astype(v.dtype)
     k = apply_rotary(k.astype(cos.dtype), cos, sin).astype(v.dtype)
     scale = self.head_dim**-0.5
-    out = block_attention(q, k, v, index.frames if full else index.windows, scale)
+    out = _block_attention(q, k, v, index.frames if full else index.windows, scale)
     return self.proj(constrain(out.reshape(p, -1), ("vis_rows", "vis_heads")))
 
 
-class VisionMLP(nnx.Module):
+class _VisionMLP(nnx.Module):
   """SwiGLU with biases: down(silu(gate(x)) * up(x))."""
 
   def __init__(self, config: VisionConfig, *, dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs):
@@ -125,15 +127,15 @@ class VisionMLP(nnx.Module):
     return self.down_proj(constrain(jax.nn.silu(self.gate_proj(x)), hidden) * constrain(self.up_proj(x), hidden))
 
 
-class VisionBlock(nnx.Module):
+class _VisionBlock(nnx.Module):
   """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
 
   def __init__(self, config: VisionConfig, *, dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs):
     norm = dict(eps=config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.norm1 = RMSNorm(config.hidden_size, **norm)
     self.norm2 = RMSNorm(config.hidden_size, **norm)
-    self.attn = VisionAttention(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.mlp = VisionMLP(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.attn = _VisionAttention(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.mlp = _VisionMLP(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array], index: VisionIndex,
                full: bool) -> jax.Array:
@@ -143,7 +145,7 @@ class VisionBlock(nnx.Module):
     return x + self.mlp(self.norm2(x))
 
 
-class PatchEmbed(nnx.Module):
+class _PatchEmbed(nnx.Module):
   """The Conv3d with stride == kernel, as a dense matmul over flattened (C, T, P, P) rows."""
 
   def __init__(self, config: VisionConfig, *, dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs):
@@ -155,7 +157,7 @@ class PatchEmbed(nnx.Module):
     return self.proj(pixel_values)
 
 
-class PatchMerger(nnx.Module):
+class _PatchMerger(nnx.Module):
   """RMSNorm, then each merge block of 4 consecutive patches -> fc2(gelu_erf(fc1(concat)))."""
 
   def __init__(self, config: VisionConfig, *, dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs):
@@ -205,7 +207,7 @@ def block_runs(depth: int, fullatt_block_indexes: Sequence[int]) -> list[tuple[b
 class VisionTower(nnx.Module):
   """Patch embedding -> `depth` blocks (window or full attention, stacked) -> patch merger.
 
-  The blocks are one `VisionBlock` whose parameters are [layers, ...] (logical axis 'layers'; block i is
+  The blocks are one `_VisionBlock` whose parameters are [layers, ...] (logical axis 'layers'; block i is
   slice [i], `stacked_modules`), run under `jax.lax.scan` so XLA compiles one window and one full block body,
   not `depth` copies:
     * periodic full blocks (the last of every `full_attention_period` blocks, e.g. depth 32 with
@@ -224,9 +226,9 @@ class VisionTower(nnx.Module):
     self.config = config
     self.remat = remat
     self.unroll_layers = unroll_layers
-    self.patch_embed = PatchEmbed(config, **kw, rngs=rngs)
-    self.blocks = stacked_modules(lambda block_rngs: VisionBlock(config, **kw, rngs=block_rngs), config.depth, rngs)
-    self.merger = PatchMerger(config, **kw, rngs=rngs)
+    self.patch_embed = _PatchEmbed(config, **kw, rngs=rngs)
+    self.blocks = stacked_modules(lambda block_rngs: _VisionBlock(config, **kw, rngs=block_rngs), config.depth, rngs)
+    self.merger = _PatchMerger(config, **kw, rngs=rngs)
 
   def __call__(self, pixel_values: jax.Array, index: VisionIndex) -> jax.Array:
     """Image embeddings for the language model, in the original merged-token order.

@@ -23,6 +23,11 @@ import numpy as np
 
 from mmrag_jax.model.config import VisionConfig
 
+__all__ = [
+    "AttentionBlocks", "VisionIndex", "frame_cu_seqlens", "max_frame_patches", "pack_windows_next_fit",
+    "rotary_position_ids", "window_block_bound", "window_partition",
+]
+
 
 def _checked_grid(grid_thw: np.ndarray | list, merge: int) -> np.ndarray:
   grid = np.asarray(grid_thw)
@@ -104,14 +109,14 @@ def window_block_bound(num_patches: int, block_size: int) -> int:
 
 # Padded block counts are multiples of this, so that the block dim of a budgeted index divides any
 # data-parallel mesh of up to 16 chips (and 32, 64 ... whenever the patch budget allows).
-BLOCK_MULTIPLE = 16
+_BLOCK_MULTIPLE = 16
 
 
-def padded_block_count(num_patches: int, block_size: int) -> int:
+def _padded_block_count(num_patches: int, block_size: int) -> int:
   """The static block count of a budget of `num_patches` patches: the next-fit worst case
-  (`window_block_bound`) rounded up to a multiple of `BLOCK_MULTIPLE`."""
+  (`window_block_bound`) rounded up to a multiple of `_BLOCK_MULTIPLE`."""
   bound = window_block_bound(num_patches, block_size)
-  return -(-bound // BLOCK_MULTIPLE) * BLOCK_MULTIPLE
+  return -(-bound // _BLOCK_MULTIPLE) * _BLOCK_MULTIPLE
 
 
 def max_frame_patches(max_pixels: int, config: VisionConfig) -> int:
@@ -207,7 +212,7 @@ class VisionIndex:
     merged = num_patches // config.merge_unit
 
     def blocks(size: int) -> AttentionBlocks:
-      count = padded_block_count(num_patches, size)
+      count = _padded_block_count(num_patches, size)
       return AttentionBlocks(patches=i32(count, size), ids=i32(count, size), slots=i32(num_patches))
 
     frame = num_patches if frame_block_size is None else min(frame_block_size, num_patches)
@@ -226,7 +231,7 @@ class VisionIndex:
     frame_block_size: slots of a frame block, >= the largest frame (`max_frame_patches` of the pipeline's
       max_pixels); None = one block of all P patches (full attention then costs O(P^2), not O(P * S)).
     num_window_blocks, num_frame_blocks: static block counts; None = the exact count without a patch
-      budget, `padded_block_count` with one (shapes then depend on the budget only).
+      budget, `_padded_block_count` with one (shapes then depend on the budget only).
     """
     m = config.spatial_merge_size
     unit = m * m
@@ -257,7 +262,7 @@ class VisionIndex:
     patches_in_window_order = (window_index[:, None] * unit + np.arange(unit)).reshape(-1)
     window_members = [patches_in_window_order[lo:hi] for lo, hi in zip(cu_windows[:-1], cu_windows[1:])]
     if num_window_blocks is None and budgeted:
-      num_window_blocks = padded_block_count(padded, window_size)
+      num_window_blocks = _padded_block_count(padded, window_size)
     windows = AttentionBlocks.pack(window_members, padded, window_size, num_window_blocks, "window")
 
     frame_members = [np.arange(lo, hi) for lo, hi in zip(cu_frames[:-1], cu_frames[1:])]
@@ -266,7 +271,7 @@ class VisionIndex:
     else:
       frame_size = min(int(frame_block_size), max(padded, 1))
       if num_frame_blocks is None and budgeted:
-        num_frame_blocks = padded_block_count(padded, frame_size)
+        num_frame_blocks = _padded_block_count(padded, frame_size)
     frames = AttentionBlocks.pack(frame_members, padded, frame_size, num_frame_blocks, "frame")
 
     return cls(position_ids=position_ids, segment_ids=segment_ids, window_index=full_window_index,

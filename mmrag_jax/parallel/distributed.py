@@ -7,6 +7,8 @@ import os
 
 import jax
 
+__all__ = ["maybe_initialize_distributed", "shutdown_distributed"]
+
 _log = logging.getLogger(__name__)
 
 def _multi_process_launcher() -> bool:

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import jax
 from jax.sharding import AxisType, Mesh
 
+__all__ = ["MESH_AXES", "make_mesh", "resolve_mesh_shape"]
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 from jax.sharding import Mesh, PartitionSpec
 
+__all__ = ["DEFAULT_RULES", "LogicalRules", "MeshAxes", "decode_rules", "kv_cache_rules", "logical_to_mesh_spec"]
+
 MeshAxes = str | tuple[str, ...] | None
 LogicalRules = tuple[tuple[str, MeshAxes], ...]
 
@@ -50,7 +52,7 @@ DEFAULT_RULES: LogicalRules = (
 )
 
 # Logical axes of activations and inputs (everything else in a rules table names parameter dims).
-ACTIVATION_AXES = ("batch", "length", "vis_rows", "vis_tokens", "vis_blocks")
+_ACTIVATION_AXES = ("batch", "length", "vis_rows", "vis_tokens", "vis_blocks")
 
 
 def decode_rules(rules: LogicalRules = DEFAULT_RULES) -> LogicalRules:
@@ -64,7 +66,7 @@ def decode_rules(rules: LogicalRules = DEFAULT_RULES) -> LogicalRules:
   """
   def convert(name: str, axes: MeshAxes) -> MeshAxes:
     axes = _as_axes(axes)
-    if name in ACTIVATION_AXES or not axes:
+    if name in _ACTIVATION_AXES or not axes:
       return None if not axes else axes[0] if len(axes) == 1 else axes
     kept = tuple(a for a in axes if a != "fsdp")
     if "tensor" in kept:

@@ -18,7 +18,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mmrag_jax.parallel.rules import DEFAULT_RULES, LogicalRules, logical_to_mesh_spec
 
-M = TypeVar("M", bound=nnx.Module)
+__all__ = [
+    "activation_mesh", "constrain", "create_sharded", "logical_sharding", "param_shardings", "shard_model",
+    "variable_logical_axes",
+]
+
+_M = TypeVar("_M", bound=nnx.Module)
 
 
 def variable_logical_axes(variable: nnx.Variable) -> tuple[str | None, ...] | None:
@@ -56,7 +61,7 @@ def param_shardings(state: Any, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES)
   return jax.tree.map(sharding_of, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def shard_model(model: M, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> M:
+def shard_model(model: _M, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> _M:
   """Moves every Variable of an existing model onto its sharding (in place); returns the model.
 
   The model's arrays must fit on the host first; `create_sharded` avoids that for big models.
@@ -66,7 +71,7 @@ def shard_model(model: M, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> M:
   return model
 
 
-def create_sharded(constructor: Callable[[], M], mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> M:
+def create_sharded(constructor: Callable[[], _M], mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> _M:
   """Builds `constructor()` with every parameter created directly on its shards (never whole on one device).
 
   The constructor runs once abstractly (shapes and logical names only), then inside a jit whose

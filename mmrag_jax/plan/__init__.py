@@ -2,30 +2,21 @@
 
 Compiles the configured run's jitted programs for libtpu's abstract devices of a slice (no TPU needed)
 and reports per-device HBM against the chip, FLOPs, collective traffic, compile time and a roofline
-prediction of the update step.
+prediction of the update step:
+
+    plan = make_plan(config, "v5p-8")                        # a dict: programs, verdict, summary
+    setup = build_setup(config, load_slice("v5p-8").devices)  # PlanSetup: abstract model and optimizer
+    figures, compiled = compile_program(fn, args)            # one Program's CompiledProgram figures
+
+The slices and chips it knows are SLICES and CHIPS; an unknown slice is a TopologyError.
 """
 
-from mmrag_jax.plan.analysis import CompiledProgram, collective_bytes, compile_program, device_bytes
+from mmrag_jax.plan.analysis import CompiledProgram, compile_program
 from mmrag_jax.plan.planner import make_plan
-from mmrag_jax.plan.programs import PlanSetup, Program, UpdateGeometry, abstract_train_batch, build_setup
-from mmrag_jax.plan.topology import CHIPS, INSTALL_HINT, SLICES, Chip, Slice, TopologyError, load_slice
+from mmrag_jax.plan.programs import PlanSetup, Program, build_setup
+from mmrag_jax.plan.topology import CHIPS, SLICES, Slice, TopologyError, load_slice
 
 __all__ = [
-    "CHIPS",
-    "Chip",
-    "CompiledProgram",
-    "INSTALL_HINT",
-    "PlanSetup",
-    "Program",
-    "SLICES",
-    "Slice",
-    "TopologyError",
-    "UpdateGeometry",
-    "abstract_train_batch",
-    "build_setup",
-    "collective_bytes",
-    "compile_program",
-    "device_bytes",
-    "load_slice",
-    "make_plan",
+    "CHIPS", "CompiledProgram", "PlanSetup", "Program", "SLICES", "Slice", "TopologyError", "build_setup",
+    "compile_program", "load_slice", "make_plan",
 ]

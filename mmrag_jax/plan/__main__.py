@@ -21,6 +21,8 @@ import os
 import sys
 from typing import Any
 
+__all__ = ["main"]
+
 
 def _fail(message: str, code: int = 2) -> int:
   print(f"error: {' '.join(str(message).split())}", file=sys.stderr)

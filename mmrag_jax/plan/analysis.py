@@ -19,6 +19,11 @@ from typing import Any
 
 import jax
 
+__all__ = [
+    "COLLECTIVES", "CompiledProgram", "FULL_COUNT_OPTIONS", "collective_bytes", "compile_program", "device_bytes",
+    "out_of_hbm", "windowed_einsum_loops",
+]
+
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
                 "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
@@ -29,7 +34,7 @@ _WINDOWED_LOOP = re.compile(r"\bwhile\(.*?body=%[\w.\-]*windowed_dot_general_bod
 _ARRAY = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\]")
 
 
-def shape_bytes(text: str) -> int:
+def _shape_bytes(text: str) -> int:
   """Bytes of the arrays in an HLO shape ('bf16[4,8]{1,0}' or a tuple of them)."""
   return sum(_DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
              for dtype, dims in _ARRAY.findall(text))
@@ -41,7 +46,7 @@ def collective_bytes(hlo_text: str) -> dict[str, int]:
   for match in _OP.finditer(hlo_text):
     if match.group("suffix") == "-start":
       continue  # its tuple holds operand and result; the matching -done gives the result
-    totals[match.group("op")] += shape_bytes(match.group("shape"))
+    totals[match.group("op")] += _shape_bytes(match.group("shape"))
   return totals
 
 
@@ -89,7 +94,7 @@ _OUT_OF_HBM = re.compile(r"RESOURCE_EXHAUSTED:.*?HLO temporaries \(([\d.]+)([KMG
 _UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
 
 
-def _out_of_hbm(error: Exception, args: tuple[Any, ...], lower_s: float, compile_s: float) -> CompiledProgram:
+def out_of_hbm(error: Exception, args: tuple[Any, ...], lower_s: float, compile_s: float) -> CompiledProgram:
   """The figures of a program the compiler rejected for HBM: its arguments and the temporaries it asked for."""
   match = _OUT_OF_HBM.search(str(error))
   if match is None:
@@ -123,7 +128,7 @@ def compile_program(fn: Any, args: tuple[Any, ...], options: dict[str, Any] | No
   try:
     compiled = lowered.compile(compiler_options=options)
   except jax.errors.JaxRuntimeError as error:
-    return _out_of_hbm(error, args, lowered_at - start, time.perf_counter() - lowered_at), None
+    return out_of_hbm(error, args, lowered_at - start, time.perf_counter() - lowered_at), None
   done = time.perf_counter()
   memory = compiled.memory_analysis()
   cost = _first(compiled.cost_analysis())

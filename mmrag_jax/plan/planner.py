@@ -18,6 +18,8 @@ from mmrag_jax.parallel import resolve_mesh_shape
 from mmrag_jax.plan import analysis, programs, report
 from mmrag_jax.plan.topology import GIB, Slice, TopologyError, load_slice
 
+__all__ = ["layer_corrected", "make_plan"]
+
 # One device of this topology (a v5p chip, 95 GiB) holds the balance checks the slice's own chip cannot.
 _LARGE_CHIP = "v5p:2x2x1"
 _log = logging.getLogger(__name__)
@@ -30,7 +32,7 @@ def _build(setup: programs.PlanSetup, families: Sequence[str]) -> list[programs.
   return [p for name in families for p in programs.PROGRAM_FAMILIES[name](setup)]
 
 
-def probe_model(model: Qwen25VLConfig, text_layers: int, vision_blocks: str = "wf") -> Qwen25VLConfig:
+def _probe_model(model: Qwen25VLConfig, text_layers: int, vision_blocks: str = "wf") -> Qwen25VLConfig:
   """`model` at its widths with `text_layers` decoder layers and the vision blocks `vision_blocks` ('w' a
   window-attention block, 'f' a full-attention one), all unrolled: every kind of layer, each seen by XLA's
   cost analysis."""
@@ -40,7 +42,7 @@ def probe_model(model: Qwen25VLConfig, text_layers: int, vision_blocks: str = "w
                        unroll_layers=True)
 
 
-def uncounted_layers(model: Qwen25VLConfig) -> dict[str, int]:
+def _uncounted_layers(model: Qwen25VLConfig) -> dict[str, int]:
   """Per kind of layer ('text', 'window', 'full'), how many of the model's layers XLA's cost analysis of its
   scanned program leaves out: a loop body is counted once, so a scan of n layers reads as one. The decoder is
   one scan; the vision blocks run as `vision.full_attention_period` or `vision.block_runs` lay them out."""
@@ -113,7 +115,7 @@ def layer_corrected(full: analysis.CompiledProgram, base: analysis.CompiledProgr
                              flops_from_probes=from_probes)
 
 
-def layers_beyond_base(model: Qwen25VLConfig, runs_vision: bool) -> dict[str, int]:
+def _layers_beyond_base(model: Qwen25VLConfig, runs_vision: bool) -> dict[str, int]:
   """Per kind of layer, the model's layers of that kind minus the base probe's (`_BASE_PROBE`); the vision
   kinds only for a program that runs the vision tower."""
   text, blocks = _BASE_PROBE
@@ -124,15 +126,15 @@ def layers_beyond_base(model: Qwen25VLConfig, runs_vision: bool) -> dict[str, in
   return out
 
 
-def flops_imbalance(config: ml_collections.ConfigDict, tpu: Slice, families: Sequence[str]) -> dict[str, float]:
+def _flops_imbalance(config: ml_collections.ConfigDict, tpu: Slice, families: Sequence[str]) -> dict[str, float]:
   """Per program: FLOPs of the busiest device x devices over the FLOPs of the same program compiled for one
   device (the whole computation, unsplit). 1.0 = every device does an equal share.
 
-  Measured on the 2-layer `probe_model` with G x (data-parallel devices) rows at most (one prompt per device,
+  Measured on the 2-layer `_probe_model` with G x (data-parallel devices) rows at most (one prompt per device,
   so that one device can hold the whole batch): how a program splits depends on the layer kinds and the row
   layout, not on depth. A one-device compilation the chip's HBM refuses is redone for one v5p chip (95 GiB).
   """
-  model = probe_model(programs.model_config(config), 2)
+  model = _probe_model(programs.model_config(config), 2)
   small = ml_collections.ConfigDict(config.to_dict())
   data, fsdp, _ = resolve_mesh_shape(tuple(config.mesh.shape), len(tpu.devices))
   small.train.batch_size = min(config.train.batch_size, config.rl.group_size * data * fsdp)
@@ -163,9 +165,9 @@ def make_plan(config: ml_collections.ConfigDict, slice_name: str, *, hbm_bytes: 
   """Compiles the run's programs for slice `slice_name` and returns the plan (see `report.py`).
 
   Memory figures and compile times are those of the run's programs; their cost figures count every decoder
-  layer and vision block (`layer_corrected`, from small unrolled probes: `uncounted_layers`). hbm_bytes: HBM per device to plan against
+  layer and vision block (`layer_corrected`, from small unrolled probes: `_uncounted_layers`). hbm_bytes: HBM per device to plan against
   (default: the chip table's). flops_balance: also measure each program's FLOPs imbalance (default: yes;
-  `flops_imbalance`). families: the program families to compile (default: all of `programs.PROGRAM_FAMILIES`).
+  `_flops_imbalance`). families: the program families to compile (default: all of `programs.PROGRAM_FAMILIES`).
   """
   families = tuple(programs.PROGRAM_FAMILIES) if families is None else tuple(families)
   tpu = load_slice(slice_name)
@@ -174,21 +176,21 @@ def make_plan(config: ml_collections.ConfigDict, slice_name: str, *, hbm_bytes: 
   resident = {name: analysis.device_bytes(tree) for name, tree in setup.resident().items()}
   built = _build(setup, families)
   compiled_programs = [_compiled(p, "program:") for p in built]
-  missing = {kind: n for kind, n in uncounted_layers(setup.model).items() if n > 0}
+  missing = {kind: n for kind, n in _uncounted_layers(setup.model).items() if n > 0}
   if missing:
     # Only programs that scan layers of that kind need its probe (the decode loop runs no vision block).
     needs = lambda kind: (lambda p: p.layer_scan and (kind == "text" or p.runs_vision))
     probe = lambda kind, text, blocks: _compile_all(config, tpu.devices, families,
-                                                    probe_model(setup.model, text, blocks), needs(kind),
+                                                    _probe_model(setup.model, text, blocks), needs(kind),
                                                     what=f"probe of {text} layers, blocks {blocks!r}:",
                                                     options=analysis.FULL_COUNT_OPTIONS)
     base = probe("text", *_BASE_PROBE)
     extra = {kind: (n, probe(kind, *_PROBES[kind])) for kind, n in missing.items()}
     compiled_programs = [
         layer_corrected(c, base[p.name], {k: (n, probes[p.name]) for k, (n, probes) in extra.items()
-                                          if p.name in probes}, layers_beyond_base(setup.model, p.runs_vision))
+                                          if p.name in probes}, _layers_beyond_base(setup.model, p.runs_vision))
         if p.layer_scan else c for p, c in zip(built, compiled_programs)]
-  imbalance = flops_imbalance(config, tpu, families) if flops_balance is None or flops_balance else {}
+  imbalance = _flops_imbalance(config, tpu, families) if flops_balance is None or flops_balance else {}
   records = []
   for p, compiled in zip(built, compiled_programs):
     outside = {k: v for k, v in resident.items() if k not in p.in_resident}

@@ -33,6 +33,11 @@ from mmrag_jax.rl import update
 from mmrag_jax.rl.batch import TrainBatch
 from mmrag_jax.rl.policy import QwenLogprobs
 
+__all__ = [
+    "PROGRAM_FAMILIES", "PlanSetup", "Program", "UpdateGeometry", "abstract_train_batch", "build_setup", "model_config",
+    "sampler_programs", "update_programs",
+]
+
 _MODEL_PRESETS = {"demo": "tiny", "3b": "qwen2.5-vl-3b", "7b": "qwen2.5-vl-7b"}
 
 
@@ -86,11 +91,11 @@ class UpdateGeometry:
     holds the most pixel rows its prompts can have (larger buckets serve prediction batches only)."""
     return cls(rows=config.train.batch_size, group_size=config.rl.group_size,
                prompt_length=max(config.pipeline.length_buckets), completion_length=config.rl.max_new_tokens,
-               num_patches=patch_bucket(config, config.train.batch_size // config.rl.group_size),
+               num_patches=_patch_bucket(config, config.train.batch_size // config.rl.group_size),
                micro_batches=config.train.micro_batches)
 
 
-def patch_bucket(config: ml_collections.ConfigDict, prompts: int) -> int:
+def _patch_bucket(config: ml_collections.ConfigDict, prompts: int) -> int:
   """The smallest of pipeline.patch_buckets that holds the most pixel rows `prompts` prompts can have (that
   worst case itself without buckets: the pipeline's one bucket then)."""
   rows = batch_pixel_rows(config, prompts)
@@ -220,11 +225,11 @@ def update_programs(setup: PlanSetup) -> list[Program]:
   """The GRPO optimizer step: `accumulate` (once per micro-batch) and `apply` (once), as `PolicyUpdater` runs
   them; and the reference log-prob pass (once per micro-batch) when the loss has a KL term."""
   grpo = settings(setup.config).grpo
-  frozen_sh = update._FrozenTree.of(setup.param_shardings)
-  _, accumulate, logprobs = update._jitted_model_steps(setup.graphdef, grpo.loss_config(), _logprob_fn(setup),
-                                                       frozen_sh, setup.freeze)
-  apply = update._jitted_apply(setup.graphdef, setup.opt_graphdef, frozen_sh,
-                               update._FrozenTree.of(setup.opt_shardings), setup.freeze)
+  frozen_sh = update.FrozenTree.of(setup.param_shardings)
+  _, accumulate, logprobs = update.jitted_model_steps(setup.graphdef, grpo.loss_config(), _logprob_fn(setup),
+                                                      frozen_sh, setup.freeze)
+  apply = update.jitted_apply(setup.graphdef, setup.opt_graphdef, frozen_sh,
+                              update.FrozenTree.of(setup.opt_shardings), setup.freeze)
   g = setup.geometry
   batch = abstract_train_batch(setup.model, g, setup.mesh)
   trainable, frozen = update.split_trainable(setup.params, setup.freeze)
@@ -247,8 +252,8 @@ def update_programs(setup: PlanSetup) -> list[Program]:
 
 
 
-def abstract_prompt_inputs(model: Qwen25VLConfig, rows: int, length: int, num_patches: int, mesh: Mesh
-                           ) -> ModelInputs:
+def _abstract_prompt_inputs(model: Qwen25VLConfig, rows: int, length: int, num_patches: int, mesh: Mesh
+                            ) -> ModelInputs:
   """Prompt `ModelInputs` [rows, length] with `num_patches` pixel rows as `place_inputs` shards them."""
   v = model.vision
   i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
@@ -279,12 +284,13 @@ def _generation_programs(setup: PlanSetup, *, prompts: int, group_size: int, num
 
   prompt_length, mesh = max(setup.config.pipeline.length_buckets), setup.mesh
   # As `Sampler.prefill`: filler rows up to a multiple of the devices the rows split over.
-  inputs = abstract_prompt_inputs(setup.model, prefill_rows(prompts, mesh), prompt_length, num_patches, mesh)
+  inputs = _abstract_prompt_inputs(setup.model, prefill_rows(prompts, mesh), prompt_length, num_patches, mesh)
   cache_size = prompt_length + new_tokens
   training_weights = setup.config.sampler.decode_weights == "training"
   weight_rules = DEFAULT_RULES if training_weights else decode_rules()
-  prefill_jit = _Bound(sampling._prefill, dict(graphdef=setup.graphdef, cache_size=cache_size, group_size=group_size,
-                                              mesh=mesh, weight_rules=weight_rules, prompts=prompts))
+  prefill_jit = _Bound(sampling.jitted_prefill, dict(graphdef=setup.graphdef, cache_size=cache_size,
+                                                     group_size=group_size, mesh=mesh, weight_rules=weight_rules,
+                                                     prompts=prompts))
   logits, cache = prefill_jit.lower(setup.params, inputs).out_info
   # As the prefill leaves them: the cache in the decode loop's layout, logits rows over the batch axes.
   cache = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), cache,
@@ -297,8 +303,8 @@ def _generation_programs(setup: PlanSetup, *, prompts: int, group_size: int, num
   keys = jax.eval_shape(lambda: row_keys(jax.random.key(0), jnp.arange(prompts), group_size))
   keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=logical_sharding(mesh, ("batch",), shape=keys.shape))
   stop_ids = jax.ShapeDtypeStruct((2,), jnp.int32, sharding=NamedSharding(mesh, PartitionSpec()))
-  decode_jit = _Bound(sampling._decode, dict(graphdef=setup.graphdef, method=method, settings=settings, mesh=mesh,
-                                            weight_rules=weight_rules))
+  decode_jit = _Bound(sampling.jitted_decode, dict(graphdef=setup.graphdef, method=method, settings=settings,
+                                                   mesh=mesh, weight_rules=weight_rules))
   prefill_name, weights_name, decode_name = names
   programs = [Program(prefill_name, f"B{inputs.input_ids.shape[0]}xL{prompt_length}xP{num_patches}", prefill_jit,
                       (setup.params, inputs), in_resident, per_update, family=family)]
@@ -329,7 +335,7 @@ def sampler_programs(setup: PlanSetup) -> list[Program]:
                               per_update=g.micro_batches, in_resident=("params", "accumulators"))
 
 
-def predict_programs(setup: PlanSetup) -> list[Program]:
+def _predict_programs(setup: PlanSetup) -> list[Program]:
   """Stage-2 prediction after training: greedy generation of predict.max_new_tokens tokens for
   predict.batch_size prompts (one sample each) at the largest length bucket and the smallest patch bucket that
   holds their pixel rows (stage-2 configs only; `predict_prefill`, `predict_weights`, `predict_decode`)."""
@@ -340,7 +346,7 @@ def predict_programs(setup: PlanSetup) -> list[Program]:
   c = setup.config
   # Inference after training: the optimizer, accumulators and KL reference are not live.
   return _generation_programs(setup, prompts=c.predict.batch_size, group_size=1,
-                              num_patches=patch_bucket(c, c.predict.batch_size),
+                              num_patches=_patch_bucket(c, c.predict.batch_size),
                               new_tokens=c.predict.max_new_tokens, method=Greedy(),
                               names=("predict_prefill", "predict_weights", "predict_decode"), family="predict",
                               per_update=1, in_resident=("params", "optimizer", "accumulators", "reference"))
@@ -360,7 +366,7 @@ class _Bound:
     return self.fn.lower(*args, **self.static)
 
 
-def scorer_programs(setup: PlanSetup) -> list[Program]:
+def _scorer_programs(setup: PlanSetup) -> list[Program]:
   """Stage-1 inference: the scorer's P(yes) forward over scorer.batch_size candidates at the largest length
   and patch buckets (stage-1 configs only; the judgment token ids do not change the program's shape)."""
   if setup.config.stage != 1:
@@ -368,14 +374,14 @@ def scorer_programs(setup: PlanSetup) -> list[Program]:
   from mmrag_jax.sampling import scorer
 
   c, g = setup.config, setup.geometry
-  inputs = abstract_prompt_inputs(setup.model, c.scorer.batch_size, g.prompt_length, g.num_patches, setup.mesh)
-  forward = _Bound(scorer._yes_probability, dict(graphdef=setup.graphdef, yes_token_id=0, no_token_id=1,
-                                                 mesh=setup.mesh))
+  inputs = _abstract_prompt_inputs(setup.model, c.scorer.batch_size, g.prompt_length, g.num_patches, setup.mesh)
+  forward = _Bound(scorer.jitted_yes_probability, dict(graphdef=setup.graphdef, yes_token_id=0, no_token_id=1,
+                                                       mesh=setup.mesh))
   # Inference after training: only the parameters are live.
   return [Program("scorer", f"B{c.scorer.batch_size}xL{g.prompt_length}xP{g.num_patches}", forward,
                   (setup.params, inputs), ("params", "optimizer", "accumulators", "reference"), 1,
                   family="scorer")]
 
 
-PROGRAM_FAMILIES = {"update": update_programs, "sampler": sampler_programs, "scorer": scorer_programs,
-                    "predict": predict_programs}
+PROGRAM_FAMILIES = {"update": update_programs, "sampler": sampler_programs, "scorer": _scorer_programs,
+                    "predict": _predict_programs}

@@ -13,11 +13,13 @@ from typing import Any
 from mmrag_jax.plan.analysis import CompiledProgram
 from mmrag_jax.plan.topology import GIB, Slice
 
-KNOBS = ("model.remat=True", "a smaller train.batch_size with more train.micro_batches",
-         "another mesh.shape", "a bigger slice")
+__all__ = ["program_record", "summary", "table", "verdict"]
+
+_KNOBS = ("model.remat=True", "a smaller train.batch_size with more train.micro_batches",
+          "another mesh.shape", "a bigger slice")
 
 
-def roofline(program: CompiledProgram, tpu: Slice, loop_steps: int = 1) -> dict[str, Any]:
+def _roofline(program: CompiledProgram, tpu: Slice, loop_steps: int = 1) -> dict[str, Any]:
   """Seconds per run of the program bounded by compute, HBM traffic and ICI traffic, and which bounds it.
 
   loop_steps: trips of a loop XLA's cost analysis counts once (step_s is one trip, time_s all of them).
@@ -49,7 +51,7 @@ def program_record(name: str, bucket: str, per_update: int, program: CompiledPro
       "compile_s": program.compile_s, "lower_s": program.lower_s,
       "flops_imbalance": flops_imbalance, "windowed_einsum_loops": program.windowed_einsum_loops,
       "flops_from_probes": program.flops_from_probes,
-      "roofline": roofline(program, tpu, loop_steps),
+      "roofline": _roofline(program, tpu, loop_steps),
   }
 
 
@@ -61,7 +63,7 @@ def verdict(records: list[dict[str, Any]]) -> list[str]:
       rejected = " (the TPU compiler refused it: temporaries exceed HBM)" if r["compile_error"] else ""
       lines.append(f"{r['name']} [{r['bucket']}] does not fit: {r['peak_bytes'] / GIB:.2f} GiB of "
                    f"{r['hbm_bytes'] / GIB:.2f} GiB per device, {(r['peak_bytes'] - r['hbm_bytes']) / GIB:.2f} GiB "
-                   f"over{rejected}; try {', '.join(KNOBS)}")
+                   f"over{rejected}; try {', '.join(_KNOBS)}")
   return lines
 
 

@@ -18,6 +18,11 @@ import os
 import re
 from typing import Any
 
+__all__ = [
+    "CHIPS", "Chip", "GIB", "INSTALL_HINT", "SLICES", "Slice", "TopologyError", "libtpu_available", "load_slice",
+    "topology_name",
+]
+
 GIB = 1024 ** 3
 
 

@@ -9,6 +9,8 @@ import os
 
 from absl import app, flags
 
+__all__ = ["main"]
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (created).")
 _SEED = flags.DEFINE_integer("seed", 0, "World and initialization seed.")
 _LOSS = flags.DEFINE_enum("loss", "completion", ["completion", "sequence"],

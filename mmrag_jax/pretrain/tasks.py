@@ -31,6 +31,8 @@ from mmrag_jax.data.synthetic import COLORS, SHAPES, Scene
 from mmrag_jax.data.synthetic.scenes import describe
 from mmrag_jax.data.synthetic.world import Entity, plural
 
+__all__ = ["MAX_LISTED", "PretrainExample", "TASKS", "document_examples"]
+
 MAX_LISTED = 3  # documents shown in one prompt at most
 TASKS = ("describe", "restate", "ask", "check")
 _PLAIN = "Answer with one sentence."

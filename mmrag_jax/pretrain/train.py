@@ -27,7 +27,8 @@ from flax import nnx
 
 from mmrag_jax.data import read_webqa
 from mmrag_jax.data.batching import MetaField
-from mmrag_jax.data.pipeline import PipelineConfig, _collator, _Encoder, _EncodeAndCollate, _processor, batched_dataset
+from mmrag_jax.data.pipeline import (EncodeAndCollate, PipelineConfig, PromptEncoder, batched_dataset, prompt_collator,
+                                     thread_processor)
 from mmrag_jax.data.records import IMAGE, Question
 from mmrag_jax.data.synthetic import SyntheticManifest, generate_webqa
 from mmrag_jax.data.synthetic.world import Entity
@@ -38,10 +39,12 @@ from mmrag_jax.processing import load_processor, prompts
 from mmrag_jax.processing.tiny_tokenizer import build_tiny_processor_dir
 from mmrag_jax.rl.warmup import WarmupConfig, supervised_warmup
 
+__all__ = ["PretrainConfig", "extra_world_examples", "model_config", "pretrain", "sequence_loss", "world_seed"]
+
 _log = logging.getLogger(__name__)
 
-DATA_DIR, MODEL_DIR, WORLDS_DIR, STAMP_FILE = "data", "model", "worlds", "pretrain.json"
-LOSSES = ("completion", "sequence")
+_DATA_DIR, _MODEL_DIR, _WORLDS_DIR, _STAMP_FILE = "data", "model", "worlds", "pretrain.json"
+_LOSSES = ("completion", "sequence")
 _META = {"task": MetaField(object, ""), "target": MetaField(object, ""), "target_tokens": MetaField(np.int32, 0)}
 
 
@@ -82,8 +85,8 @@ class PretrainConfig:
   loss: str = "completion"
 
   def __post_init__(self):
-    if self.loss not in LOSSES:
-      raise ValueError(f"PretrainConfig.loss must be one of {LOSSES}, got {self.loss!r}")
+    if self.loss not in _LOSSES:
+      raise ValueError(f"PretrainConfig.loss must be one of {_LOSSES}, got {self.loss!r}")
     if self.extra_worlds < 0:
       raise ValueError(f"PretrainConfig.extra_worlds must be >= 0, got {self.extra_worlds}")
 
@@ -108,7 +111,7 @@ def model_config(config: PretrainConfig):
   return dataclasses.replace(base, text=text, vision=vision)
 
 
-def pretrain_examples(questions: Sequence[Question], manifest: SyntheticManifest, seed: int) -> list[PretrainExample]:
+def _pretrain_examples(questions: Sequence[Question], manifest: SyntheticManifest, seed: int) -> list[PretrainExample]:
   """The reading-skill examples of every distinct document in the questions' candidate pools."""
   rng = random.Random(seed)
   documents = {c.id: c for q in questions for c in q.candidates}
@@ -132,18 +135,18 @@ def world_seed(seed: int, index: int) -> int:
   return 1_000_003 * (index + 1) + seed
 
 
-def _extra_world_examples(workdir: str, config: PretrainConfig) -> list[PretrainExample]:
+def extra_world_examples(workdir: str, config: PretrainConfig) -> list[PretrainExample]:
   """The reading-skill examples of the extra worlds' train documents, pictures carried as bytes."""
   out: list[PretrainExample] = []
   for index in range(config.extra_worlds):
     seed = world_seed(config.seed, index)
-    world_dir = os.path.join(workdir, WORLDS_DIR, str(index))
+    world_dir = os.path.join(workdir, _WORLDS_DIR, str(index))
     manifest = generate_webqa(world_dir, num_train=config.num_train, num_val=0, num_test=0, seed=seed)
     data = read_webqa(world_dir, "train", verbose=False)
     questions = [dataclasses.replace(q, candidates=tuple(
         dataclasses.replace(c, image_bytes=data.images.read_bytes(c.image_ref)) if c.kind == IMAGE else c
         for c in q.candidates)) for q in data.questions]
-    out.extend(pretrain_examples(questions, manifest, seed))
+    out.extend(_pretrain_examples(questions, manifest, seed))
   return out
 
 
@@ -157,7 +160,7 @@ def _tokenizer_corpus(examples: Sequence[PretrainExample]) -> list[str]:
 
 
 @dataclasses.dataclass(frozen=True)
-class _PretrainEncoder(_Encoder):
+class _PretrainEncoder(PromptEncoder):
   examples: Sequence[PretrainExample] = ()
 
   target_in_prompt: bool = False  # the target and the stop token follow the prompt (loss='sequence')
@@ -166,14 +169,14 @@ class _PretrainEncoder(_Encoder):
     ex = self.examples[int(row[0])]
     encoded = self._encode(ex.candidates, ex.messages, {"task": ex.task, "target": ex.target, "target_tokens": 0})
     if self.target_in_prompt and not encoded["error"]:
-      tokenizer = _processor(self.config.processor_path, self.config.min_pixels, self.config.max_pixels).tokenizer
+      tokenizer = thread_processor(self.config.processor_path, self.config.min_pixels, self.config.max_pixels).tokenizer
       target = [*tokenizer.encode(ex.target, add_special_tokens=False), tokenizer.eos_token_id]
       encoded["input_ids"] = np.concatenate([encoded["input_ids"], np.asarray(target, np.int64)])
       encoded["meta"]["target_tokens"] = len(target)
     return encoded
 
 
-def _sequence_loss(model: Qwen25VL, inputs: ModelInputs, target_tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+def sequence_loss(model: Qwen25VL, inputs: ModelInputs, target_tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(token-mean next-token NLL over every real text token, the same over the targets' tokens only).
 
   inputs: B left-padded sequences, each a prompt followed by its target; target_tokens: [B] int32, how many
@@ -193,7 +196,7 @@ def _sequence_loss(model: Qwen25VL, inputs: ModelInputs, target_tokens: jax.Arra
 @nnx.jit
 def _sequence_step(model: Qwen25VL, optimizer: nnx.Optimizer, inputs: ModelInputs,
                    target_tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
-  (loss, target_nll), grads = nnx.value_and_grad(_sequence_loss, has_aux=True)(model, inputs, target_tokens)
+  (loss, target_nll), grads = nnx.value_and_grad(sequence_loss, has_aux=True)(model, inputs, target_tokens)
   optimizer.update(model, grads)
   return loss, target_nll
 
@@ -219,18 +222,18 @@ def pretrain(workdir: str, config: PretrainConfig = PretrainConfig(), progress: 
   """Builds (or finds cached) the world and the base model in `workdir`; returns pretrain.json's content:
   {'config', 'data_dir', 'model_dir', 'num_examples', 'nll_start', 'nll_end', 'seconds'}."""
   workdir = os.path.abspath(workdir)
-  stamp_path = os.path.join(workdir, STAMP_FILE)
+  stamp_path = os.path.join(workdir, _STAMP_FILE)
   if os.path.isfile(stamp_path):
     with open(stamp_path, encoding="utf-8") as f:
       done = json.load(f)
     if done.get("config") == _stamp(config)["config"]:
       return done
   started = time.perf_counter()
-  data_dir, model_dir = os.path.join(workdir, DATA_DIR), os.path.join(workdir, MODEL_DIR)
+  data_dir, model_dir = os.path.join(workdir, _DATA_DIR), os.path.join(workdir, _MODEL_DIR)
   manifest = generate_webqa(data_dir, num_train=config.num_train, num_val=config.num_val, num_test=config.num_test,
                             seed=config.seed)
   train = read_webqa(data_dir, "train", verbose=False)
-  examples = pretrain_examples(train.questions, manifest, config.seed) + _extra_world_examples(workdir, config)
+  examples = _pretrain_examples(train.questions, manifest, config.seed) + extra_world_examples(workdir, config)
   examples = [ex for ex in examples if ex.task in config.tasks]
   build_tiny_processor_dir(model_dir, extra_corpus=_tokenizer_corpus(examples))
   model = Qwen25VL(model_config(config), rngs=nnx.Rngs(config.seed))
@@ -241,7 +244,8 @@ def pretrain(workdir: str, config: PretrainConfig = PretrainConfig(), progress: 
   encoder = _PretrainEncoder(questions=(), images=train.images, config=pipeline_config, examples=examples,
                              target_in_prompt=config.loss == "sequence")
   table = np.arange(len(examples), dtype=np.int64)[:, None]
-  data = iter(batched_dataset(table, _EncodeAndCollate(encoder, _collator(pipeline_config, MAX_LISTED, _META)), pipeline_config))
+  collate = EncodeAndCollate(encoder, prompt_collator(pipeline_config, MAX_LISTED, _META))
+  data = iter(batched_dataset(table, collate, pipeline_config))
   warmup = WarmupConfig(steps=config.steps, learning_rate=config.learning_rate, max_new_tokens=config.max_new_tokens,
                         group_size=1)
   processor = load_processor(model_dir, min_pixels=config.min_pixels, max_pixels=config.max_pixels)

@@ -22,7 +22,9 @@ import PIL.Image
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil, smart_resize
 
-IMAGE_PAD_TOKEN = "<|image_pad|>"
+__all__ = ["QwenVLProcessor", "load_processor"]
+
+_IMAGE_PAD_TOKEN = "<|image_pad|>"
 # Values of `mm_token_type_ids`, as transformers defines them (2 would be a video token).
 _MM_TYPE_TEXT, _MM_TYPE_IMAGE = 0, 1
 
@@ -44,7 +46,7 @@ class QwenVLProcessor:
     self.chat_template = chat_template or tokenizer.chat_template
     if not self.chat_template:
       raise ValueError("no chat template: neither chat_template.{jinja,json} nor the tokenizer defines one")
-    self.image_token = getattr(tokenizer, "image_token", None) or IMAGE_PAD_TOKEN
+    self.image_token = getattr(tokenizer, "image_token", None) or _IMAGE_PAD_TOKEN
     self.image_token_id = _required_token_id(tokenizer, self.image_token)
     self.pad_token_id = _required_token_id(tokenizer, tokenizer.pad_token or "<|endoftext|>")
     self.eos_token_id = _required_token_id(tokenizer, tokenizer.eos_token or "<|im_end|>")

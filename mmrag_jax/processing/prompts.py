@@ -29,7 +29,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Protocol, Sequence
 
-IMAGE_KIND = "image"
+__all__ = [
+    "ANSWER_STYLE", "CandidateLike", "PromptConfig", "STAGE1_ANSWER", "STAGE1_THINK", "STAGE2_INSTRUCTION",
+    "image_positions", "stage1_messages", "stage2_messages",
+]
+
+_IMAGE_KIND = "image"
 
 STAGE1_ANSWER = "Reply with <answer>yes</answer> or <answer>no</answer>."
 STAGE1_THINK = "First think briefly inside <think></think>, then reply with <answer>yes</answer> or <answer>no</answer>."
@@ -39,7 +44,7 @@ STAGE2_INSTRUCTION = (
     "<evidence></evidence>, for example <evidence>[2], [1]</evidence>. "
     "Finally write the answer inside <answer></answer>.")
 # The same without reasoning (the "think off" ablation).
-STAGE2_INSTRUCTION_NO_THINK = (
+_STAGE2_INSTRUCTION_NO_THINK = (
     "Use the candidates to answer the question. List the numbers of the candidates you used as evidence, "
     "most relevant first, inside <evidence></evidence>, for example <evidence>[2], [1]</evidence>. "
     "Then write the answer inside <answer></answer>.")
@@ -96,7 +101,7 @@ def stage1_messages(question: str, candidate: CandidateLike, config: PromptConfi
   """Point-wise relevance prompt for one candidate; one image part iff the candidate is an image."""
   instruction = STAGE1_THINK if config.stage1_think else STAGE1_ANSWER
   body = _clip(candidate.text, config.max_text_words)
-  if candidate.kind == IMAGE_KIND:
+  if candidate.kind == _IMAGE_KIND:
     content: list[dict[str, Any]] = [{"type": "image"}]
     text = "\n" + _lines(("Image title", candidate.title), ("Image caption", body))
     noun = "image"
@@ -119,7 +124,7 @@ def stage2_messages(question: str, candidates: Sequence[CandidateLike], config: 
   text = f"Question: {question}\nCandidates:\n"
   for number, candidate in enumerate(candidates, start=1):
     body = _clip(candidate.text, config.max_text_words)
-    is_image = candidate.kind == IMAGE_KIND
+    is_image = candidate.kind == _IMAGE_KIND
     text += f"[{number}] {'Image' if is_image else 'Text'}" + (f" (title: {candidate.title})" if candidate.title else "")
     if is_image:
       content.append({"type": "text", "text": text + ": "})
@@ -127,7 +132,7 @@ def stage2_messages(question: str, candidates: Sequence[CandidateLike], config: 
       text = (f" Caption: {body}" if body else "") + "\n"
     else:
       text += f": {body}\n"
-  text += (STAGE2_INSTRUCTION if config.stage2_think else STAGE2_INSTRUCTION_NO_THINK) + (
+  text += (STAGE2_INSTRUCTION if config.stage2_think else _STAGE2_INSTRUCTION_NO_THINK) + (
       f" {answer_style}" if answer_style else "")
   content.append({"type": "text", "text": text})
   return _with_system(content, config)
@@ -135,4 +140,4 @@ def stage2_messages(question: str, candidates: Sequence[CandidateLike], config: 
 
 def image_positions(candidates: Sequence[CandidateLike]) -> list[int]:
   """Indices of the image candidates: the order in which the prompt expects their images."""
-  return [i for i, c in enumerate(candidates) if c.kind == IMAGE_KIND]
+  return [i for i, c in enumerate(candidates) if c.kind == _IMAGE_KIND]

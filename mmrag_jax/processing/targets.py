@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+__all__ = ["MMQA_ANSWER_SEPARATOR", "stage1_target", "stage2_target"]
+
 MMQA_ANSWER_SEPARATOR = "; "  # as the stage-2 prompt asks: answers may hold commas ("Washington, D.C.", "1,000")
 
 

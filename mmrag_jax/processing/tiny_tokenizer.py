@@ -18,6 +18,8 @@ from transformers import PreTrainedTokenizerFast
 
 from mmrag_jax.model.config import TINY_SPECIAL_IDS
 
+__all__ = ["NUM_REGULAR_TOKENS", "build_tiny_processor_dir", "build_tiny_tokenizer"]
+
 NUM_REGULAR_TOKENS = 496
 
 # Qwen2's split: contractions, letter runs (with one leading non-letter, e.g. " word" or "<think"),
@@ -29,7 +31,7 @@ _QWEN2_SPLIT_PATTERN = (
 
 # Same structure as the published Qwen2.5-VL template: a default system turn, `<|im_start|>role\n`
 # ... `<|im_end|>\n` per message, one vision span per image, optional "Picture k: " labels.
-QWEN25VL_CHAT_TEMPLATE = (
+_QWEN25VL_CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}"
     "{% set video_count = namespace(value=0) %}"
     "{% for message in messages %}"
@@ -151,7 +153,7 @@ def build_tiny_tokenizer(out_dir: str | os.PathLike[str] | None = None,
       model_max_length=32768,
       clean_up_tokenization_spaces=False,
   )
-  wrapped.chat_template = QWEN25VL_CHAT_TEMPLATE
+  wrapped.chat_template = _QWEN25VL_CHAT_TEMPLATE
   if out_dir is not None:
     wrapped.save_pretrained(os.fspath(out_dir))
   return wrapped
@@ -188,5 +190,5 @@ def build_tiny_processor_dir(out_dir: str | os.PathLike[str], extra_corpus: Sequ
   with open(os.path.join(out_dir, "preprocessor_config.json"), "w") as f:
     json.dump(_PREPROCESSOR_CONFIG, f, indent=2)
   with open(os.path.join(out_dir, "chat_template.json"), "w") as f:
-    json.dump({"chat_template": QWEN25VL_CHAT_TEMPLATE}, f, indent=2)
+    json.dump({"chat_template": _QWEN25VL_CHAT_TEMPLATE}, f, indent=2)
   return out_dir

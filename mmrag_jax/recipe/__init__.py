@@ -13,3 +13,5 @@
 
 This package sits above model / sampling / rl / data / evaluation and is imported by nothing below it.
 """
+
+__all__: list[str] = []  # the modules above are the surface; `python -m mmrag_jax.main` runs them

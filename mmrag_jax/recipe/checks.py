@@ -20,10 +20,12 @@ from mmrag_jax.recipe.presets import stage1_run_config
 from mmrag_jax.recipe.settings import ConfigError, Settings, settings, stage1_fields
 from mmrag_jax.validation import is_int, is_number
 
-MODES = ("train", "eval", "predict")
-DATASETS = ("webqa", "mmqa")
-SPLITS = {"webqa": ("train", "val", "test"), "mmqa": ("train", "dev", "test")}
-SAMPLER_METHODS = ("greedy", "categorical", "top_k", "top_p")
+__all__ = ["batch_pixel_rows", "check_patch_buckets", "require_path", "validate", "validate_batch_division"]
+
+_MODES = ("train", "eval", "predict")
+_DATASETS = ("webqa", "mmqa")
+_SPLITS = {"webqa": ("train", "val", "test"), "mmqa": ("train", "dev", "test")}
+_SAMPLER_METHODS = ("greedy", "categorical", "top_k", "top_p")
 
 
 def _get(config: ml_collections.ConfigDict, field: str) -> Any:
@@ -85,14 +87,14 @@ def validate(config: ml_collections.ConfigDict) -> Settings:
   if config.stage not in (1, 2):
     raise ConfigError("stage", f"must be 1 or 2, got {config.stage!r}")
   _finite_floats(config)
-  _choice(config, "mode", MODES)
-  dataset = _choice(config, "data.dataset", DATASETS)
+  _choice(config, "mode", _MODES)
+  dataset = _choice(config, "data.dataset", _DATASETS)
   of_dataset = f" (the splits of {dataset})"
   for field in ("data.train_split", "data.eval_split"):
-    _choice(config, field, SPLITS[dataset], what=of_dataset)
+    _choice(config, field, _SPLITS[dataset], what=of_dataset)
   if config.stage == 1:
     for split in config.stage1.score_splits:  # () = the train and eval splits
-      _choice(config, "stage1.score_splits", SPLITS[dataset], split, of_dataset)
+      _choice(config, "stage1.score_splits", _SPLITS[dataset], split, of_dataset)
   if config.mode == "train" and config.data.train_split == "test":
     raise ConfigError("data.train_split", "the test split has no gold labels to train on")
   for field in ("data.max_train_questions", "data.max_eval_questions", "pipeline.worker_count",
@@ -108,7 +110,7 @@ def validate(config: ml_collections.ConfigDict) -> Settings:
     raise ConfigError("pipeline.min_pixels", f"{config.pipeline.min_pixels} exceeds pipeline.max_pixels="
                       f"{config.pipeline.max_pixels}")
   _positive_number(config, "warmup.learning_rate")  # the warm-up's own rate: WarmupConfig does not check it
-  _choice(config, "sampler.method", SAMPLER_METHODS)
+  _choice(config, "sampler.method", _SAMPLER_METHODS)
   _increasing(config, "pipeline.length_buckets")
   run_settings = settings(config)  # every settings dataclass checks its fields, rl.group_size among them
   if config.train.batch_size % config.rl.group_size:

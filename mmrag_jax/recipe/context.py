@@ -27,6 +27,11 @@ from mmrag_jax.processing import load_processor
 from mmrag_jax.recipe.checks import require_path
 from mmrag_jax.recipe.settings import ConfigError, DataSettings, ModelSettings
 
+__all__ = [
+    "EXPORT_DIR", "RunDir", "Split", "barrier", "export_policy", "is_main_process", "load_model",
+    "load_policy_processor", "read_split", "resolve_mesh", "write_json",
+]
+
 _log = logging.getLogger(__name__)
 
 EXPORT_DIR = "export"

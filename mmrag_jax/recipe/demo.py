@@ -14,13 +14,15 @@ from mmrag_jax.data.synthetic import generate_webqa
 from mmrag_jax.model import Qwen25VL, save_pretrained, tiny
 from mmrag_jax.processing.tiny_tokenizer import build_tiny_processor_dir
 
+__all__ = ["prepare_demo_inputs"]
+
 _log = logging.getLogger(__name__)
 
-DATA_DIR = "data"
-MODEL_DIR = "tiny_model"
+_DATA_DIR = "data"
+_MODEL_DIR = "tiny_model"
 
 
-def build_tiny_checkpoint(out_dir: str, seed: int = 0) -> str:
+def _build_tiny_checkpoint(out_dir: str, seed: int = 0) -> str:
   """A random tiny Qwen2.5-VL saved as a Hugging Face directory, with the offline tokenizer + processor."""
   if os.path.isfile(os.path.join(out_dir, "model.safetensors")):
     return out_dir
@@ -34,13 +36,13 @@ def prepare_demo_inputs(config: ml_collections.ConfigDict, workdir: str) -> None
   """Fills `data.data_dir` / `model.path` with generated inputs when the config asks for them and they are
   empty (generation is skipped when the files already exist, so a resumed demo reuses them)."""
   if config.data.synthetic and not config.data.data_dir:
-    data_dir = os.path.join(workdir, DATA_DIR)
+    data_dir = os.path.join(workdir, _DATA_DIR)
     if not os.path.isfile(os.path.join(data_dir, "WebQA_train_val.json")):
       num_train, num_val, num_test = config.data.synthetic_sizes
       _log.info("writing a synthetic WebQA (%d/%d/%d questions) to %s", num_train, num_val, num_test, data_dir)
       generate_webqa(data_dir, num_train=num_train, num_val=num_val, num_test=num_test, seed=config.seed)
     config.data.data_dir = data_dir
   if config.model.build_tiny and not config.model.path:
-    model_dir = os.path.join(workdir, MODEL_DIR)
+    model_dir = os.path.join(workdir, _MODEL_DIR)
     _log.info("writing a tiny random Qwen2.5-VL checkpoint to %s", model_dir)
-    config.model.path = build_tiny_checkpoint(model_dir, seed=config.seed)
+    config.model.path = _build_tiny_checkpoint(model_dir, seed=config.seed)

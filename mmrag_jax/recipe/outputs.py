@@ -19,17 +19,22 @@ from mmrag_jax.evaluation.webqa_eval import evaluate_webqa, score_webqa
 from mmrag_jax.recipe.context import RunDir, Split, is_main_process, write_json
 from mmrag_jax.recipe.settings import DataSettings
 
+__all__ = [
+    "SUMMARY_FILE", "as_predictions", "cost_summary", "evaluate_split", "headline_metrics", "scored_golds",
+    "write_curves", "write_split_outputs",
+]
+
 _log = logging.getLogger(__name__)
 
-PREDICTIONS_FILE = "predictions.jsonl"
-SUBMISSION_FILES = {"webqa": "webqa_submission.json", "mmqa": "mmqa_predictions.json"}
-METRICS_FILE = "metrics.json"
-REPORT_FILE = "report.html"
-CURVES_FILE = "training_curves.png"
+_PREDICTIONS_FILE = "predictions.jsonl"
+_SUBMISSION_FILES = {"webqa": "webqa_submission.json", "mmqa": "mmqa_predictions.json"}
+_METRICS_FILE = "metrics.json"
+_REPORT_FILE = "report.html"
+_CURVES_FILE = "training_curves.png"
 SUMMARY_FILE = "summary.json"
-WEBQA_KEYS = ("retrieval_f1", "qa_fl", "qa_acc", "qa")
-MMQA_KEYS = ("em", "f1", "retrieval_f1")
-CORRECT_THRESHOLD = 0.5  # a question counts as correct in the report when its answer score reaches this
+_WEBQA_KEYS = ("retrieval_f1", "qa_fl", "qa_acc", "qa")
+_MMQA_KEYS = ("em", "f1", "retrieval_f1")
+_CORRECT_THRESHOLD = 0.5  # a question counts as correct in the report when its answer score reaches this
 
 
 def as_predictions(parsed: Mapping[str, Mapping[str, Any]]) -> dict[str, Prediction]:
@@ -78,8 +83,8 @@ def evaluate_split(split: Split, predictions: Mapping[str, Prediction], data: Da
   return add_gold_notes({"split": split.name, **report}, skipped), per_question
 
 
-def question_record(question: Question, scores: Mapping[str, float], parsed: Mapping[str, Any],
-                    answer_score: float | None) -> dict[str, Any]:
+def _question_record(question: Question, scores: Mapping[str, float], parsed: Mapping[str, Any],
+                     answer_score: float | None) -> dict[str, Any]:
   """One question's explanation record (the schema `mmrag_jax.evaluation.report` renders)."""
   kept = list(parsed.get("kept_ids", ()))
   number = {cid: i + 1 for i, cid in enumerate(kept)}
@@ -98,11 +103,11 @@ def question_record(question: Question, scores: Mapping[str, float], parsed: Map
       "candidates": candidates, "kept_ids": kept, "reasoning": parsed["reasoning"],
       "evidence_numbers": list(parsed["evidence_numbers"]), "completion": parsed["completion"],
       "format_ok": bool(parsed["format_ok"]), "answer_score": answer_score,
-      "correct": None if answer_score is None else bool(answer_score >= CORRECT_THRESHOLD),
+      "correct": None if answer_score is None else bool(answer_score >= _CORRECT_THRESHOLD),
   }
 
 
-def write_jsonl(path: str, records: Sequence[Mapping[str, Any]]) -> None:
+def _write_jsonl(path: str, records: Sequence[Mapping[str, Any]]) -> None:
   with open(path, "w", encoding="utf-8") as f:
     for record in records:
       f.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -118,20 +123,20 @@ def write_split_outputs(run: RunDir, split: Split, scores: Stage1Scores, parsed:
   """
   predictions = as_predictions(parsed)
   report, per_question = evaluate_split(split, predictions, data, bart)
-  records = [question_record(q, scores.get(q.qid, {}), parsed[q.qid], per_question.get(q.qid))
+  records = [_question_record(q, scores.get(q.qid, {}), parsed[q.qid], per_question.get(q.qid))
              for q in split.questions if q.qid in parsed]
   if not is_main_process():
     return report
-  write_jsonl(run.path(PREDICTIONS_FILE), records)
+  _write_jsonl(run.path(_PREDICTIONS_FILE), records)
   writer = write_webqa_submission if data.dataset == "webqa" else write_mmqa_predictions
-  writer(predictions.values(), run.path(SUBMISSION_FILES[data.dataset]))
+  writer(predictions.values(), run.path(_SUBMISSION_FILES[data.dataset]))
   if report is not None:
-    write_json(run.path(METRICS_FILE), report)
+    write_json(run.path(_METRICS_FILE), report)
   if report_html:
     from mmrag_jax.evaluation.report import write_report
 
     shown = {**(report or {"split": split.name, "labeled": False}), **(extra_metrics or {})}
-    write_report(run.path(REPORT_FILE), records, shown,
+    write_report(run.path(_REPORT_FILE), records, shown,
                  images=split.images, title=f"MMRAG-RFT {data.dataset} {split.name}")
   return report
 
@@ -143,7 +148,7 @@ def write_curves(run: RunDir) -> str | None:
     return None
   from mmrag_jax.evaluation.curves import plot_training_curves
 
-  return plot_training_curves(metrics, run.path(CURVES_FILE))
+  return plot_training_curves(metrics, run.path(_CURVES_FILE))
 
 
 def cost_summary(history: Sequence[Mapping[str, float]], *, total_time_s: float, num_devices: int,
@@ -164,5 +169,5 @@ def cost_summary(history: Sequence[Mapping[str, float]], *, total_time_s: float,
 
 def headline_metrics(dataset: str, report: Mapping[str, Any] | None) -> dict[str, float | None]:
   """The dataset's headline metrics of an `evaluate_split` report (WEBQA_KEYS / MMQA_KEYS); {} for None."""
-  keys = WEBQA_KEYS if dataset == "webqa" else MMQA_KEYS
+  keys = _WEBQA_KEYS if dataset == "webqa" else _MMQA_KEYS
   return {key: report.get(key) for key in keys if key in report} if report is not None else {}

@@ -16,8 +16,10 @@ from collections.abc import Callable
 import ml_collections
 from ml_collections import config_dict
 
-PRESETS = ("demo", "toy", "3b", "7b")
-DEFAULT_PRESET = "7b"  # the real recipe: needs --config.model.path and --config.data.data_dir
+__all__ = ["apply_preset", "base_config", "score_splits", "stage1_run_config"]
+
+_PRESETS = ("demo", "toy", "3b", "7b")
+_DEFAULT_PRESET = "7b"  # the real recipe: needs --config.model.path and --config.data.data_dir
 
 
 def base_config(stage: int) -> ml_collections.ConfigDict:
@@ -25,7 +27,7 @@ def base_config(stage: int) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.stage = stage
   c.mode = "train"                # train | eval | predict
-  c.preset = DEFAULT_PRESET
+  c.preset = _DEFAULT_PRESET
   c.seed = 0
   c.compilation_cache = True      # the CLI keeps compiled programs in WORKDIR/jax_cache for reruns
 
@@ -198,10 +200,10 @@ _APPLY = {"demo": _demo, "toy": _toy, **{size: _real_checkpoint(size) for size i
 
 def apply_preset(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
   """Applies preset `arg` (None or '' = the default recipe); unknown names are an error that lists them."""
-  name = arg or DEFAULT_PRESET
+  name = arg or _DEFAULT_PRESET
   if name not in _APPLY:
-    raise ValueError(f"unknown preset {name!r} after ':' in --config; choose one of {PRESETS} "
-                     f"(no preset = {DEFAULT_PRESET})")
+    raise ValueError(f"unknown preset {name!r} after ':' in --config; choose one of {_PRESETS} "
+                     f"(no preset = {_DEFAULT_PRESET})")
   c.preset = name
   _APPLY[name](c)
   return c

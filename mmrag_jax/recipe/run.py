@@ -11,7 +11,7 @@
 (`data.max_eval_questions` of it): stage 1 its recall@k, stage 2 its answers' headline metrics, logged in
 metrics.jsonl as eval/recall@1, eval/qa_acc, ...
 The config becomes typed settings once (`recipe/settings.py`); the stage functions take those, the model,
-paths and splits. A stage-2 run that runs stage 1 first calls `run_stage1` in the stage-1 workdir.
+paths and splits. A stage-2 run that runs stage 1 first calls `_run_stage1` in the stage-1 workdir.
 Every run holds WORKDIR/.lock while it works (recipe/workdir.py: a second run there refuses, naming the
 first) and ends by writing summary.json (final metrics and cost).
 """
@@ -39,9 +39,11 @@ from mmrag_jax.recipe.stage1 import ranking_file, run_stage1_inference, train_st
 from mmrag_jax.recipe.stage2 import check_k, predict_split, train_stage2
 from mmrag_jax.recipe.workdir import prepare_workdir, workdir_lock
 
+__all__ = ["run"]
+
 _log = logging.getLogger(__name__)
 
-STAGE1_SUBDIR = "stage1"
+_STAGE1_SUBDIR = "stage1"
 
 
 def _num_params(model: Any) -> int:
@@ -50,7 +52,7 @@ def _num_params(model: Any) -> int:
   return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 
-def open_run_dir(s: Settings, workdir: str) -> RunDir:
+def _open_run_dir(s: Settings, workdir: str) -> RunDir:
   """The run's (prepared) workdir and its mesh: config.mesh.shape on this host's devices, which every batch
   must split evenly over."""
   mesh = resolve_mesh(tuple(s.source.mesh.shape))
@@ -69,7 +71,7 @@ def _policy_dir(run: RunDir, fallback_field: str, fallback: str) -> str:
   return fallback
 
 
-def run_stage1(s: Settings, run: RunDir) -> dict[str, Any]:
+def _run_stage1(s: Settings, run: RunDir) -> dict[str, Any]:
   """Stage 1 in `run`: train from model.path and rank the score splits, or rank the eval split with the
   run's export (or model.path)."""
   history: list[dict[str, float]] = []
@@ -96,7 +98,7 @@ def _stage1_workdir(s: Settings, run: RunDir) -> str:
   if s.stage2.stage1_workdir:
     return os.path.abspath(s.stage2.stage1_workdir)
   if s.stage2.run_stage1:
-    return run.path(STAGE1_SUBDIR)
+    return run.path(_STAGE1_SUBDIR)
   raise ConfigError("stage2.stage1_workdir", "is empty: set --config.stage2.stage1_workdir=DIR to a finished "
                     "stage-1 run (its export/ and ranking_<split>.jsonl files), or --config.stage2.run_stage1=True "
                     "to run stage 1 first; the demo preset does the latter: --config=configs/stage2.py:demo")
@@ -143,7 +145,7 @@ def _stage1_recall(stage1_dir: str, split: str) -> dict[str, float]:
     return {f"stage1/{split}/{k}": v for k, v in json.load(f).items() if k.startswith("recall@")}
 
 
-def run_stage2(s: Settings, run: RunDir) -> dict[str, Any]:
+def _run_stage2(s: Settings, run: RunDir) -> dict[str, Any]:
   """Stage 2 in `run`: [stage 1 first] -> train from the stage-1 policy on its ranking (train mode) -> the
   full pipeline on the eval split."""
   stage1_dir = _stage1_workdir(s, run)
@@ -160,8 +162,8 @@ def run_stage2(s: Settings, run: RunDir) -> dict[str, Any]:
     stage1_dir = prepare_workdir(stage1_dir)
     with _locked(stage1_dir):
       with stage1_fields():
-        stage1_run = open_run_dir(s.stage2.run_stage1, stage1_dir)
-      run_with_summary(s.stage2.run_stage1, stage1_run, time.perf_counter())
+        stage1_run = _open_run_dir(s.stage2.run_stage1, stage1_dir)
+      _run_with_summary(s.stage2.run_stage1, stage1_run, time.perf_counter())
   init_dir = s.stage2.init_from or os.path.join(stage1_dir, EXPORT_DIR)
   scores = _split_scores(s, run, stage1_dir, split)
   history: list[dict[str, float]] = []
@@ -188,9 +190,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   validated = validate(config)
   workdir = prepare_workdir(workdir)
   with _locked(workdir):
-    run_dir = open_run_dir(validated, workdir)
+    run_dir = _open_run_dir(validated, workdir)
     prepare_demo_inputs(config, run_dir.workdir)
-    return run_with_summary(settings(config), run_dir, started)  # with the demo's data and model paths
+    return _run_with_summary(settings(config), run_dir, started)  # with the demo's data and model paths
 
 
 def _locked(workdir: str) -> contextlib.AbstractContextManager:
@@ -198,10 +200,10 @@ def _locked(workdir: str) -> contextlib.AbstractContextManager:
   return workdir_lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
 
 
-def run_with_summary(s: Settings, run: RunDir, started: float) -> dict[str, Any]:
+def _run_with_summary(s: Settings, run: RunDir, started: float) -> dict[str, Any]:
   """Stage s.stage in `run`, between its config.json and its summary.json (final metrics and cost)."""
   write_json(run.path("config.json"), s.source.to_dict())
-  result = run_stage1(s, run) if s.stage == 1 else run_stage2(s, run)
+  result = _run_stage1(s, run) if s.stage == 1 else _run_stage2(s, run)
   summary = {
       "stage": s.stage, "mode": s.mode, "preset": s.source.preset, "metrics": result["metrics"],
       "cost": outputs.cost_summary(result["history"], total_time_s=time.perf_counter() - started,

@@ -31,6 +31,11 @@ from mmrag_jax.rl.trainer import TrainerConfig
 from mmrag_jax.rl.warmup import WarmupConfig
 from mmrag_jax.sampling import Categorical, Greedy, SamplerConfig, SamplingMethod, ScorerConfig, TopK, TopP
 
+__all__ = [
+    "ConfigError", "DataSettings", "ModelSettings", "Settings", "Stage1Settings", "Stage2Settings", "for_checkpoint",
+    "sampling_method", "settings", "stage1_fields",
+]
+
 _T = TypeVar("_T")
 
 
@@ -157,7 +162,7 @@ def _section_fields(config: ml_collections.ConfigDict, section: str) -> dict[str
   return {name: f"{section}.{name}" for name in config[section]}
 
 
-def policy_temperature(config: ml_collections.ConfigDict) -> float:
+def _policy_temperature(config: ml_collections.ConfigDict) -> float:
   """The temperature of the trained policy's log-probs: that of the distribution the sampler draws from.
 
   rl.temperature None (the default) takes sampler.temperature; a value that differs from a sampling
@@ -181,7 +186,7 @@ def _grpo(config: ml_collections.ConfigDict) -> GRPOConfig:
   names = {"total_steps": "train.num_steps", **_section_fields(config, "rl"),
            "freeze_vision_tower": "model.freeze_vision_tower"}
   fields.setdefault("total_steps", config.train.num_steps * fields.get("num_iterations", 1))
-  fields["temperature"] = policy_temperature(config)
+  fields["temperature"] = _policy_temperature(config)
   fields["freeze_vision_tower"] = config.model.get("freeze_vision_tower", "none")
   return _built(lambda: GRPOConfig.from_mapping(fields), "rl", names)
 
@@ -198,20 +203,20 @@ def sampling_method(config: ml_collections.ConfigDict) -> SamplingMethod:
   return TopP(p=s.top_p, temperature=s.temperature)
 
 
-def sampler_config(config: ml_collections.ConfigDict, *, max_new_tokens: int, greedy: bool = False) -> SamplerConfig:
+def _sampler_config(config: ml_collections.ConfigDict, *, max_new_tokens: int, greedy: bool = False) -> SamplerConfig:
   """The sampler of `max_new_tokens` tokens per completion: config.sampler's method, or argmax with `greedy`."""
   s = config.sampler
   return SamplerConfig(max_new_tokens=max_new_tokens, method=Greedy() if greedy else sampling_method(config),
                        decode_weights=s.decode_weights)
 
 
-def scorer_config(config: ml_collections.ConfigDict) -> ScorerConfig:
+def _scorer_config(config: ml_collections.ConfigDict) -> ScorerConfig:
   """Stage 1's P(yes) scorer: scorer.batch_size candidates per forward pass, as the pipeline built them."""
   return ScorerConfig(batch_size=config.scorer.batch_size)
 
 
-def pipeline_config(config: ml_collections.ConfigDict, processor_path: str, batch_size: int, *,
-                    train: bool) -> PipelineConfig:
+def _pipeline_config(config: ml_collections.ConfigDict, processor_path: str, batch_size: int, *,
+                     train: bool) -> PipelineConfig:
   """The input pipeline of `batch_size` prompts: shuffled, endless and with workers for training, one pass
   in the calling process otherwise."""
   c = config
@@ -252,12 +257,12 @@ def settings(config: ml_collections.ConfigDict) -> Settings:
   grpo = _grpo(c)
   reward_cls = Stage1RewardConfig if c.stage == 1 else Stage2RewardConfig
   reward = _built(lambda: reward_cls.from_mapping(c.reward.to_dict()), "reward", _section_fields(c, "reward"))
-  rollout = _built(lambda: sampler_config(c, max_new_tokens=grpo.max_new_tokens), "sampler", sampler_fields)
-  predict = _built(lambda: sampler_config(c, max_new_tokens=c.predict.max_new_tokens, greedy=True), "sampler",
+  rollout = _built(lambda: _sampler_config(c, max_new_tokens=grpo.max_new_tokens), "sampler", sampler_fields)
+  predict = _built(lambda: _sampler_config(c, max_new_tokens=c.predict.max_new_tokens, greedy=True), "sampler",
                    {**sampler_fields, "max_new_tokens": "predict.max_new_tokens"})
-  scorer = _built(lambda: scorer_config(c), "scorer", {"batch_size": "scorer.batch_size", **sampler_fields})
+  scorer = _built(lambda: _scorer_config(c), "scorer", {"batch_size": "scorer.batch_size", **sampler_fields})
   pipeline_fields = {**_section_fields(c, "pipeline"), **_section_fields(c, "prompt")}
-  pipelines = {name: _built(lambda: pipeline_config(c, "", batch_size, train=name == "train"), "prompt",
+  pipelines = {name: _built(lambda: _pipeline_config(c, "", batch_size, train=name == "train"), "prompt",
                             pipeline_fields)
                for name, batch_size in (("train", c.train.batch_size // grpo.group_size),
                                         ("score", c.scorer.batch_size), ("predict", c.predict.batch_size))}

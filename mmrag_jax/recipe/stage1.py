@@ -26,6 +26,8 @@ from mmrag_jax.rl.reward_fns import stage1_reward_fn
 from mmrag_jax.rl.trainer import EvalFn
 from mmrag_jax.sampling import Scorer, judgment_continuation
 
+__all__ = ["ranking_file", "run_stage1_inference", "train_stage1"]
+
 _log = logging.getLogger(__name__)
 
 
@@ -33,7 +35,7 @@ def ranking_file(split: str) -> str:
   return f"ranking_{split}.jsonl"
 
 
-def stage1_targets(think: bool):
+def _stage1_targets(think: bool):
   """Warm-up targets of a stage-1 pipeline batch (from its metadata): the gold judgment of each row."""
   def targets(meta: Mapping[str, Any]) -> list[str]:
     return [stage1_target(1 if int(label) == 1 else 0, think=think) for label in meta["label"]]
@@ -41,9 +43,9 @@ def stage1_targets(think: bool):
   return targets
 
 
-def recall_eval(model_dir: str, split: Split, s: Settings, mesh: Mesh) -> EvalFn:
+def _recall_eval(model_dir: str, split: Split, s: Settings, mesh: Mesh) -> EvalFn:
   """The periodic evaluation of the judge: recall@k of the gold sources on `split` ({"recall@1": ...})."""
-  return lambda policy, step: recall_at_k(split.questions, score_candidates(policy, model_dir, split, s, mesh)[0],
+  return lambda policy, step: recall_at_k(split.questions, _score_candidates(policy, model_dir, split, s, mesh)[0],
                                           s.recall_ks)
 
 
@@ -60,12 +62,12 @@ def train_stage1(model: Qwen25VL, model_dir: str, train: Split, s: Settings, run
 
   return train_policy(model, model_dir, processor, s, run, data=pipeline(), reward_fn=stage1_reward_fn(s.reward),
                       warmup_data=pipeline() if s.warmup.steps else None,
-                      target_fn=stage1_targets(pipeline_config.prompt.stage1_think),
-                      eval_fn=recall_eval(model_dir, val, s, run.mesh) if val is not None else None)
+                      target_fn=_stage1_targets(pipeline_config.prompt.stage1_think),
+                      eval_fn=_recall_eval(model_dir, val, s, run.mesh) if val is not None else None)
 
 
-def score_candidates(model: Qwen25VL, model_dir: str, split: Split, s: Settings, mesh: Mesh
-                     ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, str]]]:
+def _score_candidates(model: Qwen25VL, model_dir: str, split: Split, s: Settings, mesh: Mesh
+                      ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, str]]]:
   """P(yes) of every candidate of every question: ({qid: {candidate id: score}}, the unscored candidates
   {qid: {candidate id: reason}}).
 
@@ -105,7 +107,7 @@ def run_stage1_inference(model: Qwen25VL, model_dir: str, split: Split, s: Setti
   Returns ({'recall@k': ..., 'unscored': n, 'unscored_by_reason': {...}, 'questions_with_unscored_gold':
   n, ...}, the scores {qid: {candidate id: P(yes)}}).
   """
-  scores, unscored = score_candidates(model, model_dir, split, s, run.mesh)
+  scores, unscored = _score_candidates(model, model_dir, split, s, run.mesh)
   if is_main_process():
     write_stage1_scores(run.path(ranking_file(split.name)), scores)
   recall = recall_at_k(split.questions, scores, s.recall_ks)

@@ -29,6 +29,8 @@ from mmrag_jax.rl.reward_fns import stage2_reward_fn
 from mmrag_jax.rl.trainer import EvalFn
 from mmrag_jax.sampling import Sampler
 
+__all__ = ["check_k", "parse_prediction", "predict_split", "train_stage2"]
+
 _log = logging.getLogger(__name__)
 
 
@@ -41,20 +43,20 @@ def check_k(k: int, split: Split) -> None:
                       f"stage2.k <= {sizes[-1]}")
 
 
-def gold_numbers(is_gold: Sequence[bool], num_candidates: int) -> list[int]:
+def _gold_numbers(is_gold: Sequence[bool], num_candidates: int) -> list[int]:
   """Prompt numbers (1-based) of the gold candidates among the first `num_candidates` slots."""
   return [j + 1 for j, gold in enumerate(is_gold) if gold and j < num_candidates]
 
 
-def stage2_targets(meta: Mapping[str, Any]) -> list[str]:
+def _stage2_targets(meta: Mapping[str, Any]) -> list[str]:
   """Warm-up targets of a stage-2 pipeline batch (from its metadata): fixed reasoning, the gold evidence, the
   reference answer."""
-  return [stage2_target(gold_numbers(meta["candidate_is_gold"][row], int(meta["num_candidates"][row])),
+  return [stage2_target(_gold_numbers(meta["candidate_is_gold"][row], int(meta["num_candidates"][row])),
                         tuple(meta["answers"][row]), str(meta["dataset"][row]))
           for row in range(len(meta["qid"]))]
 
 
-def answer_eval(model_dir: str, split: Split, scores: Stage1Scores, s: Settings, mesh: Mesh) -> EvalFn:
+def _answer_eval(model_dir: str, split: Split, scores: Stage1Scores, s: Settings, mesh: Mesh) -> EvalFn:
   """The periodic evaluation of the policy: the headline metrics of its greedy answers on `split` (WebQA
   retrieval_f1, qa_acc, and qa_fl / qa with a BART checkpoint; MMQA em, f1, retrieval_f1)."""
   def evaluate(policy: Qwen25VL, step: int) -> dict[str, float]:
@@ -78,8 +80,8 @@ def train_stage2(model: Qwen25VL, model_dir: str, train: Split, scores: Stage1Sc
                                 scores=scores))
 
   return train_policy(model, model_dir, processor, s, run, data=pipeline(), reward_fn=stage2_reward_fn(s.reward),
-                      warmup_data=pipeline() if s.warmup.steps else None, target_fn=stage2_targets,
-                      eval_fn=answer_eval(model_dir, *val, s, run.mesh) if val is not None else None)
+                      warmup_data=pipeline() if s.warmup.steps else None, target_fn=_stage2_targets,
+                      eval_fn=_answer_eval(model_dir, *val, s, run.mesh) if val is not None else None)
 
 
 def _answer(text: str | None, dataset: str, separator: str | None) -> str | list[str]:

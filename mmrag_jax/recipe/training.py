@@ -23,9 +23,11 @@ from mmrag_jax.rl.rollout import RewardFn
 from mmrag_jax.rl.trainer import EvalFn, GRPOTrainer
 from mmrag_jax.rl.warmup import TargetFn, WarmupConfig, supervised_warmup
 
+__all__ = ["TrainResult", "train_policy"]
+
 _log = logging.getLogger(__name__)
 
-WARMUP_DIR = "warmup"
+_WARMUP_DIR = "warmup"
 
 
 @dataclasses.dataclass
@@ -43,7 +45,7 @@ def _warmup(model: Qwen25VL, processor: Any, data: Iterator[Mapping[str, Any]], 
             ) -> tuple[nnx.Module, list[dict[str, float]]]:
   """`config.steps` supervised steps on `target_fn`'s completions, with the loss settings of `grpo`."""
   # A fresh file: its rows describe the warm-up that produced this run's model, not an abandoned one.
-  writer = MetricsWriter(run.path(WARMUP_DIR), tensorboard=False, after_step=0)
+  writer = MetricsWriter(run.path(_WARMUP_DIR), tensorboard=False, after_step=0)
   bar = ProgressBar(config.steps, enabled=None if progress_bar else False)
   rows: list[dict[str, float]] = []
 

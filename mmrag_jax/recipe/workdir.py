@@ -27,6 +27,8 @@ from collections.abc import Iterator
 
 from mmrag_jax.errors import RunError
 
+__all__ = ["LOCK_FILE", "WorkdirError", "WorkdirInUse", "holder", "prepare_workdir", "workdir_lock"]
+
 _log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"

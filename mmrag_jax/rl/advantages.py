@@ -20,6 +20,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+__all__ = ["ADVANTAGE_SCALINGS", "Advantages", "group_advantages", "group_size_error"]
+
 ADVANTAGE_SCALINGS = ("group", "batch", "none")
 
 

@@ -24,21 +24,23 @@ from mmrag_jax.model.config import Qwen25VLConfig
 from mmrag_jax.model.qwen25vl import ModelInputs
 from mmrag_jax.sampling.prompt_batch import PromptBatch
 
+__all__ = ["TrainBatch", "build_train_batch", "group_image_slots"]
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class TrainBatch:
   """One micro-batch (arrays; numpy on the host, jax once placed on the mesh).
 
-  inputs:            ModelInputs of prompt + completion, [N, Lp + T]; its `image_scatter` is unused.
-  image_slots:       [G, P / merge**2] int32: flat slot (row * (Lp + T) + column) of every merged image
+  inputs:            `ModelInputs` of prompt + completion, rows [N, Lp + T]; its `image_scatter` is unused.
+  image_slots:       [G, P / merge**2] int32, flat slot (row * (Lp + T) + column) of every merged image
                      token in group member g's copy of its prompt; N * (Lp + T) for padding. None
                      without images.
-  completion_ids:    [N, T] int32 sampled tokens (pad id after the stop token).
+  completion_ids:    [N, T] int32, sampled tokens (pad id after the stop token).
   completion_mask:   [N, T] bool, True on loss tokens (generated tokens up to and including the stop).
-  sampler_logprobs:  [N, T] float32 log-probs the sampler reported for the completion tokens.
+  sampler_logprobs:  [N, T] float32, log-probs the sampler reported for the completion tokens (0 off the mask).
   advantages:        [N] float32 (zeros until computed for the whole rollout batch).
-  sampling_logprobs: [N, T] float32 log-probs of the distribution the tokens were drawn from (after
+  sampling_logprobs: [N, T] float32, log-probs of the distribution the tokens were drawn from (after
                      temperature / top-k / top-p; the rollout importance correction's pi_samp), 0 off the
                      mask. None where nothing was sampled (the teacher-forced warm-up).
   """

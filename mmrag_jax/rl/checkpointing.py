@@ -44,6 +44,11 @@ from mmrag_jax.errors import RunError
 from mmrag_jax.rl.checksums import CHECKSUMS, verify_step, write_checksums
 from mmrag_jax.rl.update import PolicyUpdater, put_global
 
+__all__ = [
+    "CheckpointCorrupted", "CheckpointError", "CheckpointSaveFailed", "CheckpointStore", "iterator_state",
+    "latest_committed_step", "restore_iterator_state",
+]
+
 _log = logging.getLogger(__name__)
 
 _CORRUPT_SUFFIX = ".corrupt"
@@ -67,7 +72,7 @@ class CheckpointSaveFailed(CheckpointError):
 # -- committed steps and checksums -----------------------------------------------------------------
 
 
-def committed_steps(directory: str) -> list[int]:
+def _committed_steps(directory: str) -> list[int]:
   """Steps orbax committed under `directory`, ascending; uncommitted tmp folders are not steps."""
   if not os.path.isdir(directory):
     return []
@@ -80,7 +85,7 @@ def latest_committed_step(directory: str) -> int | None:
   Cheap (a directory listing): whether a run resumes. A resuming run restores with
   `CheckpointStore.restore`, which skips corrupt steps or raises `CheckpointCorrupted`.
   """
-  steps = committed_steps(directory)
+  steps = _committed_steps(directory)
   return steps[-1] if steps else None
 
 
@@ -192,7 +197,7 @@ class CheckpointStore:
 
   def all_steps(self) -> list[int]:
     """Committed steps, ascending (verified or not)."""
-    return committed_steps(self.directory)
+    return _committed_steps(self.directory)
 
   def latest_step(self) -> int | None:
     """The newest committed step that passes its checksums (or has none, see the module docstring).

@@ -11,6 +11,8 @@ import hashlib
 import json
 import os
 
+__all__ = ["CHECKSUMS", "verify_step", "write_checksums"]
+
 CHECKSUMS = "checksums.json"
 # Written by orbax after the post-finalization hook (commit timestamp, commit marker): not checksummed.
 _COMMIT_FILES = ("_CHECKPOINT_METADATA", "commit_success.txt")

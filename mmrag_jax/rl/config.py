@@ -24,10 +24,12 @@ from mmrag_jax.rl.advantages import ADVANTAGE_SCALINGS, group_size_error
 from mmrag_jax.rl.losses import PolicyLossConfig
 from mmrag_jax.validation import check_int, check_non_negative
 
-OLD_LOGPROB_SOURCES = ("trainer", "sampler")
+__all__ = ["GRPOConfig"]
+
+_OLD_LOGPROB_SOURCES = ("trainer", "sampler")
 # Which parameters GRPO leaves untouched: none, the vision blocks (merger and language model train), or
 # the whole vision tower with its merger (only the language model trains).
-FROZEN_VISION = ("none", "tower", "tower_and_merger")
+_FROZEN_VISION = ("none", "tower", "tower_and_merger")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,11 +107,11 @@ class GRPOConfig:
     if not isinstance(self.dynamic_sampling, bool):
       raise ValueError(f"GRPOConfig.dynamic_sampling must be a bool, got {self.dynamic_sampling!r}")
     check_int("GRPOConfig", "max_refill_batches", self.max_refill_batches, low=0)
-    if self.freeze_vision_tower not in FROZEN_VISION:
-      raise ValueError(f"GRPOConfig.freeze_vision_tower must be one of {FROZEN_VISION}, "
+    if self.freeze_vision_tower not in _FROZEN_VISION:
+      raise ValueError(f"GRPOConfig.freeze_vision_tower must be one of {_FROZEN_VISION}, "
                        f"got {self.freeze_vision_tower!r}")
-    if self.old_logprobs not in OLD_LOGPROB_SOURCES:
-      raise ValueError(f"GRPOConfig.old_logprobs must be one of {OLD_LOGPROB_SOURCES}, got {self.old_logprobs!r}")
+    if self.old_logprobs not in _OLD_LOGPROB_SOURCES:
+      raise ValueError(f"GRPOConfig.old_logprobs must be one of {_OLD_LOGPROB_SOURCES}, got {self.old_logprobs!r}")
     try:
       self.loss_config()
     except ValueError as e:

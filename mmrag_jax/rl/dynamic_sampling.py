@@ -36,6 +36,8 @@ from mmrag_jax.rl.batch import TrainBatch, build_train_batch
 from mmrag_jax.rl.rollout import Rollout
 from mmrag_jax.sampling.prompt_batch import Pick, gather_prompts
 
+__all__ = ["DrawFn", "DynamicSample", "dynamic_sample", "informative_groups", "regroup_rollout", "select_prompts"]
+
 _log = logging.getLogger(__name__)
 
 # index -> (pipeline batch, its rollout): draws the index-th batch of the step and samples it.

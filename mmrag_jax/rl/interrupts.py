@@ -23,6 +23,8 @@ import numpy as np
 
 from mmrag_jax.errors import RunError
 
+__all__ = ["NonFiniteTraining", "StopNow", "StopSignals", "TrainingInterrupted", "signal_name"]
+
 _log = logging.getLogger(__name__)
 
 _HANDLED = (signal.SIGTERM, signal.SIGINT)

@@ -16,27 +16,29 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+__all__ = ["KL_ESTIMATORS", "kl_estimator"]
 
-def kl_k1(logprobs: jax.Array, ref_logprobs: jax.Array) -> jax.Array:
+
+def _kl_k1(logprobs: jax.Array, ref_logprobs: jax.Array) -> jax.Array:
   """log pi_theta - log pi_ref, elementwise ([N, T] -> [N, T])."""
   return logprobs - ref_logprobs
 
 
-def kl_k2(logprobs: jax.Array, ref_logprobs: jax.Array) -> jax.Array:
+def _kl_k2(logprobs: jax.Array, ref_logprobs: jax.Array) -> jax.Array:
   """(log pi_theta - log pi_ref)^2 / 2, elementwise."""
   return 0.5 * jnp.square(logprobs - ref_logprobs)
 
 
-def kl_k3(logprobs: jax.Array, ref_logprobs: jax.Array) -> jax.Array:
+def _kl_k3(logprobs: jax.Array, ref_logprobs: jax.Array) -> jax.Array:
   """exp(log r) - 1 - log r with log r = log pi_ref - log pi_theta, elementwise."""
   log_ratio = ref_logprobs - logprobs
   return jnp.expm1(log_ratio) - log_ratio  # expm1: no cancellation for small ratios
 
 
 KL_ESTIMATORS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
-    "k1": kl_k1,
-    "k2": kl_k2,
-    "k3": kl_k3,
+    "k1": _kl_k1,
+    "k2": _kl_k2,
+    "k3": _kl_k3,
 }
 
 

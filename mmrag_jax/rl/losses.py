@@ -51,10 +51,15 @@ import jax.numpy as jnp
 from mmrag_jax.rl.kl import KL_ESTIMATORS, kl_estimator
 from mmrag_jax.validation import check_non_negative, is_number
 
+__all__ = [
+    "AGGREGATIONS", "LossTerms", "MetricSums", "PolicyLossConfig", "add_metric_sums", "aggregate", "clipped_surrogate",
+    "finalize_metrics", "policy_loss",
+]
+
 AGGREGATIONS = ("token-mean", "sequence-mean-token-mean", "sequence-mean-token-sum-normalized")
 # Rollout importance correction between the distribution the sampler drew from and the trainer's.
-IMPORTANCE_CORRECTIONS = ("none", "tis", "token-mask", "sequence-mask")
-RATIO_LEVELS = ("token", "sequence")  # GRPO's per-token ratio, or GSPO's per-sequence one
+_IMPORTANCE_CORRECTIONS = ("none", "tis", "token-mask", "sequence-mask")
+_RATIO_LEVELS = ("token", "sequence")  # GRPO's per-token ratio, or GSPO's per-sequence one
 
 # name -> (sum, count): every metric is accumulated as a pair so micro-batches combine exactly. Names
 # ending in '_max' hold (max, 1) instead (count 0 without tokens) and combine by maximum.
@@ -84,10 +89,10 @@ class PolicyLossConfig:
   importance_cap: float = 2.0
 
   def __post_init__(self) -> None:
-    if self.ratio_level not in RATIO_LEVELS:
-      raise ValueError(f"PolicyLossConfig.ratio_level must be one of {RATIO_LEVELS}, got {self.ratio_level!r}")
-    if self.importance_correction not in IMPORTANCE_CORRECTIONS:
-      raise ValueError(f"PolicyLossConfig.importance_correction must be one of {IMPORTANCE_CORRECTIONS}, "
+    if self.ratio_level not in _RATIO_LEVELS:
+      raise ValueError(f"PolicyLossConfig.ratio_level must be one of {_RATIO_LEVELS}, got {self.ratio_level!r}")
+    if self.importance_correction not in _IMPORTANCE_CORRECTIONS:
+      raise ValueError(f"PolicyLossConfig.importance_correction must be one of {_IMPORTANCE_CORRECTIONS}, "
                        f"got {self.importance_correction!r}")
     if not is_number(self.importance_cap) or not 1 <= self.importance_cap < float("inf"):
       raise ValueError(f"PolicyLossConfig.importance_cap must be a finite number >= 1, got {self.importance_cap!r}")
@@ -124,8 +129,8 @@ def aggregate(per_token: jax.Array, mask: jax.Array, mode: str, norm_length: int
   raise ValueError(f"unknown loss aggregation {mode!r}; choose one of {AGGREGATIONS}")
 
 
-def clip_objective(ratio: jax.Array, advantages: jax.Array, eps_low: float, eps_high: float
-                   ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+def _clip_objective(ratio: jax.Array, advantages: jax.Array, eps_low: float, eps_high: float
+                    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """Per-token -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A) [N, T] of ratios [N, T], advantages [N].
 
   Returns (loss, rho, clipped_low, clipped_high); clipped_* [N, T] bool mark tokens whose gradient the
@@ -141,12 +146,12 @@ def clip_objective(ratio: jax.Array, advantages: jax.Array, eps_low: float, eps_
 
 def clipped_surrogate(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Array, eps_low: float,
                       eps_high: float) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-  """`clip_objective` of the token ratio rho_it = exp(log pi_theta_it - log pi_old_it), inputs [N, T]."""
+  """`_clip_objective` of the token ratio rho_it = exp(log pi_theta_it - log pi_old_it), inputs [N, T]."""
   ratio = jnp.exp(logprobs - jax.lax.stop_gradient(old_logprobs))
-  return clip_objective(ratio, advantages, eps_low, eps_high)
+  return _clip_objective(ratio, advantages, eps_low, eps_high)
 
 
-def sequence_ratio(logprobs: jax.Array, old_logprobs: jax.Array, mask: jax.Array) -> jax.Array:
+def _sequence_ratio(logprobs: jax.Array, old_logprobs: jax.Array, mask: jax.Array) -> jax.Array:
   """GSPO's s_i = exp(sum_t m_it (log pi_theta_it - log pi_old_it) / |y_i|) [N] of [N, T] inputs.
 
   Computed directly (not as GSPO-token's sg[s_i] pi / sg[pi]), so autodiff gives d s_i / d log pi_theta_it
@@ -158,8 +163,8 @@ def sequence_ratio(logprobs: jax.Array, old_logprobs: jax.Array, mask: jax.Array
   return jnp.exp(jnp.sum(log_ratio, axis=-1) / lengths)
 
 
-def importance_weights(old_logprobs: jax.Array, sampling_logprobs: jax.Array, mask: jax.Array, correction: str,
-                       cap: float) -> tuple[jax.Array, jax.Array]:
+def _importance_weights(old_logprobs: jax.Array, sampling_logprobs: jax.Array, mask: jax.Array, correction: str,
+                        cap: float) -> tuple[jax.Array, jax.Array]:
   """Rollout importance weights w [N, T] (constant) and ratios r = pi_old / pi_samp [N, T] (module doc).
 
   old_logprobs: log pi_old, the ratio's denominator; sampling_logprobs: log pi_samp, what the sampler drew
@@ -176,7 +181,7 @@ def importance_weights(old_logprobs: jax.Array, sampling_logprobs: jax.Array, ma
     keep = jnp.broadcast_to(jnp.abs(jnp.sum(log_r, axis=-1, keepdims=True) / lengths) <= math.log(cap),
                             log_r.shape)
   else:
-    raise ValueError(f"unknown importance correction {correction!r}; choose one of {IMPORTANCE_CORRECTIONS[1:]}")
+    raise ValueError(f"unknown importance correction {correction!r}; choose one of {_IMPORTANCE_CORRECTIONS[1:]}")
   return keep.astype(jnp.float32), ratio
 
 
@@ -213,16 +218,16 @@ def policy_loss(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Ar
     raise ValueError("beta > 0 needs ref_logprobs")
   mask_f = mask.astype(jnp.float32)
   if config.ratio_level == "sequence":
-    seq_ratio = jnp.broadcast_to(sequence_ratio(logprobs, old_logprobs, mask)[:, None], logprobs.shape)
-    surrogate, ratio, clipped_low, clipped_high = clip_objective(
+    seq_ratio = jnp.broadcast_to(_sequence_ratio(logprobs, old_logprobs, mask)[:, None], logprobs.shape)
+    surrogate, ratio, clipped_low, clipped_high = _clip_objective(
         seq_ratio, advantages, config.eps_low, config.eps_high)
   else:
     surrogate, ratio, clipped_low, clipped_high = clipped_surrogate(
         logprobs, old_logprobs, advantages, config.eps_low, config.eps_high)
   correct = config.importance_correction != "none" and sampling_logprobs is not None
   if correct:
-    weight, is_ratio = importance_weights(old_logprobs, sampling_logprobs, mask, config.importance_correction,
-                                          config.importance_cap)
+    weight, is_ratio = _importance_weights(old_logprobs, sampling_logprobs, mask, config.importance_correction,
+                                           config.importance_cap)
     surrogate = surrogate * weight
   per_token = surrogate
   tokens = jnp.sum(mask_f)

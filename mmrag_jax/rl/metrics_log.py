@@ -18,6 +18,8 @@ from mmrag_jax.data.files import iter_json_lines
 from mmrag_jax.data.records import SkipReport
 from mmrag_jax.validation import is_finite_number
 
+__all__ = ["MetricsWriter", "ProgressBar", "read_metrics"]
+
 
 class MetricsWriter:
   """Appends metric rows to `<workdir>/metrics.jsonl` and TensorBoard scalars to `<workdir>/`.

@@ -17,13 +17,15 @@ from mmrag_jax.model.logprobs import chunked_logprobs
 from mmrag_jax.model.qwen25vl import Qwen25VL
 from mmrag_jax.rl.batch import TrainBatch
 
+__all__ = ["LogprobFn", "QwenLogprobs"]
+
 # (policy, micro-batch) -> (log-probs [N, T], entropy [N, T]) of the completion tokens. Must be hashable
 # (it is a static argument of the jitted update): a module-level function or a frozen dataclass.
 LogprobFn = Callable[[object, TrainBatch], tuple[jax.Array, jax.Array]]
 
 
-def completion_logprobs(model: Qwen25VL, batch: TrainBatch, *, temperature: float = 1.0,
-                        chunk_size: int = 256) -> tuple[jax.Array, jax.Array]:
+def _completion_logprobs(model: Qwen25VL, batch: TrainBatch, *, temperature: float = 1.0,
+                         chunk_size: int = 256) -> tuple[jax.Array, jax.Array]:
   """(log-probs, entropy), each [N, T] float32, of batch.completion_ids under `model` (a `LogprobFn`)."""
   inputs = batch.inputs
   total_length = inputs.input_ids.shape[1]
@@ -40,10 +42,10 @@ def completion_logprobs(model: Qwen25VL, batch: TrainBatch, *, temperature: floa
 
 @dataclasses.dataclass(frozen=True)
 class QwenLogprobs:
-  """`completion_logprobs` with fixed settings: a hashable LogprobFn, so equal settings share compilations."""
+  """`_completion_logprobs` with fixed settings: a hashable LogprobFn, so equal settings share compilations."""
 
   temperature: float = 1.0
   chunk_size: int = 256
 
   def __call__(self, model: Qwen25VL, batch: TrainBatch) -> tuple[jax.Array, jax.Array]:
-    return completion_logprobs(model, batch, temperature=self.temperature, chunk_size=self.chunk_size)
+    return _completion_logprobs(model, batch, temperature=self.temperature, chunk_size=self.chunk_size)

@@ -25,6 +25,8 @@ from mmrag_jax.rl.rewards import (
 )
 from mmrag_jax.rl.rollout import RewardFn
 
+__all__ = ["stage1_reward_fn", "stage2_reward_fn"]
+
 
 def _require(metadata: Mapping[str, np.ndarray], names: Sequence[str], stage: str) -> None:
   missing = [name for name in names if name not in metadata]
@@ -42,8 +44,8 @@ def stage1_reward_fn(config: Stage1RewardConfig = Stage1RewardConfig()) -> Rewar
   return reward
 
 
-def stage2_reference(answers: Sequence[str], category: str, num_candidates: int,
-                     candidate_is_gold: Sequence[bool]) -> Stage2Reference:
+def _stage2_reference(answers: Sequence[str], category: str, num_candidates: int,
+                      candidate_is_gold: Sequence[bool]) -> Stage2Reference:
   """The gold data of one stage-2 prompt from its pipeline metadata.
 
   A WebQA question (category one of the WebQA Qcates) is scored against its first answer sentence with
@@ -64,7 +66,7 @@ def stage2_reward_fn(config: Stage2RewardConfig = Stage2RewardConfig()) -> Rewar
   """Stage-2 (evidence ranking + answer) rewards: total, format, ranking, set_f1, ndcg, answer, answer_em."""
   def reward(completions: Sequence[str], metadata: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     _require(metadata, ["answers", "category", "num_candidates", "candidate_is_gold"], "stage-2")
-    references = [stage2_reference(a, str(c), int(n), g) for a, c, n, g in zip(
+    references = [_stage2_reference(a, str(c), int(n), g) for a, c, n, g in zip(
         metadata["answers"], metadata["category"], metadata["num_candidates"], metadata["candidate_is_gold"])]
     result = stage2_rewards(list(completions), references, config)
     return {"total": np.asarray(result.total), **{k: np.asarray(v) for k, v in result.components.items()}}

@@ -27,6 +27,10 @@ from mmrag_jax.model.qwen25vl import Qwen25VL
 from mmrag_jax.rl.batch import TrainBatch, build_train_batch
 from mmrag_jax.sampling import SampleOutput, Sampler, SamplerConfig
 
+__all__ = [
+    "Detokenize", "RewardFn", "Rollout", "checked_rewards", "collect_rollout", "prompt_metadata", "rollout_metrics",
+]
+
 RewardFn = Callable[[Sequence[str], Mapping[str, np.ndarray]], Mapping[str, Any]]
 Detokenize = Callable[[Sequence[int]], str]
 
@@ -34,8 +38,12 @@ Detokenize = Callable[[Sequence[int]], str]
 class Rollout:
   """One micro-batch of completions on the host. N = B * G rows, group-major.
 
-  batch: the TrainBatch (advantages still zero); rewards: name -> [N] float32, 'total' included;
-  valid: [N] bool (False for padding prompts); lengths [N] int32; truncated [N] bool; texts: N strings.
+  batch:      the `TrainBatch` of prompts + completions (advantages still zero).
+  rewards:    name -> [N] float32 reward component, 'total' included.
+  valid:      [N] bool, False for the rows of padding prompts.
+  lengths:    [N] int32, generated tokens per row, the stop token included.
+  truncated:  [N] bool, True when the row hit max_new_tokens without a stop id.
+  texts:      N strings, the completions without their stop token.
   """
 
   batch: TrainBatch

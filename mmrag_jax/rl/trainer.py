@@ -55,6 +55,8 @@ from mmrag_jax.rl.update import PolicyUpdater, put_global
 from mmrag_jax.sampling import SamplerConfig
 from mmrag_jax.validation import check_int
 
+__all__ = ["EvalFn", "GRPOTrainer", "TrainerConfig"]
+
 _log = logging.getLogger(__name__)
 
 EvalFn = Callable[[nnx.Module, int], Mapping[str, float]]

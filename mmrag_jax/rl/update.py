@@ -44,6 +44,11 @@ from mmrag_jax.rl.config import GRPOConfig
 from mmrag_jax.rl.losses import MetricSums, PolicyLossConfig, add_metric_sums, finalize_metrics, policy_loss
 from mmrag_jax.rl.policy import LogprobFn, QwenLogprobs
 
+__all__ = [
+    "FrozenTree", "PolicyUpdater", "RolloutUpdate", "jitted_apply", "jitted_model_steps", "put_global",
+    "split_trainable", "train_batch_shardings", "trainable_filter",
+]
+
 
 def train_batch_shardings(batch: TrainBatch, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> TrainBatch:
   """Shardings for a TrainBatch: rows over the batch axes, pixel rows, image tokens and attention blocks
@@ -111,14 +116,14 @@ def split_trainable(state: nnx.State, freeze_vision_tower: str = "none") -> tupl
 
 
 @dataclasses.dataclass(frozen=True)
-class _FrozenTree:
+class FrozenTree:
   """A pytree of hashable leaves (e.g. shardings) as a hashable value."""
 
   treedef: Any
   leaves: tuple[Any, ...]
 
   @classmethod
-  def of(cls, tree: Any) -> "_FrozenTree":
+  def of(cls, tree: Any) -> "FrozenTree":
     leaves, treedef = jax.tree.flatten(tree)
     return cls(treedef, tuple(leaves))
 
@@ -138,8 +143,8 @@ class _Steps(NamedTuple):
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted_model_steps(graphdef: nnx.GraphDef, loss_config: PolicyLossConfig, logprob_fn: LogprobFn,
-                        param_sh: _FrozenTree, freeze: str) -> tuple[Any, Any, Any]:
+def jitted_model_steps(graphdef: nnx.GraphDef, loss_config: PolicyLossConfig, logprob_fn: LogprobFn,
+                       param_sh: FrozenTree, freeze: str) -> tuple[Any, Any, Any]:
   """The jitted zeros / accumulate / log-prob functions: they depend on the model and the loss, not on the
   optimizer, so updaters that differ only in their optimizer (e.g. a warm-up and the GRPO run after it)
   share these compilations, the most expensive ones. zeros and accumulate hold gradients of the trainable
@@ -176,8 +181,8 @@ def _jitted_model_steps(graphdef: nnx.GraphDef, loss_config: PolicyLossConfig, l
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted_apply(graphdef: nnx.GraphDef, opt_graphdef: nnx.GraphDef, param_sh: _FrozenTree,
-                  opt_sh: _FrozenTree, freeze: str) -> Any:
+def jitted_apply(graphdef: nnx.GraphDef, opt_graphdef: nnx.GraphDef, param_sh: FrozenTree,
+                 opt_sh: FrozenTree, freeze: str) -> Any:
   """The jitted optimizer step of one (model, optimizer) setting:
   (trainable, frozen, opt_state, grad_sums, denominator) -> (trainable, opt_state, grad_norm)."""
 
@@ -195,11 +200,11 @@ def _jitted_apply(graphdef: nnx.GraphDef, opt_graphdef: nnx.GraphDef, param_sh: 
 
 
 def _jitted_steps(graphdef: nnx.GraphDef, opt_graphdef: nnx.GraphDef, loss_config: PolicyLossConfig,
-                  logprob_fn: LogprobFn, param_sh: _FrozenTree, opt_sh: _FrozenTree, freeze: str) -> _Steps:
+                  logprob_fn: LogprobFn, param_sh: FrozenTree, opt_sh: FrozenTree, freeze: str) -> _Steps:
   """The jitted accumulate / apply / log-prob functions of one (model, optimizer, loss, freeze) setting."""
-  zeros, accumulate, logprobs = _jitted_model_steps(graphdef, loss_config, logprob_fn, param_sh, freeze)
+  zeros, accumulate, logprobs = jitted_model_steps(graphdef, loss_config, logprob_fn, param_sh, freeze)
   return _Steps(zeros=zeros, accumulate=accumulate,
-                apply=_jitted_apply(graphdef, opt_graphdef, param_sh, opt_sh, freeze), logprobs=logprobs)
+                apply=jitted_apply(graphdef, opt_graphdef, param_sh, opt_sh, freeze), logprobs=logprobs)
 
 
 @jax.jit
@@ -252,7 +257,7 @@ class PolicyUpdater:
           jax.device_put(trainable, split_trainable(self.param_shardings, self.freeze)[0], may_alias=False), frozen)
     self._steps = _jitted_steps(self.graphdef, self.opt_graphdef, self.loss_config,
                                 logprob_fn or QwenLogprobs(config.temperature, config.logprob_chunk_size),
-                                _FrozenTree.of(self.param_shardings), _FrozenTree.of(self.opt_shardings),
+                                FrozenTree.of(self.param_shardings), FrozenTree.of(self.opt_shardings),
                                 self.freeze)
     self._host_step = self.optimizer_step  # mirrors the device counter without a sync per step
     # Optimizer steps begun (counted before the apply step donates the parameters): a caller that saw
@@ -365,12 +370,12 @@ def _init_optimizer(graphdef: nnx.GraphDef, params: nnx.State, tx: optax.Gradien
   abstract = nnx.eval_shape(lambda: nnx.Optimizer(nnx.merge(graphdef, params), tx, wrt=wrt))
   opt_graphdef, abstract_state = nnx.split(abstract)
   shardings = param_shardings(abstract_state, mesh, rules)
-  init = _jitted_optimizer_init(graphdef, tx, _FrozenTree.of(shardings), wrt)
+  init = _jitted_optimizer_init(graphdef, tx, FrozenTree.of(shardings), wrt)
   return opt_graphdef, init(params), shardings
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted_optimizer_init(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, shardings: _FrozenTree,
+def _jitted_optimizer_init(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, shardings: FrozenTree,
                            wrt: Any) -> Any:
   def optimizer_state(params: nnx.State) -> nnx.State:
     return nnx.state(nnx.Optimizer(nnx.merge(graphdef, params), tx, wrt=wrt))

@@ -32,6 +32,8 @@ from mmrag_jax.rl.config import GRPOConfig
 from mmrag_jax.rl.update import PolicyUpdater
 from mmrag_jax.sampling.inputs import to_host
 
+__all__ = ["TargetFn", "Tokenize", "WarmupConfig", "supervised_warmup", "target_batch"]
+
 # a pipeline batch's metadata ([B] fields) -> one reference completion (text, without the stop token) per row.
 TargetFn = Callable[[Mapping[str, Any]], Sequence[str]]
 Tokenize = Callable[[str], Sequence[int]]

@@ -45,6 +45,8 @@ from mmrag_jax.sampling.methods import SamplingMethod, token_log_softmax
 from mmrag_jax.sampling.packed_decoder import LayerCache, PackedDecoder, packed_decode_step, rotary_columns
 from mmrag_jax.sampling.steps import decode_one
 
+__all__ = ["DecodeSettings", "DecodeState", "decode_loop"]
+
 
 @dataclasses.dataclass(frozen=True)
 class DecodeSettings:

@@ -18,6 +18,10 @@ import numpy as np
 
 from mmrag_jax.model.config import Qwen25VLConfig
 
+__all__ = [
+    "Batch", "completion_batch", "fit_length", "image_counts", "images_per_row", "select_rows", "smallest_bucket",
+]
+
 Batch = dict[str, np.ndarray]
 _TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
 

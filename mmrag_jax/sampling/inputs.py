@@ -10,6 +10,8 @@ from jax.sharding import Mesh
 from mmrag_jax.model.qwen25vl import ModelInputs, map_input_arrays
 from mmrag_jax.parallel import logical_sharding
 
+__all__ = ["place_inputs", "to_host"]
+
 def to_host(array: jax.Array) -> np.ndarray:
   """A (possibly multi-host sharded) array as one numpy array on every host."""
   if isinstance(array, jax.Array) and not array.is_fully_addressable:

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = ["row_keys", "step_keys"]
+
 
 def row_keys(key: jax.Array, prompt_ids: np.ndarray | jax.Array, group_size: int) -> jax.Array:
   """Typed keys [B * G] for prompts `prompt_ids` [B] int, G = group_size samples each (prompt-major)."""

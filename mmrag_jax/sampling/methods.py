@@ -24,6 +24,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+__all__ = ["Categorical", "Greedy", "SamplingMethod", "TopK", "TopP", "token_log_softmax", "top_p_logits"]
+
 
 class SamplingMethod:
   """Base of the methods. Subclasses define `processed_logits`; `draw` defaults to ancestral sampling."""
@@ -99,7 +101,7 @@ class Categorical(SamplingMethod):
     return logits / self.temperature
 
 
-def top_k_logits(logits: jax.Array, k: int) -> jax.Array:
+def _top_k_logits(logits: jax.Array, k: int) -> jax.Array:
   """Logits [..., V] with everything below the k-th largest value set to -inf (ties at it are kept)."""
   kth_largest = jax.lax.top_k(logits, k)[0][..., -1:]
   return jnp.where(logits >= kth_largest, logits, -jnp.inf)
@@ -133,7 +135,7 @@ class TopK(SamplingMethod):
       raise ValueError(f"TopK.k must be >= 1, got {self.k}")
 
   def processed_logits(self, logits: jax.Array) -> jax.Array:
-    return top_k_logits(logits / self.temperature, min(self.k, logits.shape[-1]))
+    return _top_k_logits(logits / self.temperature, min(self.k, logits.shape[-1]))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,13 +7,13 @@ operand it re-packs the whole matrix on every call (2-4x slower at N = 8). So th
 
   * keeps activations as columns, hidden [D, N], and computes every projection as W^T [out, in] @ h [in, N];
   * fuses q/k/v into one [(H + 2 KVH) Dh, D] matrix and gate/up into one [2 I, D] (fewer, larger ops),
-    and splits every matrix into `ROW_BLOCKS` blocks of rows that XLA multiplies on separate threads;
+    and splits every matrix into `_ROW_BLOCKS` blocks of rows that XLA multiplies on separate threads;
   * carries the cache as one key and one value buffer per layer, [N, KVH, S, Dh] (`LayerCache`: the
     model's [layers, N, S, KVH, Dh] transposed once per call), written in place: attention is then two
     batched matmuls over (row, kv head) that read the buffers as stored, with no per-step transpose or
     slice copy of the cache (which XLA emits for the model's layout).
 
-The math is the model's (`TextModel` with a cache, float32 `float32_logits` head); only the layouts and
+The math is the model's (`TextModel` with a cache, float32 `steps._float32_logits` head); only the layouts and
 the grouping of the matmuls differ, so logits agree to float32 rounding. Packing copies the decoder's
 weights once (`pack_decoder`); the sampler keeps the packed copy while the parameters are unchanged.
 Used for float32 models on CPU without a mesh; elsewhere the sampler runs the model's own decode step.
@@ -32,10 +32,15 @@ from mmrag_jax.model.kv_cache import KVCache
 from mmrag_jax.model.qwen25vl import Qwen25VL
 from mmrag_jax.model.text import mrope_cos_sin
 
+__all__ = [
+    "Blocks", "LayerCache", "PackedDecoder", "PackedLayer", "matvec", "pack_decoder", "packed_decode_step",
+    "rotary_columns",
+]
+
 # Each matrix is split into this many blocks of rows, one matmul each: independent matmuls run on
 # separate XLA:CPU threads, so two threads stream weights at once (on 2 cores: 5-10% off the step time
 # with 2 blocks; 3 or 4 were slower than 2).
-ROW_BLOCKS = 2
+_ROW_BLOCKS = 2
 
 Blocks = tuple[jax.Array, ...]  # consecutive row blocks of one [out, in] matrix
 
@@ -73,7 +78,7 @@ class PackedDecoder:
   head: Blocks
 
 
-def pack_decoder(model: Qwen25VL, row_blocks: int = ROW_BLOCKS) -> PackedDecoder:
+def pack_decoder(model: Qwen25VL, row_blocks: int = _ROW_BLOCKS) -> PackedDecoder:
   """Copies the text decoder's weights into the decode layouts (jit it: one fused copy of the weights)."""
   text = model.language_model
   dtype = model.config.compute_dtype

@@ -4,18 +4,8 @@
     out = sampler.generate(prompts, key, group_size=8)
 
 The input pipeline builds one per batch (`data.batching.Collator`); any other caller builds one from
-processor output with `prompt_batch`. Nothing downstream pads or recomputes positions again. Shapes (B
-prompts, L a length bucket, P a patch bucket):
-
-  input_ids       [B, L] int32     left-padded with the pad id
-  attention_mask  [B, L] int32     1 = real token; every row ends in a real token
-  positions       [3, B, L] int32  M-RoPE (t, h, w) positions, 0 on pads
-  rope_deltas     [B] int32        decode position of generated token j = delta + real prompt tokens + j
-  pixel_values    [P, 1176] float32  all images' patch rows back to back (row-major over (batch, prompt
-                                   order)), zero rows after the real ones; None for a batch without images
-  image_grid_thw  [I, 3] int32     (t, h, w) of each real image
-  image_counts    [B] int32        images of each row (a row's images are consecutive in image_grid_thw)
-  valid           [B] bool         False for rows that only pad the batch (their outputs are never used)
+processor output with `prompt_batch`. Nothing downstream pads or recomputes positions again. The fields
+and their shapes are listed in `PromptBatch` (B prompts, L a length bucket, P a patch bucket).
 
 A row that only pads the batch holds one real pad token at the last position and no image:
 
@@ -39,6 +29,8 @@ from mmrag_jax.model.rope_index import image_scatter_indices, mrope_positions
 from mmrag_jax.model.vision_index import VisionIndex
 from mmrag_jax.sampling.host_batch import fit_length, image_counts, smallest_bucket
 
+__all__ = ["Pick", "PromptBatch", "PromptTokens", "gather_prompts", "prompt_batch", "with_padding_rows"]
+
 # (source batch index, row) of a gathered prompt; None: a row that only pads the batch.
 Pick = tuple[int, int] | None
 
@@ -61,7 +53,19 @@ class PromptTokens:
 
 @dataclasses.dataclass(frozen=True)
 class PromptBatch:
-  """B left-padded prompts with their images (see the module docstring for the layout)."""
+  """B left-padded prompts with their images (the module docstring draws the layout). L is a length bucket,
+  P a patch bucket, I the real images.
+
+  input_ids:       [B, L] int32, left-padded with the pad id.
+  attention_mask:  [B, L] int32, 1 = real token; every row ends in a real token.
+  positions:       [3, B, L] int32, M-RoPE (t, h, w) positions; 0 on pads.
+  rope_deltas:     [B] int32, decode position of generated token j = delta + real prompt tokens + j.
+  pixel_values:    [P, 1176] float32, all images' patch rows back to back (row-major over (batch, prompt
+                   order)), zero rows after the real ones; None for a batch without images.
+  image_grid_thw:  [I, 3] int32, (t, h, w) of each real image.
+  image_counts:    [B] int32, images of each row (a row's images are consecutive in image_grid_thw).
+  valid:           [B] bool, False for rows that only pad the batch (their outputs are never used).
+  """
 
   input_ids: np.ndarray
   attention_mask: np.ndarray

@@ -3,7 +3,7 @@
     sampler = Sampler(model, SamplerConfig(max_new_tokens=256, method=TopP(0.95, temperature=1.0)))
     out = sampler.generate(prompts, jax.random.key(0), group_size=8, prompt_ids=example_ids)  # a PromptBatch
     out.tokens            # [B * 8, 256], rows b * 8 ... b * 8 + 7 are prompt b's samples
-    out.policy_logprobs   # [B * 8, 256], log-probs the GRPO trainer's `completion_logprobs` recomputes
+    out.policy_logprobs   # [B * 8, 256], log-probs the GRPO trainer's `QwenLogprobs` recomputes
 
 Compilation. Prompts come as a `PromptBatch` (`prompt_batch.py`), left-padded to one of a few length buckets
 and its pixel rows to one of a few patch buckets, so prefill compiles once per (batch size, length bucket,
@@ -66,8 +66,10 @@ from mmrag_jax.sampling.packed_decoder import PackedDecoder, pack_decoder
 from mmrag_jax.sampling.prompt_batch import PromptBatch, gather_prompts, with_padding_rows
 from mmrag_jax.sampling.steps import prefill_group, prefill_rows
 
+__all__ = ["SampleOutput", "Sampler", "SamplerConfig", "decode_weights_fn", "jitted_decode", "jitted_prefill"]
 
-DECODE_WEIGHTS = ("gathered", "training")
+
+_DECODE_WEIGHTS = ("gathered", "training")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,8 +100,8 @@ class SamplerConfig:
   def __post_init__(self):
     if self.max_new_tokens < 1:
       raise ValueError(f"SamplerConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}")
-    if self.decode_weights not in DECODE_WEIGHTS:
-      raise ValueError(f"SamplerConfig.decode_weights must be one of {DECODE_WEIGHTS}, got {self.decode_weights!r}")
+    if self.decode_weights not in _DECODE_WEIGHTS:
+      raise ValueError(f"SamplerConfig.decode_weights must be one of {_DECODE_WEIGHTS}, got {self.decode_weights!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,9 +146,9 @@ class SampleOutput:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_size", "group_size", "mesh", "weight_rules", "prompts"))
-def _prefill(graphdef: nnx.GraphDef, state: nnx.State, inputs: ModelInputs, *, cache_size: int, group_size: int,
-             mesh: Mesh | None, weight_rules: LogicalRules = DEFAULT_RULES,
-             prompts: int | None = None) -> tuple[jax.Array, KVCache]:
+def jitted_prefill(graphdef: nnx.GraphDef, state: nnx.State, inputs: ModelInputs, *, cache_size: int, group_size: int,
+                   mesh: Mesh | None, weight_rules: LogicalRules = DEFAULT_RULES,
+                   prompts: int | None = None) -> tuple[jax.Array, KVCache]:
   return prefill_group(nnx.merge(graphdef, state), inputs, cache_size, group_size, mesh, weight_rules, prompts)
 
 
@@ -172,9 +174,10 @@ def decode_weights_fn(state: nnx.State, dtype: jnp.dtype, mesh: Mesh | None) -> 
 # The cache is donated and returned inside the final state: the loop then runs in its buffers.
 @functools.partial(jax.jit, static_argnames=("graphdef", "method", "settings", "mesh", "weight_rules"),
                    donate_argnames=("cache",))
-def _decode(graphdef: nnx.GraphDef, state: nnx.State, logits: jax.Array, cache: KVCache, keys: jax.Array,
-            stop_ids: jax.Array, packed: PackedDecoder | None, *, method: SamplingMethod, settings: DecodeSettings,
-            mesh: Mesh | None, weight_rules: LogicalRules = DEFAULT_RULES) -> DecodeState:
+def jitted_decode(graphdef: nnx.GraphDef, state: nnx.State, logits: jax.Array, cache: KVCache, keys: jax.Array,
+                  stop_ids: jax.Array, packed: PackedDecoder | None, *, method: SamplingMethod,
+                  settings: DecodeSettings, mesh: Mesh | None, weight_rules: LogicalRules = DEFAULT_RULES
+                  ) -> DecodeState:
   return decode_loop(nnx.merge(graphdef, state), logits, cache, keys, stop_ids, method=method, settings=settings,
                      mesh=mesh, weight_rules=weight_rules, packed=packed)
 
@@ -246,8 +249,8 @@ class Sampler:
     inputs = self.prepare(prompts)
     cache_size = inputs.input_ids.shape[1] + self.config.max_new_tokens
     graphdef, state = model_split if model_split is not None else nnx.split(self.model)
-    return _prefill(graphdef, state, inputs, cache_size=cache_size, group_size=group_size if share else 1,
-                    mesh=self.mesh, weight_rules=self.weight_rules, prompts=count if share else None)
+    return jitted_prefill(graphdef, state, inputs, cache_size=cache_size, group_size=group_size if share else 1,
+                          mesh=self.mesh, weight_rules=self.weight_rules, prompts=count if share else None)
 
   def packed_decoder(self, model_split: tuple[nnx.GraphDef, nnx.State] | None = None) -> PackedDecoder | None:
     """The model's packed decode weights, or None where decoding runs the model's own step.
@@ -297,9 +300,9 @@ class Sampler:
       keys = jax.device_put(keys, logical_sharding(self.mesh, ("batch",), shape=keys.shape))
     stop_ids = np.asarray(self.stop_ids, np.int32)
     packed = self.packed_decoder(model_split)
-    final = _decode(model_split[0], self.decode_state(model_split), logits, cache, keys, stop_ids, packed,
-                    method=self.config.method, settings=self.settings,
-                    mesh=self.mesh if packed is None else None, weight_rules=self.weight_rules)
+    final = jitted_decode(model_split[0], self.decode_state(model_split), logits, cache, keys, stop_ids, packed,
+                          method=self.config.method, settings=self.settings,
+                          mesh=self.mesh if packed is None else None, weight_rules=self.weight_rules)
     return SampleOutput(tokens=to_host(final.tokens), lengths=to_host(final.lengths),
                         truncated=~to_host(final.done), policy_logprobs=to_host(final.policy_logprobs),
                         sampling_logprobs=to_host(final.sampling_logprobs), group_size=group_size)

@@ -32,8 +32,13 @@ from mmrag_jax.parallel import activation_mesh
 from mmrag_jax.sampling.inputs import place_inputs, to_host
 from mmrag_jax.sampling.prompt_batch import PromptBatch, gather_prompts
 
+__all__ = [
+    "Scorer", "ScorerConfig", "jitted_yes_probability", "judgment_continuation", "judgment_token_ids",
+    "with_continuation",
+]
 
-def yes_probability(model: Qwen25VL, inputs: ModelInputs, yes_token_id: int, no_token_id: int) -> jax.Array:
+
+def _yes_probability(model: Qwen25VL, inputs: ModelInputs, yes_token_id: int, no_token_id: int) -> jax.Array:
   """P(yes) among {yes, no} at the last slot of each left-padded prompt: [B] float32."""
   last_hidden = model.hidden_states(inputs)[:, -1]  # [B, D]; left padding puts every prompt's end here
   pair_weight = model.head_weight()[:, jnp.asarray([yes_token_id, no_token_id])]  # [D, 2]
@@ -42,10 +47,10 @@ def yes_probability(model: Qwen25VL, inputs: ModelInputs, yes_token_id: int, no_
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "yes_token_id", "no_token_id", "mesh"))
-def _yes_probability(graphdef: nnx.GraphDef, state: nnx.State, inputs: ModelInputs, *, yes_token_id: int,
-                     no_token_id: int, mesh: Mesh | None = None) -> jax.Array:
+def jitted_yes_probability(graphdef: nnx.GraphDef, state: nnx.State, inputs: ModelInputs, *, yes_token_id: int,
+                           no_token_id: int, mesh: Mesh | None = None) -> jax.Array:
   with activation_mesh(mesh):
-    return yes_probability(nnx.merge(graphdef, state), inputs, yes_token_id, no_token_id)
+    return _yes_probability(nnx.merge(graphdef, state), inputs, yes_token_id, no_token_id)
 
 
 def judgment_token_ids(tokenizer: Any, yes: str = "yes", no: str = "no") -> tuple[int, int]:
@@ -134,8 +139,8 @@ class Scorer:
         chunk = gather_prompts([prompts], picks, pad_token_id=model_config.pad_token_id,
                                patch_rows=patch_rows or None)
       inputs = chunk.model_inputs(model_config)
-      probs = _yes_probability(graphdef, state, place_inputs(inputs, self.mesh), yes_token_id=self.yes_token_id,
-                               no_token_id=self.no_token_id, mesh=self.mesh)
+      probs = jitted_yes_probability(graphdef, state, place_inputs(inputs, self.mesh), yes_token_id=self.yes_token_id,
+                                     no_token_id=self.no_token_id, mesh=self.mesh)
       pending.append((probs, len(rows)))
     scores = [to_host(probs)[:count] for probs, count in pending]
     return np.concatenate(scores) if scores else np.zeros((0,), np.float32)

@@ -27,8 +27,10 @@ from mmrag_jax.model.qwen25vl import ModelInputs, Qwen25VL
 from mmrag_jax.parallel import (DEFAULT_RULES, LogicalRules, activation_mesh, kv_cache_rules, logical_sharding,
                                 logical_to_mesh_spec)
 
+__all__ = ["cache_shardings", "decode_one", "prefill_group", "prefill_rows"]
 
-def float32_logits(model: Qwen25VL, hidden: jax.Array) -> jax.Array:
+
+def _float32_logits(model: Qwen25VL, hidden: jax.Array) -> jax.Array:
   """hidden [..., D] -> logits [..., V] float32 (float32 accumulation, like `chunked_logprobs`)."""
   return jnp.einsum("...d,dv->...v", hidden, model.head_weight(), preferred_element_type=jnp.float32)
 
@@ -46,7 +48,7 @@ def cache_shardings(cache: KVCache, mesh: Mesh, weight_rules: LogicalRules = DEF
                  index=of(cache.index, ()), rope_deltas=of(cache.rope_deltas, ("batch",)))
 
 
-def constrain_cache(cache: KVCache, mesh: Mesh | None, weight_rules: LogicalRules = DEFAULT_RULES) -> KVCache:
+def _constrain_cache(cache: KVCache, mesh: Mesh | None, weight_rules: LogicalRules = DEFAULT_RULES) -> KVCache:
   """Pins the cache to its `cache_shardings` layout on `mesh` (no-op without a mesh)."""
   if mesh is None:
     return cache
@@ -87,8 +89,8 @@ def prefill_group(model: Qwen25VL, inputs: ModelInputs, cache_size: int, group_s
     hidden = hidden[:prompts]
     cache = KVCache(k=cache.k[:, :prompts], v=cache.v[:, :prompts], valid=cache.valid[:prompts], index=cache.index,
                     rope_deltas=cache.rope_deltas[:prompts])
-  logits = jnp.repeat(float32_logits(model, hidden[:, -1]), group_size, axis=0)  # left padding: slot L-1
-  return logits, constrain_cache(repeat_rows(cache, group_size), mesh, weight_rules)
+  logits = jnp.repeat(_float32_logits(model, hidden[:, -1]), group_size, axis=0)  # left padding: slot L-1
+  return logits, _constrain_cache(repeat_rows(cache, group_size), mesh, weight_rules)
 
 
 def decode_one(model: Qwen25VL, tokens: jax.Array, cache: KVCache, mesh: Mesh | None = None,
@@ -96,4 +98,4 @@ def decode_one(model: Qwen25VL, tokens: jax.Array, cache: KVCache, mesh: Mesh | 
   """Feeds one token per row: tokens [N] int -> next-token logits [N, V] float32 and the updated cache
   (kept in its `cache_shardings` layout beside weights laid out by `weight_rules`)."""
   hidden, cache = decode_hidden(model, tokens, cache)
-  return float32_logits(model, hidden), constrain_cache(cache, mesh, weight_rules)
+  return _float32_logits(model, hidden), _constrain_cache(cache, mesh, weight_rules)

@@ -18,29 +18,18 @@ Grid values are typed as written: `3` int, `0.5` / `1e-6` float, `true` / `False
 anything else a string (`'3'` forces the string "3"). Commas inside parentheses or quotes do not split.
 `--set` overrides are passed to every run verbatim.
 
+From Python: `run_sweep(plan_sweep(config, root, grid_args, set_args))`, then
+`write_tables(collect(root), root)`; `expand_grid(parse_grid(...))` and `run_name` name the points,
+`parse_value` / `split_values` read a grid's values as above.
+
 The sweep process itself never starts jax: an accelerator is held by one process at a time, the run.
 """
 
-from mmrag_jax.sweep.grid import (
-                                  COST_FIELDS,
-                                  LOG_FILE,
-                                  RUN_FILE,
-                                  SUMMARY_FILE,
-                                  check_field,
-                                  expand_grid,
-                                  format_value,
-                                  load_config,
-                                  parse_assignment,
-                                  parse_grid,
-                                  parse_value,
-                                  run_name,
-                                  split_values,
-)
-from mmrag_jax.sweep.runner import Run, host_process_index, launch, plan_sweep, run_sweep
+from mmrag_jax.sweep.grid import expand_grid, parse_grid, parse_value, run_name, split_values
+from mmrag_jax.sweep.runner import plan_sweep, run_sweep
 from mmrag_jax.sweep.tables import collect, write_tables
 
 __all__ = [
-    "COST_FIELDS", "LOG_FILE", "RUN_FILE", "SUMMARY_FILE", "Run", "check_field", "collect", "expand_grid",
-    "format_value", "host_process_index", "launch", "load_config", "parse_assignment", "parse_grid", "parse_value",
-    "plan_sweep", "run_name", "run_sweep", "split_values", "write_tables",
+    "collect", "expand_grid", "parse_grid", "parse_value", "plan_sweep", "run_name", "run_sweep", "split_values",
+    "write_tables",
 ]

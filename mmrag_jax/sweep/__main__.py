@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from mmrag_jax.sweep.runner import host_process_index, plan_sweep, run_sweep
 from mmrag_jax.sweep.tables import collect, write_tables
 
+__all__ = ["main"]
+
 
 def _define_flags() -> None:
   from absl import flags

@@ -13,6 +13,11 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
+__all__ = [
+    "COST_FIELDS", "LOG_FILE", "RUN_FILE", "SUMMARY_FILE", "check_field", "expand_grid", "format_value", "load_config",
+    "parse_assignment", "parse_grid", "parse_value", "run_name", "split_values",
+]
+
 SUMMARY_FILE = "summary.json"
 RUN_FILE = "run.json"
 LOG_FILE = "log.txt"

@@ -25,6 +25,8 @@ from mmrag_jax.sweep.grid import (
   run_name,
 )
 
+__all__ = ["Run", "host_process_index", "launch", "plan_sweep", "run_sweep"]
+
 
 @dataclasses.dataclass(frozen=True)
 class Run:

@@ -11,6 +11,8 @@ from typing import Any
 
 from mmrag_jax.sweep.grid import COST_FIELDS, LOG_FILE, RUN_FILE, SUMMARY_FILE
 
+__all__ = ["collect", "write_tables"]
+
 
 def _as_tuples(value: Any) -> Any:
   """JSON stores tuples as lists; grid values come back as the tuples they were."""

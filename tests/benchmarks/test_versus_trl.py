@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from mmrag_jax.benchmarks import trl_peer, versus_trl
+from mmrag_jax.benchmarks.report import print_result
 from mmrag_jax.processing import load_processor
 from mmrag_jax.rl.rollout import collect_rollout
 
@@ -29,7 +30,7 @@ def work() -> versus_trl.Workload:
 
 @pytest.fixture(scope="module")
 def shared(work, tmp_path_factory):
-  """(checkpoint dir, our processor, the prompts): the inputs `compare` gives both sides."""
+  """(checkpoint dir, our processor, the prompts): the inputs `versus_trl._compare` gives both sides."""
   checkpoint = versus_trl.save_checkpoint(work.config, str(tmp_path_factory.mktemp("checkpoint")))
   processor = load_processor(checkpoint, min_pixels=56 * 56, max_pixels=56 * 84)
   return checkpoint, processor, versus_trl.make_prompts(work, processor)
@@ -105,7 +106,7 @@ def test_summary_is_trl_over_ours_on_the_timed_steps(work, capsys):
   assert figures["same_prompts"] is True
   assert figures["trl_completion_tokens_per_step"] == [64] * 5 == figures["completion_tokens_per_step"]
 
-  versus_trl.print_result(figures)
+  print_result(figures)
   line = capsys.readouterr().out.strip().splitlines()[-1]
   assert line.startswith("RESULT ") and json.loads(line[len("RESULT "):]) == figures
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mmrag_jax.pretrain import PretrainConfig, pretrain
-from mmrag_jax.pretrain.train import _extra_world_examples, _sequence_loss, model_config, world_seed
+from mmrag_jax.pretrain.train import extra_world_examples, model_config, sequence_loss, world_seed
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -36,7 +36,7 @@ def test_sequence_loss_is_the_masked_next_token_nll():
   ids[0, 3] = config.image_token_id  # an image placeholder is never a label
   inputs = prompt_batch({"input_ids": ids, "attention_mask": mask}, layout).model_inputs(layout)
   target_tokens = np.array([3, 2, 1], np.int32)
-  loss, target_nll = (float(v) for v in _sequence_loss(model, inputs, jnp.asarray(target_tokens)))
+  loss, target_nll = (float(v) for v in sequence_loss(model, inputs, jnp.asarray(target_tokens)))
 
   logp = _log_softmax(np.asarray(forward(model, inputs), np.float64))
   labels = ids[:, 1:]
@@ -53,7 +53,7 @@ def test_sequence_loss_is_the_masked_next_token_nll():
 
 def test_extra_worlds_bring_documents_the_benchmark_world_never_shows(tmp_path):
   config = PretrainConfig(seed=3, num_train=8, extra_worlds=2, tasks=("check",))
-  examples = _extra_world_examples(str(tmp_path), config)
+  examples = extra_world_examples(str(tmp_path), config)
   assert world_seed(3, 0) != world_seed(3, 1) and world_seed(3, 0) not in range(1000)
   assert examples and {os_dir.name for os_dir in (tmp_path / "worlds").iterdir()} == {"0", "1"}
   images = [c for ex in examples for c in ex.candidates if c.kind == "image"]

@@ -17,7 +17,8 @@ import transformers
 from flax import nnx
 
 from mmrag_jax.model import config as config_lib
-from mmrag_jax.model import decode_step, load_pretrained, prefill, prepare_inputs
+from mmrag_jax.model import load_pretrained, prepare_inputs
+from mmrag_jax.model.kv_cache import decode_step, prefill
 from mmrag_jax.model.synthetic_batch import random_processor_batch
 
 HF_INIT_RANGE = 0.2

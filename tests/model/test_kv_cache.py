@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from mmrag_jax.model import KVCache, init_cache, repeat_rows
+from mmrag_jax.model import KVCache
+from mmrag_jax.model.kv_cache import init_cache, repeat_rows
 
 DECODE_STEPS = 8
 

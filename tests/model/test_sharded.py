@@ -11,7 +11,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mmrag_jax.model import forward, load_pretrained, prepare_inputs
-from mmrag_jax.parallel import logical_sharding, logical_to_mesh_spec, make_mesh, variable_logical_axes
+from mmrag_jax.parallel import logical_sharding, logical_to_mesh_spec, make_mesh
+from mmrag_jax.parallel.sharding import variable_logical_axes
 from tests.model.float64_reference import ROUNDOFF_FACTOR, float64_logits, roundoff
 
 # Four rows (divisible by data * fsdp): images of several sizes, one text-only row, left padding.

@@ -4,7 +4,8 @@ import jax
 import pytest
 from jax.sharding import AxisType
 
-from mmrag_jax.parallel import MESH_AXES, make_mesh, resolve_mesh_shape
+from mmrag_jax.parallel import make_mesh, resolve_mesh_shape
+from mmrag_jax.parallel.mesh import MESH_AXES
 
 
 @pytest.mark.parametrize(("shape", "devices", "expected"), [

@@ -8,7 +8,8 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from mmrag_jax.model.layers import RMSNorm, linear
-from mmrag_jax.parallel import create_sharded, logical_sharding, make_mesh, param_shardings, shard_model
+from mmrag_jax.parallel import logical_sharding, make_mesh, param_shardings
+from mmrag_jax.parallel.sharding import create_sharded, shard_model
 
 VOCAB, EMBED, MLP = 11, 8, 16  # 11 rows do not divide tensor=2: the vocab dim must replicate
 

@@ -14,14 +14,13 @@ import pytest
 pytest.importorskip("libtpu", reason="the planner needs libtpu: pip install -e '.[tpu]'")
 
 from mmrag_jax.model.synthetic_batch import random_processor_batch  # noqa: E402
-from mmrag_jax.plan import (  # noqa: E402
-    CHIPS, INSTALL_HINT, SLICES, TopologyError, UpdateGeometry, abstract_train_batch, build_setup, load_slice,
-    make_plan)
+from mmrag_jax.plan import CHIPS, SLICES, TopologyError, build_setup, load_slice, make_plan  # noqa: E402
 from mmrag_jax.plan.__main__ import main  # noqa: E402
 from mmrag_jax.plan.analysis import collective_bytes  # noqa: E402
 from mmrag_jax.plan import analysis, planner  # noqa: E402
-from mmrag_jax.plan.programs import PROGRAM_FAMILIES, model_config, sampler_programs, update_programs  # noqa: E402
-from mmrag_jax.plan.topology import GIB, topology_name  # noqa: E402
+from mmrag_jax.plan.programs import (  # noqa: E402
+    PROGRAM_FAMILIES, UpdateGeometry, abstract_train_batch, model_config, sampler_programs, update_programs)
+from mmrag_jax.plan.topology import GIB, INSTALL_HINT, topology_name  # noqa: E402
 from mmrag_jax.rl import update  # noqa: E402
 from mmrag_jax.rl.batch import build_train_batch  # noqa: E402
 from mmrag_jax.sampling import prompt_batch  # noqa: E402
@@ -288,12 +287,12 @@ def test_a_program_over_the_chips_hbm_is_named_and_exits_non_zero(tmp_path, caps
 
 
 def test_a_program_the_compiler_refuses_for_hbm_does_not_fit_with_the_bytes_it_asked_for(tpu):
-  from mmrag_jax.plan.analysis import _out_of_hbm
+  from mmrag_jax.plan.analysis import out_of_hbm
   from mmrag_jax.plan.report import program_record, verdict
 
   error = RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
                        "temporaries (409.67G) exceeds available HBM (95.74G).")
-  program = _out_of_hbm(error, (), lower_s=1.0, compile_s=2.0)
+  program = out_of_hbm(error, (), lower_s=1.0, compile_s=2.0)
   assert program.temp_bytes == int(409.67 * GIB)
   record = program_record("accumulate", "N64xL4608", 1, program, {"optimizer": GIB}, tpu, 16 * GIB)
   assert not record["fits"] and record["roofline"]["bound"] == "unknown"

@@ -15,11 +15,11 @@ PROCESS = """
 import json, sys
 import jax, jax.numpy as jnp
 from ml_collections import ConfigDict
-from mmrag_jax.main import _use_compilation_cache
+from mmrag_jax.main import use_compilation_cache
 
 events = []
 jax.monitoring.register_event_listener(lambda event, **kwargs: events.append(event))
-_use_compilation_cache(ConfigDict({"compilation_cache": sys.argv[2] == "on"}), sys.argv[1])
+use_compilation_cache(ConfigDict({"compilation_cache": sys.argv[2] == "on"}), sys.argv[1])
 value = jax.jit(lambda x: jnp.tanh(x @ x.T).sum())(jnp.arange(12.0).reshape(3, 4))
 print(json.dumps({"value": float(value), "hits": events.count("/jax/compilation_cache/cache_hits")}))
 """

@@ -15,8 +15,9 @@ from flax import nnx
 
 from mmrag_jax.errors import RunError
 from mmrag_jax.parallel import make_mesh
-from mmrag_jax.rl.checkpointing import (CHECKSUMS, CheckpointCorrupted, CheckpointError, CheckpointSaveFailed,
-                                        CheckpointStore, latest_committed_step, verify_step)
+from mmrag_jax.rl.checkpointing import (CheckpointCorrupted, CheckpointError, CheckpointSaveFailed, CheckpointStore,
+                                        latest_committed_step)
+from mmrag_jax.rl.checksums import CHECKSUMS, verify_step
 from mmrag_jax.rl.config import GRPOConfig
 from mmrag_jax.rl.update import PolicyUpdater
 

@@ -15,7 +15,7 @@ from mmrag_jax.rl.dynamic_sampling import dynamic_sample, informative_groups, re
 from mmrag_jax.rl.metrics_log import read_metrics
 from mmrag_jax.rl.rollout import Rollout, collect_rollout
 from mmrag_jax.rl.trainer import GRPOTrainer, TrainerConfig
-from mmrag_jax.sampling import PromptTokens
+from mmrag_jax.sampling.prompt_batch import PromptTokens
 from tests.rl.conftest import TINY
 from tests.rl.test_trainer_loop import (
     BATCH,

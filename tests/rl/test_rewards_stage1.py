@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmrag_jax.rl.rewards import Stage1RewardConfig, stage1_rewards
-from mmrag_jax.rl.rewards.stage1 import _stage1_kernel
+from mmrag_jax.rl.rewards.stage1 import stage1_kernel
 
 BATCH = 16
 
@@ -39,9 +39,9 @@ def test_well_formed_judgments_score_label_agreement(rows, format_weight, releva
 def test_changing_a_weight_does_not_recompile():
   completions, gold = ["<answer>yes</answer>"] * 3, [True, False, True]
   stage1_rewards(completions, gold, Stage1RewardConfig(format_weight=0.1))
-  compiled = _stage1_kernel._cache_size()
+  compiled = stage1_kernel._cache_size()
   result = stage1_rewards(completions, gold, Stage1RewardConfig(format_weight=0.7, relevance_weight=3.0))
-  assert _stage1_kernel._cache_size() == compiled
+  assert stage1_kernel._cache_size() == compiled
   np.testing.assert_allclose(result.total, [3.7, 0.7, 3.7], rtol=1e-6)
 
 

@@ -6,7 +6,8 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from mmrag_jax.parallel import logical_to_mesh_spec, make_mesh, variable_logical_axes
+from mmrag_jax.parallel import logical_to_mesh_spec, make_mesh
+from mmrag_jax.parallel.sharding import variable_logical_axes
 from mmrag_jax.rl.checkpointing import CheckpointStore
 from mmrag_jax.rl.update import PolicyUpdater
 

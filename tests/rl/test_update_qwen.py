@@ -15,7 +15,8 @@ from mmrag_jax.parallel import make_mesh
 from mmrag_jax.rl.batch import build_train_batch
 from mmrag_jax.rl.config import GRPOConfig
 from mmrag_jax.rl.update import PolicyUpdater
-from mmrag_jax.sampling import completion_batch, prompt_batch
+from mmrag_jax.sampling import prompt_batch
+from mmrag_jax.sampling.host_batch import completion_batch
 
 def test_update_logprobs_and_gradient_equal_an_independent_full_forward_with_images(make_tiny_policy, rl_cases):
   group, width, config = 2, 4, rl_cases.config

@@ -19,16 +19,8 @@ import transformers
 
 from mmrag_jax.model import Qwen25VLConfig, load_pretrained, tiny
 from mmrag_jax.model.synthetic_batch import random_processor_batch
-from mmrag_jax.sampling import (
-    PromptBatch,
-    Sampler,
-    SampleOutput,
-    SamplerConfig,
-    SamplingMethod,
-    TopP,
-    completion_batch,
-    prompt_batch,
-)
+from mmrag_jax.sampling import PromptBatch, SampleOutput, Sampler, SamplerConfig, SamplingMethod, TopP, prompt_batch
+from mmrag_jax.sampling.host_batch import completion_batch
 from tests.model.float64_reference import ROUNDOFF_FACTOR, float64_logits, roundoff
 
 INIT_RANGE = 0.2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmrag_jax.sampling import completion_batch, fit_length, images_per_row, select_rows, smallest_bucket
+from mmrag_jax.sampling.host_batch import completion_batch, fit_length, images_per_row, select_rows, smallest_bucket
 
 # The shared prompts hold images of 24, 4, 16 and 64 patches: row 0 -> patches [0, 24), row 1 -> [24, 44)
 # (two images), row 2 -> none, row 3 -> [44, 108).

@@ -10,7 +10,8 @@ import torch
 
 from mmrag_jax.processing import build_tiny_tokenizer
 from mmrag_jax.processing.targets import stage1_target
-from mmrag_jax.sampling import Scorer, ScorerConfig, judgment_continuation, prompt_batch, with_continuation
+from mmrag_jax.sampling import Scorer, ScorerConfig, judgment_continuation, prompt_batch
+from mmrag_jax.sampling.scorer import with_continuation
 
 # Candidate prompts: images of several sizes, text-only rows, different lengths (left padding).
 CANDIDATE_ROWS = ([4, (1, 4, 4), 3], [11], [2, (1, 2, 6), 5], [6, 2])

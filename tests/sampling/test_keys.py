@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from mmrag_jax.sampling import row_keys, step_keys
+from mmrag_jax.sampling.keys import row_keys, step_keys
 
 
 def key_data(keys) -> np.ndarray:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import scipy.special
 
-from mmrag_jax.sampling import Categorical, Greedy, TopK, TopP, top_p_logits
-from mmrag_jax.sampling.methods import token_log_softmax
+from mmrag_jax.sampling import Categorical, Greedy, TopK, TopP
+from mmrag_jax.sampling.methods import token_log_softmax, top_p_logits
 
 PROBS = np.array([0.02, 0.25, 0.05, 0.11, 0.30, 0.01, 0.08, 0.04, 0.09, 0.05])
 LOGITS = np.log(PROBS).astype(np.float32) + 3.0  # a shift changes nothing

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mmrag_jax.model import Qwen25VL, decode_step
+from mmrag_jax.model import Qwen25VL
+from mmrag_jax.model.kv_cache import decode_step
 from mmrag_jax.sampling import Greedy, Sampler
 from mmrag_jax.sampling.packed_decoder import LayerCache, pack_decoder, packed_decode_step, rotary_columns
 

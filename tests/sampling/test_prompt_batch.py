@@ -7,7 +7,9 @@ import pytest
 
 from mmrag_jax.model import prepare_inputs
 from mmrag_jax.model.rope_index import mrope_positions
-from mmrag_jax.sampling import fit_length, gather_prompts, prompt_batch, select_rows, with_padding_rows
+from mmrag_jax.sampling import prompt_batch
+from mmrag_jax.sampling.host_batch import fit_length, select_rows
+from mmrag_jax.sampling.prompt_batch import gather_prompts, with_padding_rows
 
 # The shared prompts (tests/sampling/conftest.py) hold images of 24, 4 + 16 and 64 patches (rows 0, 1, 3);
 # the longest prompt has 21 tokens.

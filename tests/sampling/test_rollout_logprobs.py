@@ -9,7 +9,8 @@ import torch
 from flax import nnx
 
 from mmrag_jax.model import chunked_logprobs, prepare_inputs
-from mmrag_jax.sampling import Sampler, completion_batch, select_rows
+from mmrag_jax.sampling import Sampler
+from mmrag_jax.sampling.host_batch import completion_batch, select_rows
 from tests.sampling.conftest import bucketed
 
 

@@ -8,7 +8,8 @@ import scipy.special
 import torch
 
 from mmrag_jax.processing import build_tiny_tokenizer
-from mmrag_jax.sampling import Scorer, ScorerConfig, judgment_token_ids, prompt_batch
+from mmrag_jax.sampling import Scorer, ScorerConfig, prompt_batch
+from mmrag_jax.sampling.scorer import judgment_token_ids
 
 # Six candidates (images of several sizes, text-only ones): two chunks of four, the second with filler rows.
 CANDIDATE_ROWS = ([4, (1, 4, 4), 3], [11], [2, (1, 2, 6), 5], [6, 2], [1, (1, 8, 4), 1], [3, (1, 2, 2), 9])

@@ -10,6 +10,8 @@ from absl import app, flags
 
 from mmrag_jax.data.synthetic import generate_mmqa, generate_webqa
 
+__all__ = ["main"]
+
 _FORMAT = flags.DEFINE_enum("format", None, ["webqa", "mmqa"], "Which benchmark's file format to write.")
 _OUT = flags.DEFINE_string("out", None, "Output folder (created).")
 _NUM = flags.DEFINE_integer("num_questions", 64, "Valid train questions.", lower_bound=1)
@@ -20,7 +22,7 @@ _PLANT_SPLIT = flags.DEFINE_string("plant_split", "train", "Split that gets the 
                                    "dev (MMQA).")
 
 
-def parse_plant(spec: str) -> dict[str, int]:
+def _parse_plant(spec: str) -> dict[str, int]:
   plant = {}
   for item in filter(None, (s.strip() for s in spec.split(","))):
     kind, _, count = item.partition(":")
@@ -34,7 +36,7 @@ def parse_plant(spec: str) -> dict[str, int]:
 def main(argv):
   del argv
   n_eval = _NUM_EVAL.value if _NUM_EVAL.value is not None else max(2, _NUM.value // 4)
-  plant = parse_plant(_PLANT.value)
+  plant = _parse_plant(_PLANT.value)
   if _FORMAT.value == "webqa":
     manifest = generate_webqa(_OUT.value, num_train=_NUM.value, num_val=n_eval, num_test=n_eval,
                               seed=_SEED.value, plant=plant, plant_split=_PLANT_SPLIT.value)

@@ -15,14 +15,16 @@ import os
 
 from mmrag_jax.data.synthetic.scenes import Scene
 
+__all__ = ["ExpectedQuestion", "MINI_WEBQA_DEFECTS", "READER_DEFECTS", "SyntheticManifest"]
+
 # Defects a reader skips (and counts under the same name).
 READER_DEFECTS = ("malformed", "duplicate_id", "missing_image", "undecodable_image", "no_candidates", "no_gold",
                   "missing_document")
 # Defects readers keep but the Mini-WebQA rules remove (named as the rules).
 MINI_WEBQA_DEFECTS = ("empty_question", "duplicate_question", "empty_answer", "long_answer", "small_pool")
 # Oddities that must be tolerated: a truncated JPEG still decodes (as the official loader does).
-TOLERATED = ("truncated_image",)
-MANIFEST_FILE = "synthetic_manifest.json"
+_TOLERATED = ("truncated_image",)
+_MANIFEST_FILE = "synthetic_manifest.json"
 
 
 @dataclasses.dataclass
@@ -55,7 +57,7 @@ class SyntheticManifest:
     self.planted.setdefault(kind, []).append(qid)
 
   def save(self, out_dir: str) -> str:
-    path = os.path.join(out_dir, MANIFEST_FILE)
+    path = os.path.join(out_dir, _MANIFEST_FILE)
     data = {"dataset": self.dataset, "seed": self.seed,
             "questions": {k: dataclasses.asdict(v) for k, v in self.questions.items()},
             "planted": self.planted,
@@ -67,7 +69,7 @@ class SyntheticManifest:
 
   @classmethod
   def load(cls, out_dir: str) -> "SyntheticManifest":
-    with open(os.path.join(out_dir, MANIFEST_FILE), encoding="utf-8") as f:
+    with open(os.path.join(out_dir, _MANIFEST_FILE), encoding="utf-8") as f:
       data = json.load(f)
     return cls(dataset=data["dataset"], seed=data["seed"],
                questions={k: ExpectedQuestion(**v) for k, v in data["questions"].items()},

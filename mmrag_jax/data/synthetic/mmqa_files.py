@@ -18,14 +18,16 @@ from mmrag_jax.data.synthetic import world as w
 from mmrag_jax.data.synthetic.manifest import READER_DEFECTS, ExpectedQuestion, SyntheticManifest
 from mmrag_jax.data.synthetic.scenes import SHAPES, encode_scene
 
-NON_TABLE_TYPES = ("TextQ", "ImageQ", "ImageListQ", "Compose(ImageQ,TextQ)")
-TABLE_TYPES = ("TableQ", "Compose(TableQ,ImageListQ)")
-MODALITIES = {"TextQ": ["text"], "ImageQ": ["image"], "ImageListQ": ["image"],
-              "Compose(ImageQ,TextQ)": ["image", "text"], "TableQ": ["table"],
-              "Compose(TableQ,ImageListQ)": ["image", "table"]}
+__all__ = ["MMQA_PLANTABLE", "generate_mmqa"]
+
+_NON_TABLE_TYPES = ("TextQ", "ImageQ", "ImageListQ", "Compose(ImageQ,TextQ)")
+_TABLE_TYPES = ("TableQ", "Compose(TableQ,ImageListQ)")
+_MODALITIES = {"TextQ": ["text"], "ImageQ": ["image"], "ImageListQ": ["image"],
+               "Compose(ImageQ,TextQ)": ["image", "text"], "TableQ": ["table"],
+               "Compose(TableQ,ImageListQ)": ["image", "table"]}
 MMQA_PLANTABLE = ("malformed", "duplicate_id", "missing_image", "undecodable_image", "no_candidates", "no_gold",
                   "missing_document")
-TEXTS_PER_QUESTION = 10
+_TEXTS_PER_QUESTION = 10
 
 
 class _MMQAWriter:
@@ -106,14 +108,14 @@ class _MMQAWriter:
     gold_images = [d for d, part in supporting if part == "image"]
     hard = [self.text_doc[(e.index, k)] for e in about for k in w.FACT_KINDS]
     distractors = [self.text_doc[(e.index, rng.choice(w.FACT_KINDS))] for e in w.others(rng, self.entities, about,
-                                                                                        TEXTS_PER_QUESTION)]
-    text_ids = list(dict.fromkeys(gold_texts + hard + distractors))[:TEXTS_PER_QUESTION]
+                                                                                        _TEXTS_PER_QUESTION)]
+    text_ids = list(dict.fromkeys(gold_texts + hard + distractors))[:_TEXTS_PER_QUESTION]
     text_ids = rng.sample(text_ids, len(text_ids))
-    n_image_distractors = rng.randint(2, 4) if "image" in MODALITIES[qtype] else rng.randint(0, 2)
+    n_image_distractors = rng.randint(2, 4) if "image" in _MODALITIES[qtype] else rng.randint(0, 2)
     image_ids = gold_images + [self.image_doc[o.index] for o in w.others(rng, self.entities, about,
                                                                            n_image_distractors)]
     image_ids = rng.sample(image_ids, len(image_ids))
-    metadata = {"type": qtype, "modalities": MODALITIES[qtype], "wiki_entities_in_question": [],
+    metadata = {"type": qtype, "modalities": _MODALITIES[qtype], "wiki_entities_in_question": [],
                 "wiki_entities_in_answers": [], "pseudo_language_question": question,
                 "rephrasing_meta": {"accuracy": 1.0, "edit_distance": 0.0, "confidence": 1.0},
                 "image_doc_ids": image_ids, "text_doc_ids": text_ids, "intermediate_answers": [],
@@ -138,7 +140,7 @@ class _MMQAWriter:
     return texts, images, tables
 
 
-def expected_from_line(line: dict[str, Any], split: str, include_tables: bool = False) -> ExpectedQuestion:
+def _expected_from_line(line: dict[str, Any], split: str, include_tables: bool = False) -> ExpectedQuestion:
   """What the reader must make of one valid line: texts (then the table), then images; gold in file order."""
   md = line["metadata"]
   ids = list(md["text_doc_ids"]) + ([md["table_id"]] if include_tables else []) + list(md["image_doc_ids"])
@@ -208,21 +210,21 @@ def generate_mmqa(out_dir: str, *, num_train: int, num_dev: int, num_test: int, 
     n_tables = max(1, round(n * table_fraction)) if n and table_fraction > 0 else 0
     for i in range(n + n_tables):
       table = i >= n
-      qtype = TABLE_TYPES[i % 2] if table else NON_TABLE_TYPES[i % len(NON_TABLE_TYPES)]
+      qtype = _TABLE_TYPES[i % 2] if table else _NON_TABLE_TYPES[i % len(_NON_TABLE_TYPES)]
       line = writer.line(qtype, split)
       lines.append(line)
       target = manifest.table_questions if table else manifest.questions
-      target[line["qid"]] = expected_from_line(line, split, include_tables=table)
+      target[line["qid"]] = _expected_from_line(line, split, include_tables=table)
     if split == plant_split:
       earlier_qid = next((line["qid"] for line in lines if not isinstance(line, str)), None)
       for kind, count in sorted((plant or {}).items()):
         for i in range(count):
-          line = writer.line(NON_TABLE_TYPES[i % len(NON_TABLE_TYPES)], split)
+          line = writer.line(_NON_TABLE_TYPES[i % len(_NON_TABLE_TYPES)], split)
           raw = _plant(writer, kind, line, earlier_qid)
           lines.append(raw if raw is not None else line)
           manifest.plant(kind, line["qid"])
           if kind not in READER_DEFECTS:
-            manifest.questions[line["qid"]] = expected_from_line(line, split)
+            manifest.questions[line["qid"]] = _expected_from_line(line, split)
     _write_jsonl_gz(os.path.join(out_dir, f"MMQA_{split}.jsonl.gz"), lines)
   texts, images, tables = writer.contexts()
   _write_jsonl_gz(os.path.join(out_dir, "MMQA_texts.jsonl.gz"), texts)

@@ -12,6 +12,8 @@ import math
 
 from PIL import Image, ImageDraw
 
+__all__ = ["COLORS", "SHAPES", "SIDES", "Scene", "describe", "draw_scene", "encode_scene"]
+
 # Names are members of WebQA's official color / shape keyword sets, so the keyword metrics see them.
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -25,7 +27,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "black": (15, 15, 15),
 }
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "hexagon")
-BACKGROUNDS: tuple[tuple[int, int, int], ...] = ((250, 250, 245), (225, 235, 245), (235, 245, 225))
+_BACKGROUNDS: tuple[tuple[int, int, int], ...] = ((250, 250, 245), (225, 235, 245), (235, 245, 225))
 SIDES = (56, 84, 112)
 
 
@@ -82,7 +84,7 @@ def _polygon(shape: str, box: tuple[int, int, int, int]) -> list[tuple[float, fl
 
 def draw_scene(scene: Scene) -> Image.Image:
   """Renders the scene as an RGB image of size (width, height)."""
-  image = Image.new("RGB", (scene.width, scene.height), BACKGROUNDS[scene.background % len(BACKGROUNDS)])
+  image = Image.new("RGB", (scene.width, scene.height), _BACKGROUNDS[scene.background % len(_BACKGROUNDS)])
   draw = ImageDraw.Draw(image)
   fill = COLORS[scene.color]
   for box in scene.boxes():

@@ -18,8 +18,10 @@ from mmrag_jax.data.synthetic import world as w
 from mmrag_jax.data.synthetic.manifest import READER_DEFECTS, ExpectedQuestion, SyntheticManifest
 from mmrag_jax.data.synthetic.scenes import COLORS, Scene, describe, encode_scene
 
-QCATES = ("color", "shape", "number", "YesNo", "choose", "Others", "text")
-IMAGE_ID_BASE = 30_000_000
+__all__ = ["WEBQA_PLANTABLE", "generate_webqa"]
+
+_QCATES = ("color", "shape", "number", "YesNo", "choose", "Others", "text")
+_IMAGE_ID_BASE = 30_000_000
 WEBQA_PLANTABLE = ("malformed", "duplicate_id", "missing_image", "undecodable_image", "no_candidates", "no_gold",
                    "empty_question", "duplicate_question", "empty_answer", "long_answer", "small_pool",
                    "truncated_image")
@@ -46,7 +48,7 @@ class _WebQAWriter:
     self.questions_seen: set[str] = set()
 
   def add_image(self, data: bytes, scene: Scene | None) -> int:
-    image_id = IMAGE_ID_BASE + len(self.image_lines)
+    image_id = _IMAGE_ID_BASE + len(self.image_lines)
     self.image_lines.append((image_id, data))
     if scene is not None:
       self.scenes[str(image_id)] = scene
@@ -141,7 +143,7 @@ class _WebQAWriter:
       f.write("".join(f"{o}\n" for o in offsets))
 
 
-def expected_from_entry(value: dict[str, Any]) -> ExpectedQuestion:
+def _expected_from_entry(value: dict[str, Any]) -> ExpectedQuestion:
   """What the reader must make of one (valid) entry: ids in the reader's pool order, stripped quotes."""
   split = value["split"]
   if split == "test":
@@ -166,7 +168,7 @@ def _plant(writer: _WebQAWriter, kind: str, value: dict[str, Any], earlier: tupl
   if kind == "malformed":
     del value["Q"]
   elif kind == "missing_image":
-    value["img_negFacts"].append(writer.image_fact(writer.entities[0], IMAGE_ID_BASE + 9_000_000))
+    value["img_negFacts"].append(writer.image_fact(writer.entities[0], _IMAGE_ID_BASE + 9_000_000))
   elif kind == "undecodable_image":
     image_id = writer.add_image(b"these bytes are not an image " + rng.randbytes(64), None)
     value["img_negFacts"].append(writer.image_fact(writer.entities[0], image_id))
@@ -219,17 +221,17 @@ def generate_webqa(out_dir: str, *, num_train: int, num_val: int, num_test: int,
   for split, n, target in (("train", num_train, train_val), ("val", num_val, train_val), ("test", num_test, test)):
     for i in range(n):
       guid = w.hex_id(rng)
-      target.append((guid, writer.entry(guid, split, QCATES[i % len(QCATES)])))
-      manifest.questions[guid] = expected_from_entry(target[-1][1])
+      target.append((guid, writer.entry(guid, split, _QCATES[i % len(_QCATES)])))
+      manifest.questions[guid] = _expected_from_entry(target[-1][1])
   earlier = next(((g, v["Q"]) for g, v in train_val if v["split"] == plant_split), None)
   for kind, count in sorted((plant or {}).items()):
     for i in range(count):
-      value = writer.entry(w.hex_id(rng), plant_split, QCATES[i % len(QCATES)])
+      value = writer.entry(w.hex_id(rng), plant_split, _QCATES[i % len(_QCATES)])
       _plant(writer, kind, value, earlier)
       train_val.append((value["Guid"], value))
       manifest.plant(kind, value["Guid"])
       if kind not in READER_DEFECTS:
-        manifest.questions[value["Guid"]] = expected_from_entry(value)
+        manifest.questions[value["Guid"]] = _expected_from_entry(value)
   manifest.scenes = dict(writer.scenes)
   writer.write_images(out_dir)
   _write_json_object(os.path.join(out_dir, "WebQA_train_val.json"), train_val)

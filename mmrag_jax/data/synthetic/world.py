@@ -13,6 +13,8 @@ import re
 
 from mmrag_jax.data.synthetic.scenes import COLORS, SHAPES, SIDES, Scene
 
+__all__ = ["Entity", "FACT_KINDS", "confusable", "hex_id", "make_world", "others", "plural"]
+
 _SYLLABLES = ("va", "lor", "ken", "mi", "dra", "zu", "tor", "bel", "qui", "sa", "no", "rix", "pel", "ta", "gon",
               "fe", "lun", "ca", "mor", "ti")
 _KINDS = ("Tower", "Bridge", "Gate", "Temple", "Fountain", "Castle", "Arch", "Hall")

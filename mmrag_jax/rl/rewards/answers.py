@@ -13,6 +13,8 @@ import numbers
 from mmrag_jax.evaluation import mmqa_metrics, webqa_metrics
 from mmrag_jax.formats.parse import split_mmqa_answer
 
+__all__ = ["AnswerBags", "MMQAAnswer", "Stage2Reference", "WebQAAnswer", "answer_bags"]
+
 
 @dataclasses.dataclass(frozen=True)
 class WebQAAnswer:

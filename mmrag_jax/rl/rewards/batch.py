@@ -20,17 +20,19 @@ from mmrag_jax.rl.rewards.answers import AnswerBags, MMQAAnswer, Stage2Reference
 from mmrag_jax.formats.parse import Stage1Parse, Stage2Parse
 from mmrag_jax.formats.tags import NUM_MALFORMED, Malformed
 
+__all__ = ["Stage1Batch", "Stage2Batch", "pack_stage1", "pack_stage2"]
+
 _MIN_CANDIDATES = 8
 _MIN_TOKENS = 16
 
 
-def bucket(size: int, minimum: int = 1) -> int:
+def _bucket(size: int, minimum: int = 1) -> int:
   """Smallest power of two >= max(size, minimum)."""
   size = max(int(size), minimum, 1)
   return 1 << (size - 1).bit_length()
 
 
-def malformed_flags(kinds: Sequence[frozenset[Malformed]]) -> np.ndarray:
+def _malformed_flags(kinds: Sequence[frozenset[Malformed]]) -> np.ndarray:
   """[B, NUM_MALFORMED] bool: row b flags the kinds of completion b."""
   flags = np.zeros((len(kinds), NUM_MALFORMED), dtype=bool)
   for row, row_kinds in enumerate(kinds):
@@ -55,7 +57,7 @@ def pack_stage1(parses: Sequence[Stage1Parse], gold_labels: Sequence[bool]) -> S
   return Stage1Batch(
       label=np.array([p.label for p in parses], dtype=np.int32),
       gold_label=np.array([int(bool(g)) for g in gold_labels], dtype=np.int32),
-      malformed=malformed_flags([p.malformed for p in parses]))
+      malformed=_malformed_flags([p.malformed for p in parses]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,18 +125,18 @@ def pack_stage2(parses: Sequence[Stage2Parse], references: Sequence[Stage2Refere
       for p, r in zip(parses, references)]
   # An unscoreable answer scores 0 whatever its reference, so its bags are never built.
   batch_size = len(parses)
-  num_candidates = bucket(max(r.num_candidates for r in references), _MIN_CANDIDATES)
-  cited_width = bucket(max([len(p.cited or ()) for p in parses] + [num_candidates]))
-  pred_tokens = bucket(max([sum(map(len, b.pred_bags)) for b in bags if b] + [0]), _MIN_TOKENS)
-  gold_tokens = bucket(max([sum(map(len, b.gold_bags)) for b in bags if b] + [0]), _MIN_TOKENS)
-  pred_spans = bucket(max([len(b.pred_spans) for b in bags if b] + [1]))
+  num_candidates = _bucket(max(r.num_candidates for r in references), _MIN_CANDIDATES)
+  cited_width = _bucket(max([len(p.cited or ()) for p in parses] + [num_candidates]))
+  pred_tokens = _bucket(max([sum(map(len, b.pred_bags)) for b in bags if b] + [0]), _MIN_TOKENS)
+  gold_tokens = _bucket(max([sum(map(len, b.gold_bags)) for b in bags if b] + [0]), _MIN_TOKENS)
+  pred_spans = _bucket(max([len(b.pred_spans) for b in bags if b] + [1]))
   gold_spans = max([len(b.gold_spans) for b in bags if b] + [1])
 
   def full(shape: tuple[int, ...], value: int | bool, dtype: type) -> np.ndarray:
     return np.full((batch_size, *shape), value, dtype=dtype)
 
   batch = Stage2Batch(
-      malformed=malformed_flags([p.malformed for p in parses]),
+      malformed=_malformed_flags([p.malformed for p in parses]),
       evidence_scored=np.array([p.cited is not None for p in parses], dtype=bool),
       cited=full((cited_width,), kernels.PAD, np.int32),
       relevance=full((num_candidates,), False, bool),

@@ -13,8 +13,10 @@ from typing import Any, ClassVar, TypeVar
 
 from mmrag_jax.validation import check_non_negative
 
+__all__ = ["Stage1RewardConfig", "Stage2RewardConfig"]
+
 # Policy for the <think> block: stage 1 makes it optional by default, stage 2 requires it.
-THINK_POLICIES = ("optional", "required", "forbidden")
+_THINK_POLICIES = ("optional", "required", "forbidden")
 
 _ConfigT = TypeVar("_ConfigT", bound="_RewardConfig")
 
@@ -35,8 +37,8 @@ def _check_bool(config: Any, name: str) -> None:
 
 
 def _check_think(config: Any) -> None:
-  if config.think not in THINK_POLICIES:
-    raise ValueError(f"{type(config).__name__}.think must be one of {THINK_POLICIES}, got {config.think!r}")
+  if config.think not in _THINK_POLICIES:
+    raise ValueError(f"{type(config).__name__}.think must be one of {_THINK_POLICIES}, got {config.think!r}")
 
 
 class _RewardConfig:

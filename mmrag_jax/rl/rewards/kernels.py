@@ -17,10 +17,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = [
+    "OUT_OF_RANGE", "PAD", "bag_overlaps", "format_reward", "max_weight_matching", "mmqa_list_em", "mmqa_list_f1",
+    "ndcg", "relevance_reward", "set_f1", "webqa_keyword_accuracy",
+]
+
 PAD = -1
 OUT_OF_RANGE = -2
 # The official WebQA keyword F1 keeps this epsilon: a perfect match scores 2 / (2 + 1e-5).
-WEBQA_F1_EPSILON = 1e-5
+_WEBQA_F1_EPSILON = 1e-5
 
 
 def format_reward(malformed: jax.Array) -> jax.Array:
@@ -99,7 +104,7 @@ def webqa_keyword_accuracy(overlap: jax.Array, pred_size: jax.Array, gold_size: 
   """
   precision = overlap / jnp.maximum(pred_size, 1.0)
   recall = overlap / jnp.maximum(gold_size, 1.0)
-  f1 = 2.0 * precision * recall / (precision + recall + WEBQA_F1_EPSILON)
+  f1 = 2.0 * precision * recall / (precision + recall + _WEBQA_F1_EPSILON)
   return jnp.where(overlap > 0, jnp.where(uses_f1, f1, recall), 0.0)
 
 

@@ -10,6 +10,8 @@ import numpy as np
 
 from mmrag_jax.formats.tags import MALFORMED_NAMES
 
+__all__ = ["RewardResult", "malformed_counts"]
+
 
 @dataclasses.dataclass(frozen=True)
 class RewardResult:

@@ -19,10 +19,12 @@ from mmrag_jax.rl.rewards.config import Stage1RewardConfig
 from mmrag_jax.formats.parse import parse_stage1
 from mmrag_jax.rl.rewards.result import RewardResult, malformed_counts
 
+__all__ = ["stage1_kernel", "stage1_rewards"]
+
 
 @functools.partial(jax.jit, static_argnames="gate_on_format")
-def _stage1_kernel(batch: Stage1Batch, weights: dict[str, jax.Array], gate_on_format: bool
-                   ) -> dict[str, jax.Array]:
+def stage1_kernel(batch: Stage1Batch, weights: dict[str, jax.Array], gate_on_format: bool
+                  ) -> dict[str, jax.Array]:
   format_ok = jax.vmap(kernels.format_reward)(batch.malformed)
   relevance = jax.vmap(kernels.relevance_reward)(batch.label, batch.gold_label)
   if gate_on_format:
@@ -31,9 +33,9 @@ def _stage1_kernel(batch: Stage1Batch, weights: dict[str, jax.Array], gate_on_fo
   return {"total": total, "format": format_ok, "relevance": relevance}
 
 
-def stage1_reward_kernel(batch: Stage1Batch, config: Stage1RewardConfig) -> dict[str, jax.Array]:
+def _stage1_reward_kernel(batch: Stage1Batch, config: Stage1RewardConfig) -> dict[str, jax.Array]:
   """Components and 'total', each [B] float32, of a packed stage-1 batch (jitted; weights traced)."""
-  return _stage1_kernel(batch, config.weights(), gate_on_format=config.gate_on_format)
+  return stage1_kernel(batch, config.weights(), gate_on_format=config.gate_on_format)
 
 
 def stage1_rewards(completions: Sequence[str], gold_labels: Sequence[bool],
@@ -43,6 +45,6 @@ def stage1_rewards(completions: Sequence[str], gold_labels: Sequence[bool],
     raise ValueError(f"got {len(completions)} completions but {len(gold_labels)} gold labels")
   parses = [parse_stage1(text, config.think) for text in completions]
   batch = pack_stage1(parses, gold_labels)
-  outputs = stage1_reward_kernel(batch, config)
+  outputs = _stage1_reward_kernel(batch, config)
   total = outputs.pop("total")
   return RewardResult(total, outputs, malformed_counts(batch.malformed, [p.non_ascii for p in parses]))

@@ -29,6 +29,8 @@ from mmrag_jax.rl.rewards.config import Stage2RewardConfig
 from mmrag_jax.formats.parse import parse_stage2
 from mmrag_jax.rl.rewards.result import RewardResult, malformed_counts
 
+__all__ = ["stage2_reward_kernel", "stage2_rewards"]
+
 
 def _row_answer_scores(row: Stage2Batch, em_fraction: jax.Array, round_mmqa_f1: bool
                        ) -> tuple[jax.Array, jax.Array]:
