@@ -54,7 +54,7 @@ def _parse(argv: list[str]) -> dict[str, Any]:
 
 
 def _load_config(spec: str, overrides: list[tuple[str, Any]]) -> Any:
-  from mmrag_jax.recipe.checks import validate
+  from mmrag_jax.recipe.settings import validate
   from mmrag_jax.sweep.grid import check_field, load_config
 
   config = load_config(spec)
@@ -107,7 +107,7 @@ def main(argv: list[str]) -> int:
   from mmrag_jax.plan.planner import make_plan
   from mmrag_jax.plan.report import table
   from mmrag_jax.plan.topology import load_slice
-  from mmrag_jax.recipe.checks import validate_batch_division
+  from mmrag_jax.recipe.settings import validate_batch_division
 
   try:
     tpu = load_slice(opts["topology"])

@@ -27,8 +27,7 @@ from mmrag_jax.model import ModelInputs, Qwen25VLConfig, VisionIndex, abstract_m
 from mmrag_jax.model.qwen25vl import map_input_arrays
 from mmrag_jax.model.vision_index import max_frame_patches
 from mmrag_jax.parallel import DEFAULT_RULES, decode_rules, logical_sharding, make_mesh, param_shardings
-from mmrag_jax.recipe.checks import batch_pixel_rows
-from mmrag_jax.recipe.settings import sampling_method, settings
+from mmrag_jax.recipe.settings import batch_pixel_rows, sampling_method, settings
 from mmrag_jax.rl import update
 from mmrag_jax.rl.batch import TrainBatch
 from mmrag_jax.rl.policy import QwenLogprobs

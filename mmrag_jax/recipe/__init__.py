@@ -6,8 +6,8 @@
   training                     format warm-up -> GRPO -> Hugging Face export (both stages)
   outputs                      predictions.jsonl, submission, metrics.json, report.html, curves, summary
   presets                      the fields both stages share, and the presets
-  settings                     settings(config): the config as typed settings objects, built once
-  checks                       config validation across fields (batch geometry, buckets, splits, paths)
+  settings                     validate(config): the config as typed settings objects, built once, with the
+                               checks across fields (batch geometry, buckets, splits, paths)
   context                      the run's workdir and mesh (RunDir), checkpoints, processors, splits
   demo                         synthetic data and a tiny random checkpoint for the demo preset
 

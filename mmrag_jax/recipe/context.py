@@ -24,8 +24,7 @@ from mmrag_jax.model import Qwen25VL, load_pretrained, save_pretrained
 from mmrag_jax.model.checkpoint import CONFIG_FILE
 from mmrag_jax.parallel import make_mesh
 from mmrag_jax.processing import load_processor
-from mmrag_jax.recipe.checks import require_path
-from mmrag_jax.recipe.settings import ConfigError, DataSettings, ModelSettings
+from mmrag_jax.recipe.settings import ConfigError, DataSettings, ModelSettings, require_path
 
 __all__ = [
     "EXPORT_DIR", "RunDir", "Split", "barrier", "export_policy", "is_main_process", "load_model",

@@ -2,7 +2,7 @@
 
 `configs/stage1.py` and `configs/stage2.py` start from `base_config(stage)`, set their own stage fields and
 end with `apply_preset(config, arg)`. Every field is overridable on the command line
-(`--config.rl.group_size=16`); `mmrag_jax.recipe.checks.validate` names any bad field before work starts.
+(`--config.rl.group_size=16`); `mmrag_jax.recipe.settings.validate` names any bad field before work starts.
 
 Batch geometry (one micro-batch):
   train.batch_size completions = (train.batch_size / rl.group_size) prompts x rl.group_size samples,

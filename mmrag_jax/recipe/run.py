@@ -30,11 +30,11 @@ import ml_collections
 
 from mmrag_jax.data.scores import read_stage1_scores
 from mmrag_jax.recipe import outputs
-from mmrag_jax.recipe.checks import check_patch_buckets, require_path, validate, validate_batch_division
 from mmrag_jax.recipe.context import (EXPORT_DIR, RunDir, barrier, load_model, read_split, resolve_mesh,
                                       write_json)
 from mmrag_jax.recipe.demo import prepare_demo_inputs
-from mmrag_jax.recipe.settings import ConfigError, Settings, settings, stage1_fields
+from mmrag_jax.recipe.settings import (ConfigError, Settings, check_patch_buckets, require_path, settings,
+                                       stage1_fields, validate, validate_batch_division)
 from mmrag_jax.recipe.stage1 import ranking_file, run_stage1_inference, train_stage1
 from mmrag_jax.recipe.stage2 import check_k, predict_split, train_stage2
 from mmrag_jax.recipe.workdir import prepare_workdir, workdir_lock

@@ -6,10 +6,9 @@ import os
 
 import pytest
 
-from mmrag_jax.recipe.checks import validate
 from mmrag_jax.recipe.presets import score_splits, stage1_run_config
 from mmrag_jax.recipe.run import run
-from mmrag_jax.recipe.settings import ConfigError, settings
+from mmrag_jax.recipe.settings import ConfigError, settings, validate
 from tests.recipe.conftest import load_config
 
 
