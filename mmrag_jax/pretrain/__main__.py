@@ -1,4 +1,6 @@
-"""`python -m mmrag_jax.pretrain --workdir=DIR [--seed=N] [--steps=N] [--loss=sequence] [--extra_worlds=N]`: the base model of the toy recipe.
+"""The base model of the toy recipe:
+
+  python -m mmrag_jax.pretrain --workdir=DIR [--seed=N] [--steps=N] [--loss=sequence] [--extra_worlds=N]
 
 Writes the synthetic WebQA to DIR/data and the pretrained model to DIR/model (a Hugging Face directory);
 a rerun with the same settings finds them cached.

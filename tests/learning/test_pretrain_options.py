@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -20,8 +22,6 @@ def test_sequence_loss_is_the_masked_next_token_nll():
 
   from mmrag_jax.model import Qwen25VL, forward
   from mmrag_jax.sampling import prompt_batch
-
-  import dataclasses
 
   layout = model_config(PretrainConfig(hidden_size=32, num_layers=1, vision_depth=1))
   # The loss reads the image placeholder id from the model's config: here a text id the batch holds once,
