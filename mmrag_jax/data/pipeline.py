@@ -64,6 +64,9 @@ class PipelineConfig:
   read_threads: threads per process encoding examples.
   shard_index, shard_count: this host's slice of the rows (multi-host data parallelism).
   prompt: prompt choices.
+  layout: the model's prompt layout (`PromptTokens.of(model.config)`): its token ids must be the
+    processor's, and the workers then also build each batch's vision index and image-token slots (the
+    `model_inputs` the sampler, scorer and trainer consume); None: the first consumer builds them.
   """
 
   processor_path: str
@@ -82,6 +85,7 @@ class PipelineConfig:
   shard_index: int = 0
   shard_count: int = 1
   prompt: PromptConfig = PromptConfig()
+  layout: PromptTokens | None = None
 
   def __post_init__(self):
     if not 0 <= self.shard_index < self.shard_count:
@@ -218,6 +222,13 @@ def prompt_collator(config: PipelineConfig, max_images_per_prompt: int, meta: di
   processor = thread_processor(config.processor_path, config.min_pixels, config.max_pixels)
   tokens = PromptTokens(pad_token_id=processor.pad_token_id, image_token_id=processor.image_token_id,
                         spatial_merge_size=processor.merge_size)
+  if config.layout is not None:
+    ours = (config.layout.pad_token_id, config.layout.image_token_id, config.layout.spatial_merge_size)
+    if ours != (tokens.pad_token_id, tokens.image_token_id, tokens.spatial_merge_size):
+      raise ValueError(f"the processor of {config.processor_path} lays prompts out with (pad, image token id, "
+                       f"merge size) {(tokens.pad_token_id, tokens.image_token_id, tokens.spatial_merge_size)}, "
+                       f"the model with {ours}")
+    tokens = config.layout
   return Collator(shapes=config.batch_shapes(max_images_per_prompt), meta_fields=meta, tokens=tokens)
 
 

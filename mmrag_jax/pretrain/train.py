@@ -38,6 +38,7 @@ from mmrag_jax.pretrain.tasks import MAX_LISTED, TASKS, PretrainExample, documen
 from mmrag_jax.processing import load_processor, prompts
 from mmrag_jax.processing.tiny_tokenizer import build_tiny_processor_dir
 from mmrag_jax.rl.warmup import WarmupConfig, supervised_warmup
+from mmrag_jax.sampling.prompt_batch import PromptTokens
 
 __all__ = ["PretrainConfig", "extra_world_examples", "model_config", "pretrain", "sequence_loss", "world_seed"]
 
@@ -240,7 +241,8 @@ def pretrain(workdir: str, config: PretrainConfig = PretrainConfig(), progress: 
 
   pipeline_config = PipelineConfig(processor_path=model_dir, min_pixels=config.min_pixels,
                                    max_pixels=config.max_pixels, batch_size=config.batch_size,
-                                   length_buckets=config.length_buckets, seed=config.seed, read_threads=2)
+                                   length_buckets=config.length_buckets, seed=config.seed, read_threads=2,
+                                   layout=PromptTokens.of(model.config))
   encoder = _PretrainEncoder(questions=(), images=train.images, config=pipeline_config, examples=examples,
                              target_in_prompt=config.loss == "sequence")
   table = np.arange(len(examples), dtype=np.int64)[:, None]

@@ -191,8 +191,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   workdir = prepare_workdir(workdir)
   with _locked(workdir):
     run_dir = _open_run_dir(validated, workdir)
-    prepare_demo_inputs(config, run_dir.workdir)
-    return _run_with_summary(settings(config), run_dir, started)  # with the demo's data and model paths
+    if prepare_demo_inputs(config, run_dir.workdir):
+      validated = settings(config)  # with the demo's data and model paths
+    return _run_with_summary(validated, run_dir, started)
 
 
 def _locked(workdir: str) -> contextlib.AbstractContextManager:

@@ -28,7 +28,7 @@ import ml_collections
 
 from mmrag_jax.data.pipeline import PipelineConfig
 from mmrag_jax.errors import RunError
-from mmrag_jax.model.config import VisionConfig
+from mmrag_jax.model.config import Qwen25VLConfig, VisionConfig
 from mmrag_jax.model.vision_index import max_frame_patches
 from mmrag_jax.processing.prompts import PromptConfig
 from mmrag_jax.recipe.presets import score_splits, stage1_run_config
@@ -37,6 +37,7 @@ from mmrag_jax.rl.rewards import Stage1RewardConfig, Stage2RewardConfig
 from mmrag_jax.rl.trainer import TrainerConfig
 from mmrag_jax.rl.warmup import WarmupConfig
 from mmrag_jax.sampling import Categorical, Greedy, SamplerConfig, SamplingMethod, ScorerConfig, TopK, TopP
+from mmrag_jax.sampling.prompt_batch import PromptTokens
 from mmrag_jax.validation import is_int, is_number
 
 __all__ = [
@@ -152,9 +153,10 @@ class Settings:
   source: ml_collections.FrozenConfigDict = dataclasses.field(compare=False, repr=False)
 
 
-def for_checkpoint(pipeline: PipelineConfig, model_dir: str) -> PipelineConfig:
-  """`pipeline` encoding its prompts with the tokenizer and image processor of checkpoint `model_dir`."""
-  return dataclasses.replace(pipeline, processor_path=model_dir)
+def for_checkpoint(pipeline: PipelineConfig, model_dir: str, model: Qwen25VLConfig) -> PipelineConfig:
+  """`pipeline` encoding its prompts with the tokenizer and image processor of checkpoint `model_dir`, for
+  `model` (its batches carry the vision index of that model's layout)."""
+  return dataclasses.replace(pipeline, processor_path=model_dir, layout=PromptTokens.of(model))
 
 
 def _built(build: Callable[[], _T], section: str, fields: Mapping[str, str]) -> _T:

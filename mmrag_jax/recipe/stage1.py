@@ -53,7 +53,7 @@ def train_stage1(model: Qwen25VL, model_dir: str, train: Split, s: Settings, run
                  ) -> TrainResult:
   """GRPO on point-wise (question, candidate) prompts with the stage-1 rule rewards, from checkpoint
   `model_dir`; with `val`, the recall@k on it every `train.eval_every` loop steps."""
-  pipeline_config = for_checkpoint(s.train_pipeline, model_dir)
+  pipeline_config = for_checkpoint(s.train_pipeline, model_dir, model.config)
   processor = load_policy_processor(model_dir, pipeline_config)
   negatives = s.stage1.negatives_per_positive
 
@@ -74,7 +74,7 @@ def _score_candidates(model: Qwen25VL, model_dir: str, split: Split, s: Settings
   A candidate whose prompt could not be built (unreadable image, prompt over the largest length bucket,
   images over the batch budget) gets score 0; its reason is one of `batching.DROP_REASONS`.
   """
-  pipeline_config = for_checkpoint(s.score_pipeline, model_dir)
+  pipeline_config = for_checkpoint(s.score_pipeline, model_dir, model.config)
   processor = load_policy_processor(model_dir, pipeline_config)
   prefix, yes_id, no_id = judgment_continuation(processor.tokenizer, stage1_target(1), stage1_target(0))
   scorer = Scorer(model, yes_token_id=yes_id, no_token_id=no_id, config=s.scorer, mesh=mesh)

@@ -72,7 +72,7 @@ def train_stage2(model: Qwen25VL, model_dir: str, train: Split, scores: Stage1Sc
   """GRPO on list-wise prompts from checkpoint `model_dir`: all gold candidates + the hardest negatives of
   the stage-1 ranking; with `val` (a split and its stage-1 ranking), its answer metrics every
   `train.eval_every` loop steps."""
-  pipeline_config = for_checkpoint(s.train_pipeline, model_dir)
+  pipeline_config = for_checkpoint(s.train_pipeline, model_dir, model.config)
   processor = load_policy_processor(model_dir, pipeline_config)
 
   def pipeline():
@@ -112,7 +112,7 @@ def predict_split(model: Qwen25VL, model_dir: str, split: Split, scores: Stage1S
   A question whose prompt could not be built (the pipeline logs why) gets an empty answer and
   `format_ok` False, so every question has a prediction.
   """
-  config = for_checkpoint(s.predict_pipeline, model_dir)
+  config = for_checkpoint(s.predict_pipeline, model_dir, model.config)
   processor = load_policy_processor(model_dir, config)
   pipeline = stage2_pipeline(split.questions, split.images, config, k=s.stage2.k, mode="inference", scores=scores)
   sampler = Sampler(model, s.predict, mesh=mesh)

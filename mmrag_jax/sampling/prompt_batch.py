@@ -3,9 +3,11 @@
     prompts = prompt_batch(processor(texts, images), model.config, length_buckets=(256,), patch_buckets=(1024,))
     out = sampler.generate(prompts, key, group_size=8)
 
-The input pipeline builds one per batch (`data.batching.Collator`); any other caller builds one from
-processor output with `prompt_batch`. Nothing downstream pads or recomputes positions again. The fields
-and their shapes are listed in `PromptBatch` (B prompts, L a length bucket, P a patch bucket).
+The input pipeline builds one per batch (`data.batching.Collator`), in its workers; any other caller builds
+one from processor output with `prompt_batch`. Nothing downstream pads or recomputes positions again, and
+the vision index of its images is built once per batch: with the model's layout (`PromptTokens.of(model
+.config)`, as the recipe's pipelines have it) when the batch is built, else at the first `model_inputs`.
+The fields and their shapes are listed in `PromptBatch` (B prompts, L a length bucket, P a patch bucket).
 
 A row that only pads the batch holds one real pad token at the last position and no image:
 
@@ -23,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from mmrag_jax.model.config import Qwen25VLConfig
+from mmrag_jax.model.config import Qwen25VLConfig, VisionConfig
 from mmrag_jax.model.qwen25vl import ModelInputs
 from mmrag_jax.model.rope_index import image_scatter_indices, mrope_positions
 from mmrag_jax.model.vision_index import VisionIndex
@@ -37,18 +39,23 @@ Pick = tuple[int, int] | None
 
 @dataclasses.dataclass(frozen=True)
 class PromptTokens:
-  """The token ids a prompt batch is laid out with (from the processor or the model config)."""
+  """The token ids a prompt batch is laid out with (from the processor or the model config), and the
+  vision layout its images are indexed for (the model's `vision` and `frame_block_size`; vision None: not
+  known where the batch is built, so its vision index is built by the first `model_inputs`)."""
 
   pad_token_id: int
   image_token_id: int
   spatial_merge_size: int = 2
+  vision: VisionConfig | None = None
+  frame_block_size: int | None = None
 
   @classmethod
   def of(cls, config: Qwen25VLConfig | PromptTokens) -> PromptTokens:
     if isinstance(config, PromptTokens):
       return config
     return cls(pad_token_id=config.pad_token_id, image_token_id=config.image_token_id,
-               spatial_merge_size=config.vision.spatial_merge_size)
+               spatial_merge_size=config.vision.spatial_merge_size, vision=config.vision,
+               frame_block_size=config.frame_block_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,17 +108,31 @@ class PromptBatch:
     """P, the padded pixel rows (0 without images)."""
     return 0 if self.pixel_values is None else len(self.pixel_values)
 
-  def model_inputs(self, config: Qwen25VLConfig) -> ModelInputs:
-    """The `ModelInputs` of one forward over these prompts: the vision index and image-token slots padded to
-    P (the positions are this batch's own)."""
+  def model_inputs(self, config: Qwen25VLConfig | PromptTokens) -> ModelInputs:
+    """The `ModelInputs` of one forward over these prompts for the model of `config` (or its
+    `PromptTokens.of`): the vision index and image-token slots padded to P (the positions are this batch's
+    own). Built once per batch and layout: the sampler, scorer and `build_train_batch` of one batch share
+    it, and a batch built with the model's layout has it from its pipeline worker. Read-only."""
+    layout = PromptTokens.of(config)
+    cached = self.__dict__.get("_model_inputs")
+    if cached is not None and cached[0] == layout:
+      return cached[1]
+    inputs = self._build_model_inputs(layout)
+    object.__setattr__(self, "_model_inputs", (layout, inputs))  # a cache, not a field: eq / replace ignore it
+    return inputs
+
+  def _build_model_inputs(self, layout: PromptTokens) -> ModelInputs:
     common = dict(input_ids=self.input_ids, attention_mask=self.attention_mask, positions=self.positions,
                   rope_deltas=self.rope_deltas)
     if self.pixel_values is None:
       return ModelInputs(**common)
-    v, budget = config.vision, self.patch_rows
+    if layout.vision is None:
+      raise ValueError("model_inputs needs the model's vision layout: pass the model config (or "
+                       "PromptTokens.of(model.config)), not tokens without `vision`")
+    v, budget = layout.vision, self.patch_rows
     index = VisionIndex.build(self.image_grid_thw, v, num_patches_padded=budget,
-                              frame_block_size=config.frame_block_size)
-    scatter = image_scatter_indices(self.input_ids, self.image_grid_thw, image_token_id=config.image_token_id,
+                              frame_block_size=layout.frame_block_size)
+    scatter = image_scatter_indices(self.input_ids, self.image_grid_thw, image_token_id=layout.image_token_id,
                                     spatial_merge_size=v.spatial_merge_size)
     padded_scatter = np.full((budget // v.merge_unit,), self.input_ids.size, np.int32)
     padded_scatter[:scatter.size] = scatter
@@ -133,7 +154,8 @@ def prompt_batch(batch: Mapping[str, Any], tokens: Qwen25VLConfig | PromptTokens
   `image_grid_thw` [I, 3] (the transformers processor's output; other keys are ignored). L = the smallest of
   `length_buckets` that holds the longest prompt (no buckets: the longest prompt); P = the smallest of
   `patch_buckets` that holds the N pixel rows (no buckets: N). A row without a real token becomes a padding
-  row (one real pad token at the end). valid: [B] bool, default all True.
+  row (one real pad token at the end). valid: [B] bool, default all True. With the vision layout in
+  `tokens` (a model config, or `PromptTokens` with `vision`), the batch's `model_inputs` are built here too.
   """
   tokens = PromptTokens.of(tokens)
   mask = np.asarray(batch.get("attention_mask", np.ones_like(np.asarray(batch["input_ids"])))).astype(np.int32)
@@ -153,9 +175,12 @@ def prompt_batch(batch: Mapping[str, Any], tokens: Qwen25VLConfig | PromptTokens
     rows = smallest_bucket(len(pixels), patch_buckets, "image patch count") if patch_buckets else len(pixels)
     pixel_values = _padded_pixels(pixels, rows)
   valid = np.ones((len(input_ids),), bool) if valid is None else np.asarray(valid, bool)
-  return PromptBatch(input_ids=input_ids, attention_mask=mask, positions=positions, rope_deltas=deltas,
-                     pixel_values=pixel_values, image_grid_thw=grid, image_counts=counts.astype(np.int32),
-                     valid=valid)
+  prompts = PromptBatch(input_ids=input_ids, attention_mask=mask, positions=positions, rope_deltas=deltas,
+                        pixel_values=pixel_values, image_grid_thw=grid, image_counts=counts.astype(np.int32),
+                        valid=valid)
+  if tokens.vision is not None:
+    prompts.model_inputs(tokens)
+  return prompts
 
 
 def gather_prompts(batches: Sequence[PromptBatch], picks: Sequence[Pick], *, pad_token_id: int,

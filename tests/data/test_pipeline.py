@@ -10,8 +10,10 @@ import pytest
 
 from mmrag_jax.data import decode_image, read_mmqa, read_webqa
 from mmrag_jax.data.pipeline import stage1_pipeline, stage2_pipeline
-from mmrag_jax.model.config import TINY_SPECIAL_IDS
+from mmrag_jax.model.config import TINY_SPECIAL_IDS, tiny
+from mmrag_jax.model.vision_index import max_frame_patches
 from mmrag_jax.processing.prompts import ANSWER_STYLE
+from mmrag_jax.sampling.prompt_batch import PromptTokens
 
 IMAGE_PAD = TINY_SPECIAL_IDS["<|image_pad|>"]
 VISION_START = TINY_SPECIAL_IDS["<|vision_start|>"]
@@ -225,6 +227,33 @@ def test_worker_processes_give_the_same_batches_and_restore_state(webqa_train, c
       _assert_same_batch(next(iterator), want)
   finally:
     iterator.close()
+
+
+def test_with_the_model_layout_the_workers_build_each_batchs_model_inputs(webqa_train, config):
+  data, _ = webqa_train
+  model = tiny().replace(frame_block_size=max_frame_patches(config.max_pixels, tiny().vision))
+  layout = PromptTokens.of(model)
+  iterator = iter(stage1_pipeline(data.questions, data.images, dataclasses.replace(config, worker_count=1,
+                                                                                   layout=layout)))
+  try:
+    batches = [next(iterator) for _ in range(2)]
+  finally:
+    iterator.close()
+  for batch in batches:
+    built_layout, built = batch.prompts.__dict__["_model_inputs"]  # came back from the worker process with it
+    assert built_layout == layout and batch.prompts.model_inputs(model) is built
+    fresh = dataclasses.replace(batch.prompts).model_inputs(model)  # a copy without it builds it here
+    np.testing.assert_array_equal(built.image_scatter, fresh.image_scatter)
+    for name in ("position_ids", "segment_ids", "window_index", "reverse_window_index"):
+      np.testing.assert_array_equal(getattr(built.vision_index, name), getattr(fresh.vision_index, name))
+    np.testing.assert_array_equal(built.vision_index.frames.slots, fresh.vision_index.frames.slots)
+
+
+def test_a_model_whose_token_ids_are_not_the_processors_is_refused(webqa_train, config):
+  data, _ = webqa_train
+  layout = dataclasses.replace(PromptTokens.of(tiny()), pad_token_id=3)
+  with pytest.raises(ValueError, match="the processor of .* lays prompts out with"):
+    next(iter(stage1_pipeline(data.questions, data.images, dataclasses.replace(config, layout=layout))))
 
 
 def test_unreadable_image_drops_its_row_not_the_run(webqa_planted, config):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,7 @@ from mmrag_jax.model import prepare_inputs
 from mmrag_jax.model.rope_index import mrope_positions
 from mmrag_jax.sampling import prompt_batch
 from mmrag_jax.sampling.host_batch import fit_length, select_rows
-from mmrag_jax.sampling.prompt_batch import gather_prompts, with_padding_rows
+from mmrag_jax.sampling.prompt_batch import PromptTokens, gather_prompts, with_padding_rows
 
 # The shared prompts (tests/sampling/conftest.py) hold images of 24, 4 + 16 and 64 patches (rows 0, 1, 3);
 # the longest prompt has 21 tokens.
@@ -45,6 +47,24 @@ def test_model_inputs_equal_prepare_inputs_of_the_padded_batch(prompts, config):
   for name in ("input_ids", "attention_mask", "positions", "rope_deltas", "pixel_values", "image_scatter"):
     np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
   np.testing.assert_array_equal(got.vision_index.window_index, want.vision_index.window_index)
+
+
+def test_model_inputs_are_built_once_per_batch_and_layout(prompts, config):
+  out = prompt_batch(prompts, PromptTokens(pad_token_id=config.pad_token_id, image_token_id=config.image_token_id))
+  with pytest.raises(ValueError, match="vision layout"):  # tokens alone cannot index the images
+    out.model_inputs(PromptTokens(pad_token_id=config.pad_token_id, image_token_id=config.image_token_id))
+  first = out.model_inputs(config)
+  assert out.model_inputs(config) is first and out.model_inputs(PromptTokens.of(config)) is first
+  # Another layout (frames in blocks of 64 slots) gets its own index, not the first one.
+  blocked = out.model_inputs(config.replace(frame_block_size=64))
+  assert blocked is not first and blocked.vision_index.frames.patches.shape != first.vision_index.frames.patches.shape
+  # Built with the model's layout, the batch has its inputs at once: the same ones a fresh build gives.
+  ready = prompt_batch(prompts, config)
+  cached = ready.__dict__["_model_inputs"][1]
+  fresh = dataclasses.replace(ready).model_inputs(config)
+  assert ready.model_inputs(config) is cached and fresh is not cached
+  np.testing.assert_array_equal(cached.image_scatter, fresh.image_scatter)
+  np.testing.assert_array_equal(cached.vision_index.window_index, fresh.vision_index.window_index)
 
 
 def test_a_text_only_batch_has_no_vision_inputs(prompts, config):
