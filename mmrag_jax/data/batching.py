@@ -6,8 +6,9 @@ An encoded example is one prompt, unpadded: `input_ids` [n], its images' `pixel_
   prompts  `sampling.prompt_batch.PromptBatch`: ids and mask [B, L] (L = the smallest length bucket that
            fits), M-RoPE positions, rope deltas, pixel rows [P, 1176] (P = the smallest patch bucket that
            fits; None in a batch without images), image grids and counts, `valid` [B] (False for padding
-           rows and dropped examples). This is exactly what the sampler, the scorer and the trainer's batch
-           builder take.
+           rows and dropped examples); with the model's layout (`PipelineConfig.layout`) also the vision
+           index and image-token slots of its `model_inputs`. This is exactly what the sampler, the scorer
+           and the trainer's batch builder take.
   meta     per-row fields [B] or [B, k] (see `pipeline.stage1_pipeline` / `stage2_pipeline`), plus
            `drop_reason` [B] object: why a row was dropped (one of DROP_REASONS); '' for kept and padding rows.
 
