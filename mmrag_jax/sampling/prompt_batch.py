@@ -5,8 +5,9 @@
 
 The input pipeline builds one per batch (`data.batching.Collator`), in its workers; any other caller builds
 one from processor output with `prompt_batch`. Nothing downstream pads or recomputes positions again, and
-the vision index of its images is built once per batch: with the model's layout (`PromptTokens.of(model
-.config)`, as the recipe's pipelines have it) when the batch is built, else at the first `model_inputs`.
+the vision index of its images is built once per batch: when the batch is built if it is built with the
+model's layout (`PromptTokens.of(model.config)`, as in the recipe's pipelines), else at the first
+`model_inputs`.
 The fields and their shapes are listed in `PromptBatch` (B prompts, L a length bucket, P a patch bucket).
 
 A row that only pads the batch holds one real pad token at the last position and no image:
