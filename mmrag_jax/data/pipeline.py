@@ -223,11 +223,10 @@ def prompt_collator(config: PipelineConfig, max_images_per_prompt: int, meta: di
   tokens = PromptTokens(pad_token_id=processor.pad_token_id, image_token_id=processor.image_token_id,
                         spatial_merge_size=processor.merge_size)
   if config.layout is not None:
-    ours = (config.layout.pad_token_id, config.layout.image_token_id, config.layout.spatial_merge_size)
-    if ours != (tokens.pad_token_id, tokens.image_token_id, tokens.spatial_merge_size):
-      raise ValueError(f"the processor of {config.processor_path} lays prompts out with (pad, image token id, "
-                       f"merge size) {(tokens.pad_token_id, tokens.image_token_id, tokens.spatial_merge_size)}, "
-                       f"the model with {ours}")
+    model_tokens = dataclasses.replace(config.layout, vision=None, frame_block_size=None)
+    if model_tokens != tokens:
+      raise ValueError(f"the processor of {config.processor_path} lays prompts out with {tokens}, the model "
+                       f"with {model_tokens}")
     tokens = config.layout
   return Collator(shapes=config.batch_shapes(max_images_per_prompt), meta_fields=meta, tokens=tokens)
 

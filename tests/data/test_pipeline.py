@@ -4,12 +4,14 @@ import dataclasses
 import itertools
 
 import grain
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
 from mmrag_jax.data import decode_image, read_mmqa, read_webqa
 from mmrag_jax.data.pipeline import stage1_pipeline, stage2_pipeline
+from mmrag_jax.model import prepare_inputs
 from mmrag_jax.model.config import TINY_SPECIAL_IDS, tiny
 from mmrag_jax.model.vision_index import max_frame_patches
 from mmrag_jax.processing.prompts import ANSWER_STYLE
@@ -239,14 +241,19 @@ def test_with_the_model_layout_the_workers_build_each_batchs_model_inputs(webqa_
     batches = [next(iterator) for _ in range(2)]
   finally:
     iterator.close()
+  assert any(batch.prompts.pixel_values is not None for batch in batches)
   for batch in batches:
-    built_layout, built = batch.prompts.__dict__["_model_inputs"]  # came back from the worker process with it
-    assert built_layout == layout and batch.prompts.model_inputs(model) is built
-    fresh = dataclasses.replace(batch.prompts).model_inputs(model)  # a copy without it builds it here
-    np.testing.assert_array_equal(built.image_scatter, fresh.image_scatter)
-    for name in ("position_ids", "segment_ids", "window_index", "reverse_window_index"):
-      np.testing.assert_array_equal(getattr(built.vision_index, name), getattr(fresh.vision_index, name))
-    np.testing.assert_array_equal(built.vision_index.frames.slots, fresh.vision_index.frames.slots)
+    prompts = batch.prompts
+    built_layout, built = prompts.__dict__["_model_inputs"]  # came back from the worker process with it
+    assert built_layout == layout and prompts.model_inputs(model) is built
+    # The model's own preparation of the same processor batch (real pixel rows, padded to the batch's P).
+    processed = {"input_ids": prompts.input_ids, "attention_mask": prompts.attention_mask}
+    if prompts.pixel_values is not None:
+      processed.update(pixel_values=prompts.pixel_values[:prompts.num_patches], image_grid_thw=prompts.image_grid_thw)
+    want = prepare_inputs(processed, model, num_patches=prompts.patch_rows or None)
+    assert jax.tree.structure(built) == jax.tree.structure(want)
+    for got_leaf, want_leaf in zip(jax.tree.leaves(built), jax.tree.leaves(want)):
+      np.testing.assert_array_equal(got_leaf, want_leaf)
 
 
 def test_a_model_whose_token_ids_are_not_the_processors_is_refused(webqa_train, config):
