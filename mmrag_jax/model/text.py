@@ -8,13 +8,18 @@ and the forward pass is a `jax.lax.scan` over that axis: XLA compiles one layer 
 `num_hidden_layers` copies of it, so compile time does not grow with depth. (XLA's `cost_analysis()`
 counts a loop body once: a compiled program's FLOPs and bytes include one layer, not all of them.)
 
-The decoder runs in two modes with one code path per layer:
+The decoder runs in these modes with one code path per layer:
   * plain: keys/values are the sequence's own, mask [B, L, L];
   * cached: new keys/values are written into per-layer buffers [layers, B, S, KVH, Dh] at slot
-    `write_index` and queries attend over the whole buffer, mask [B, T, S].
+    `write_index` and queries attend over the whole buffer, mask [B, T, S]; `step` is its one-token form;
+  * shared prefix: `prefix` runs the plain pass on B prefixes and returns their keys/values, and
+    `continuation` runs G rows per prefix that attend to it (the G completions of a GRPO group: the prompt
+    runs once per group, in the forward and the backward pass).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -120,6 +125,29 @@ class _TextAttention(nnx.Module):
                     query_chunk=self.query_chunk)
     return self._out(out), cache
 
+  def prefix(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> tuple[jax.Array, KVBuffers]:
+    """Plain attention that also returns its keys / values (rotary applied), each [B, T, KVH, Dh]."""
+    q, k, v = self._qkv(x, cos, sin)
+    out = attention(q, k, v, mask, self.head_dim**-0.5, query_chunk=self.query_chunk)
+    return self._out(out), (k, v)
+
+  def continuation(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, prefix_k: jax.Array,
+                   prefix_v: jax.Array, prefix_mask: jax.Array, group_size: int) -> jax.Array:
+    """Rows that continue a shared prefix: each attends to its prefix's keys / values, then its own.
+
+    x: [N, T, D]; mask: [N, T, T] over the row's own keys; prefix_k, prefix_v: [N / group_size, Lp, KVH, Dh]
+    (prefix b serves rows b * group_size ... (b + 1) * group_size - 1); prefix_mask: [N / group_size, Lp]
+    bool, the real prefix keys. The same math as `attention` over the concatenated row [prefix, own].
+    """
+    q, k, v = self._qkv(x, cos, sin)
+    rows = lambda a: jnp.repeat(a, group_size, axis=0)
+    keys = jnp.concatenate([rows(prefix_k).astype(k.dtype), k], axis=1)
+    values = jnp.concatenate([rows(prefix_v).astype(v.dtype), v], axis=1)
+    prefix_mask = jnp.broadcast_to(rows(prefix_mask)[:, None, :], (*mask.shape[:2], prefix_mask.shape[-1]))
+    out = attention(q, keys, values, jnp.concatenate([prefix_mask, mask], axis=2), self.head_dim**-0.5,
+                    query_chunk=self.query_chunk)
+    return self._out(out)
+
   def step(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, k_cache: jax.Array,
            v_cache: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """One decode step over this layer's cache slice, which it only reads.
@@ -192,6 +220,21 @@ class _DecoderLayer(nnx.Module):
     x = x + attn_out
     return x + self.mlp(self.post_attention_layernorm(x)), cache
 
+  def prefix(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> tuple[jax.Array, KVBuffers]:
+    """The plain block that also returns its (k, v); see `_TextAttention.prefix`."""
+    x = constrain(x, ("batch", "length", None))
+    attn_out, kv = self.self_attn.prefix(self.input_layernorm(x), cos, sin, mask)
+    x = x + attn_out
+    return x + self.mlp(self.post_attention_layernorm(x)), kv
+
+  def continuation(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, prefix_k: jax.Array,
+                   prefix_v: jax.Array, prefix_mask: jax.Array, group_size: int) -> jax.Array:
+    """The block on rows continuing a shared prefix; see `_TextAttention.continuation`."""
+    x = constrain(x, ("batch", "length", None))
+    x = x + self.self_attn.continuation(self.input_layernorm(x), cos, sin, mask, prefix_k, prefix_v, prefix_mask,
+                                        group_size)
+    return x + self.mlp(self.post_attention_layernorm(x))
+
   def step(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, k_cache: jax.Array,
            v_cache: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """One decode step: x [B, 1, D] -> ([B, 1, D], this step's (k, v)); see `_TextAttention.step`."""
@@ -244,14 +287,11 @@ class TextModel(nnx.Module):
     cos, sin = self.rotary(positions)
     x = embeds.astype(self.config.compute_dtype)
     graphdef, stacked = nnx.split(self.layers)  # every leaf [layers, ...]; the scan hands out slice i
-    unroll = True if self.config.unroll_layers else 1
     if cache is None:
       def plain(x: jax.Array, layer: nnx.State) -> tuple[jax.Array, None]:
         return nnx.merge(graphdef, layer)(x, cos, sin, mask)[0], None
 
-      # remat: only each layer's input is kept for the backward pass, the rest is recomputed.
-      body = jax.checkpoint(plain, prevent_cse=False) if self.config.remat else plain
-      x, _ = jax.lax.scan(body, x, stacked, unroll=unroll)
+      x, _ = self._scan(plain, x, stacked)
     else:
       def cached(carry: tuple[jax.Array, KVBuffers], layer: tuple[nnx.State, jax.Array]):
         (x, buffers), (state, index) = carry, layer
@@ -262,8 +302,51 @@ class TextModel(nnx.Module):
       # The whole buffers ride in the carry and each layer writes its row in place (dynamic-update-slice),
       # so a donated cache is updated without a copy.
       indices = jnp.arange(self.config.text.num_hidden_layers, dtype=jnp.int32)
+      unroll = True if self.config.unroll_layers else 1
       (x, cache), _ = jax.lax.scan(cached, (x, cache), (stacked, indices), unroll=unroll)
     return self.norm(x), cache
+
+  def _scan(self, body: Any, carry: jax.Array, xs: Any) -> tuple[jax.Array, Any]:
+    """scan over the stacked layers; with remat, each layer keeps only its inputs for the backward pass."""
+    body = jax.checkpoint(body, prevent_cse=False) if self.config.remat else body
+    return jax.lax.scan(body, carry, xs, unroll=True if self.config.unroll_layers else 1)
+
+  def prefix(self, embeds: jax.Array, positions: jax.Array, mask: jax.Array) -> tuple[jax.Array, KVBuffers]:
+    """The plain pass that also returns every layer's keys / values, for rows that continue it.
+
+    embeds: [B, L, D]; positions: [3, B, L]; mask: [B, L, L]. Returns the normed hidden states [B, L, D]
+    and (k, v), each [layers, B, L, KVH, Dh] (rotary applied), as `continuation` takes them.
+    """
+    cos, sin = self.rotary(positions)
+    graphdef, stacked = nnx.split(self.layers)
+
+    def one_layer(x: jax.Array, layer: nnx.State) -> tuple[jax.Array, KVBuffers]:
+      return nnx.merge(graphdef, layer).prefix(x, cos, sin, mask)
+
+    x, kv = self._scan(one_layer, embeds.astype(self.config.compute_dtype), stacked)
+    return self.norm(x), kv
+
+  def continuation(self, embeds: jax.Array, positions: jax.Array, mask: jax.Array, prefix_kv: KVBuffers,
+                   prefix_mask: jax.Array, group_size: int) -> jax.Array:
+    """Rows that continue shared prefixes (e.g. the G completions of a prompt in one GRPO group).
+
+    embeds: [N, T, D]; positions: [3, N, T]; mask: [N, T, T] over the rows' own tokens; prefix_kv: `prefix`'s
+    (k, v) [layers, N / group_size, Lp, KVH, Dh] of the prefixes, row r continuing prefix r // group_size;
+    prefix_mask: [N / group_size, Lp] bool, the real prefix tokens. Each layer attends over [prefix, own
+    tokens], so the hidden states [N, T, D] (normed) are those of `__call__` on the concatenated rows, while
+    the prefix runs once per group instead of once per row (its gradient sums over the group's rows).
+    """
+    cos, sin = self.rotary(positions)
+    graphdef, stacked = nnx.split(self.layers)
+    prefix_k, prefix_v = prefix_kv
+
+    def one_layer(x: jax.Array, layer: tuple[nnx.State, jax.Array, jax.Array]) -> tuple[jax.Array, None]:
+      state, k_layer, v_layer = layer
+      return nnx.merge(graphdef, state).continuation(x, cos, sin, mask, k_layer, v_layer, prefix_mask,
+                                                     group_size), None
+
+    x, _ = self._scan(one_layer, embeds.astype(self.config.compute_dtype), (stacked, prefix_k, prefix_v))
+    return self.norm(x)
 
   def step(self, embeds: jax.Array, positions: jax.Array, mask: jax.Array, cache: KVBuffers,
            write_index: jax.Array) -> tuple[jax.Array, KVBuffers]:

@@ -82,7 +82,10 @@ class UpdateGeometry:
 
   @property
   def tokens(self) -> int:
-    return self.rows * (self.prompt_length + self.completion_length)
+    """Decoder positions one log-prob pass runs: each prompt once for its group (`rl.policy`), then every
+    row's completion."""
+    prompts = self.rows // self.group_size if self.group_size > 1 else self.rows
+    return prompts * self.prompt_length + self.rows * self.completion_length
 
   @classmethod
   def of(cls, config: ml_collections.ConfigDict) -> "UpdateGeometry":
@@ -139,7 +142,8 @@ def abstract_train_batch(model: Qwen25VLConfig, geometry: UpdateGeometry, mesh: 
                        vision_index=_abstract_vision_index(model, p) if p else None)
   batch = TrainBatch(inputs=inputs, image_slots=i32(g.group_size, merged) if p else None,
                      completion_ids=i32(n, t), completion_mask=jax.ShapeDtypeStruct((n, t), jnp.bool_),
-                     sampler_logprobs=f32(n, t), advantages=f32(n), sampling_logprobs=f32(n, t))
+                     sampler_logprobs=f32(n, t), advantages=f32(n), sampling_logprobs=f32(n, t),
+                     group_size=g.group_size)
   return _with_shardings(batch, update.train_batch_shardings(batch, mesh))
 
 
@@ -163,7 +167,8 @@ class PlanSetup:
 
   def model_flops(self) -> float:
     """Model FLOPs of one update (every micro-batch): 6 x the parameters that multiply each position x those
-    positions: the decoder layers over every token of the rows, the LM head over the completion positions it
+    positions: the decoder layers over the positions the pass runs (`UpdateGeometry.tokens`: each prompt once
+    per group, every completion), the LM head over the completion positions it
     runs on, the vision tower over the pixel rows (its merger runs on a quarter of them: counted as whole, a
     <1% overcount). The embedding table is a lookup; attention's score FLOPs and remat's recompute are not
     model FLOPs."""

@@ -43,6 +43,8 @@ class TrainBatch:
   sampling_logprobs: [N, T] float32, log-probs of the distribution the tokens were drawn from (after
                      temperature / top-k / top-p; the rollout importance correction's pi_samp), 0 off the
                      mask. None where nothing was sampled (the teacher-forced warm-up).
+  group_size:        G (static, not an array): rows b * G ... b * G + G - 1 repeat prompt b token for token,
+                     so the log-prob pass can run each prompt once (`rl.policy`); 1 claims no sharing.
   """
 
   inputs: ModelInputs | None
@@ -52,6 +54,7 @@ class TrainBatch:
   sampler_logprobs: jax.Array
   advantages: jax.Array
   sampling_logprobs: jax.Array | None = None
+  group_size: int = dataclasses.field(default=1, metadata=dict(static=True))
 
   @property
   def completion_length(self) -> int:
@@ -128,4 +131,4 @@ def build_train_batch(prompts: PromptBatch, completion_ids: np.ndarray, completi
                     completion_mask=mask, sampler_logprobs=np.asarray(sampler_logprobs, np.float32) * mask,
                     advantages=np.zeros((num_rows,), np.float32),
                     sampling_logprobs=None if sampling_logprobs is None else
-                    np.asarray(sampling_logprobs, np.float32) * mask)
+                    np.asarray(sampling_logprobs, np.float32) * mask, group_size=group_size)

@@ -103,7 +103,7 @@ def regroup_rollout(batches: Sequence[PipelineBatch], rollouts: Sequence[Rollout
              for f in dataclasses.fields(Rollout) if f.name != "batch"}
   carried["valid"] = row_valid
   rows = {f.name: _gather_rows([getattr(r.batch, f.name) for r in rollouts], groups, group_size)
-          for f in dataclasses.fields(TrainBatch) if f.name not in ("inputs", "image_slots")}
+          for f in dataclasses.fields(TrainBatch) if f.name not in ("inputs", "image_slots", "group_size")}
 
   built = build_train_batch(prompts.prompts, rows["completion_ids"], carried["lengths"], rows["sampler_logprobs"],
                             group_size=group_size, config=model_config)

@@ -2,8 +2,13 @@
 
 The LM head runs only over the T completion positions (hidden state of position Lp - 1 + t predicts
 completion token t), through `model.logprobs.chunked_logprobs`, so the [N, L, V] logits never exist.
-Images are encoded once per prompt and written into the G rows of its group (`Qwen25VL.embed` with
-`batch.TrainBatch.image_slots`).
+
+The G rows of a group repeat one prompt, so the prompt runs once per group: the decoder's `prefix` pass
+over the N / G prompts [N / G, Lp] (images encoded once per prompt), then its `continuation` over the
+N completions [N, T], each attending to its prompt's keys / values. The result is the full-row forward's
+(the same attention over [prompt, completion]) at a fraction of the cost when Lp is large against T:
+N (Lp + T) decoder positions become N / G Lp + N T, in the backward pass too. `share_prompts=False`
+runs every row whole (images written into all G rows, `Qwen25VL.embed` with `TrainBatch.image_slots`).
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ import dataclasses
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 
 from mmrag_jax.model.logprobs import chunked_logprobs
-from mmrag_jax.model.qwen25vl import Qwen25VL
+from mmrag_jax.model.qwen25vl import ModelInputs, Qwen25VL
+from mmrag_jax.model.text import causal_padding_mask
 from mmrag_jax.rl.batch import TrainBatch
 
 __all__ = ["LogprobFn", "QwenLogprobs"]
@@ -24,8 +31,39 @@ __all__ = ["LogprobFn", "QwenLogprobs"]
 LogprobFn = Callable[[object, TrainBatch], tuple[jax.Array, jax.Array]]
 
 
-def _completion_logprobs(model: Qwen25VL, batch: TrainBatch, *, temperature: float = 1.0,
-                         chunk_size: int = 256) -> tuple[jax.Array, jax.Array]:
+def _prompt_inputs(batch: TrainBatch, prompt_length: int) -> ModelInputs:
+  """The N / G prompts of a batch as their own [N / G, Lp] inputs (images at their prompt-batch slots)."""
+  inputs, group = batch.inputs, batch.group_size
+  scatter = None
+  if batch.image_slots is not None:
+    # Group member 0's slot (b * G) * (Lp + T) + l is slot b * Lp + l of the prompt batch; padding (N (Lp + T))
+    # lands on N / G * Lp, past the end, and is dropped as before.
+    row, column = jnp.divmod(batch.image_slots[0], inputs.input_ids.shape[1])
+    scatter = (row // group) * prompt_length + column
+  return ModelInputs(input_ids=inputs.input_ids[::group, :prompt_length],
+                     attention_mask=inputs.attention_mask[::group, :prompt_length],
+                     positions=inputs.positions[:, ::group, :prompt_length], rope_deltas=inputs.rope_deltas[::group],
+                     pixel_values=inputs.pixel_values, vision_index=inputs.vision_index, image_scatter=scatter)
+
+
+def _shared_prompt_hidden(model: Qwen25VL, batch: TrainBatch, prompt_length: int) -> jax.Array:
+  """Hidden states [N, T, D] at positions Lp - 1 ... Lp + T - 2, each prompt run once for its G rows."""
+  inputs, group = batch.inputs, batch.group_size
+  prompts = _prompt_inputs(batch, prompt_length)
+  text = model.language_model
+  prompt_hidden, prompt_kv = text.prefix(model.embed(prompts), prompts.positions,
+                                         causal_padding_mask(prompts.attention_mask))
+  completion_mask = inputs.attention_mask[:, prompt_length:]
+  hidden = text.continuation(text.embed_tokens(inputs.input_ids[:, prompt_length:]),
+                             inputs.positions[:, :, prompt_length:], causal_padding_mask(completion_mask),
+                             prompt_kv, prompts.attention_mask != 0, group)
+  # The prompt's last position predicts completion token 0; completion position t predicts token t + 1.
+  last = jnp.repeat(prompt_hidden[:, -1:], group, axis=0)
+  return jnp.concatenate([last, hidden[:, :-1]], axis=1)
+
+
+def _completion_logprobs(model: Qwen25VL, batch: TrainBatch, *, temperature: float = 1.0, chunk_size: int = 256,
+                         share_prompts: bool = True) -> tuple[jax.Array, jax.Array]:
   """(log-probs, entropy), each [N, T] float32, of batch.completion_ids under `model` (a `LogprobFn`)."""
   inputs = batch.inputs
   total_length = inputs.input_ids.shape[1]
@@ -33,9 +71,11 @@ def _completion_logprobs(model: Qwen25VL, batch: TrainBatch, *, temperature: flo
   prompt_length = total_length - completion_length
   if prompt_length < 1:
     raise ValueError(f"the batch has no prompt: length {total_length}, completion length {completion_length}")
-  hidden = model.hidden_states(inputs, batch.image_slots)
-  # Position Lp - 1 + t predicts completion token t.
-  hidden = hidden[:, prompt_length - 1:total_length - 1]
+  if share_prompts and batch.group_size > 1:
+    hidden = _shared_prompt_hidden(model, batch, prompt_length)
+  else:
+    # Position Lp - 1 + t predicts completion token t.
+    hidden = model.hidden_states(inputs, batch.image_slots)[:, prompt_length - 1:total_length - 1]
   return chunked_logprobs(hidden, model.head_weight(), batch.completion_ids, temperature=temperature,
                           chunk_size=chunk_size)
 
@@ -46,6 +86,8 @@ class QwenLogprobs:
 
   temperature: float = 1.0
   chunk_size: int = 256
+  share_prompts: bool = True
 
   def __call__(self, model: Qwen25VL, batch: TrainBatch) -> tuple[jax.Array, jax.Array]:
-    return _completion_logprobs(model, batch, temperature=self.temperature, chunk_size=self.chunk_size)
+    return _completion_logprobs(model, batch, temperature=self.temperature, chunk_size=self.chunk_size,
+                                share_prompts=self.share_prompts)

@@ -63,7 +63,7 @@ def train_batch_shardings(batch: TrainBatch, mesh: Mesh, rules: LogicalRules = D
       completion_mask=shard(batch.completion_mask, ("batch", "length")),
       sampler_logprobs=shard(batch.sampler_logprobs, ("batch", "length")),
       advantages=shard(batch.advantages, ("batch",)),
-      sampling_logprobs=shard(batch.sampling_logprobs, ("batch", "length")))
+      sampling_logprobs=shard(batch.sampling_logprobs, ("batch", "length")), group_size=batch.group_size)
 
 
 def put_global(tree: Any, shardings: Any) -> Any:

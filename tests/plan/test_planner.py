@@ -138,20 +138,23 @@ def test_resident_state_is_params_adamw_moments_and_accumulators_sharded_over_th
 def _analytic_accumulate_flops(config, geometry) -> float:
   """Matmul FLOPs of one micro-batch's forward + backward pass of the tiny text model (no images).
 
-  Per token and layer, weight matmuls cost 2W forward and 4W backward (input and weight gradients); the two
-  attention matmuls (QK^T, PV over the full padded length) cost 4 L H Dh forward and twice that backward. The
-  head runs on the T completion positions of each row and is recomputed in the backward pass (jax.checkpoint
-  per chunk): 2 D V forward + 2 D V recompute + 4 D V backward per position.
+  Each of the N / G prompts runs once (Lp positions), then each of the N rows its T completion positions.
+  Per position and layer, weight matmuls cost 2W forward and 4W backward (input and weight gradients); the two
+  attention matmuls (QK^T, PV) cost 4 S H Dh forward and twice that backward, over S = Lp keys for a prompt
+  position and Lp + T for a completion position. The head runs on the T completion positions of each row and
+  is recomputed in the backward pass (jax.checkpoint per chunk): 2 D V forward + 2 D V recompute + 4 D V
+  backward per position.
   """
   t = config.text
   q, kv = t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim
   weights = t.hidden_size * (q + 2 * kv) + q * t.hidden_size + 3 * t.hidden_size * t.intermediate_size
-  length = geometry.prompt_length + geometry.completion_length
-  tokens = geometry.rows * length
+  prompt, completion = geometry.prompt_length, geometry.completion_length
+  prompt_positions = geometry.rows // geometry.group_size * prompt
+  completion_positions = geometry.rows * completion
   layers = t.num_hidden_layers
-  dense = 6 * weights * tokens * layers
-  attention = 3 * 4 * length * q * tokens * layers
-  head = 8 * t.hidden_size * t.vocab_size * geometry.rows * geometry.completion_length
+  dense = 6 * weights * (prompt_positions + completion_positions) * layers
+  attention = 3 * 4 * q * (prompt * prompt_positions + (prompt + completion) * completion_positions) * layers
+  head = 8 * t.hidden_size * t.vocab_size * completion_positions
   return float(dense + attention + head)
 
 

@@ -186,9 +186,9 @@ def test_padding_groups_are_masked_out_of_the_train_batch(sources):
   assert got.valid.tolist() == [True] * G + [False] * G
   for field in dataclasses.fields(got.batch):  # masks, log-probs, advantages: 0 on padding rows
     value = getattr(got.batch, field.name)
-    if field.name not in ("inputs", "image_slots", "completion_ids") and value is not None:
+    if field.name not in ("inputs", "image_slots", "completion_ids", "group_size") and value is not None:
       assert not np.asarray(value)[G:].any(), field.name
-  assert (got.batch.completion_ids[G:] == PAD).all()
+  assert (got.batch.completion_ids[G:] == PAD).all() and got.batch.group_size == G
   np.testing.assert_array_equal(got.batch.completion_mask[:G], rollouts[1].batch.completion_mask[:G])
 
 

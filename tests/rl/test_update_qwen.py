@@ -14,11 +14,14 @@ from mmrag_jax.model import Qwen25VL, chunked_logprobs, prepare_inputs
 from mmrag_jax.parallel import make_mesh
 from mmrag_jax.rl.batch import build_train_batch
 from mmrag_jax.rl.config import GRPOConfig
+from mmrag_jax.rl.policy import QwenLogprobs
 from mmrag_jax.rl.update import PolicyUpdater
 from mmrag_jax.sampling import prompt_batch
 from mmrag_jax.sampling.host_batch import completion_batch
 
-def test_update_logprobs_and_gradient_equal_an_independent_full_forward_with_images(make_tiny_policy, rl_cases):
+@pytest.mark.parametrize("share_prompts", [True, False], ids=["prompt-once-per-group", "whole-rows"])
+def test_update_logprobs_and_gradient_equal_an_independent_full_forward_with_images(make_tiny_policy, rl_cases,
+                                                                                    share_prompts):
   group, width, config = 2, 4, rl_cases.config
   prompts = rl_cases.processor_prompts([[2, (1, 4, 4), 2], [3, (1, 2, 4), 1]], seed=0)
   tokens, lengths = rl_cases.random_completions(4, width, seed=1)
@@ -50,7 +53,8 @@ def test_update_logprobs_and_gradient_equal_an_independent_full_forward_with_ima
   expected_logp, expected_grad = oracle(params)
 
   updater = PolicyUpdater(make_tiny_policy(init_std=0.2), GRPOConfig(group_size=group, max_new_tokens=width),
-                          make_mesh((1, 1, 1), jax.devices()[:1]), tx=optax.sgd(1.0))
+                          make_mesh((1, 1, 1), jax.devices()[:1]), tx=optax.sgd(1.0),
+                          logprob_fn=QwenLogprobs(share_prompts=share_prompts))
   before = jax.tree.map(np.asarray, updater.params)
   metrics, (logp,) = updater.optimizer_update([updater.place_batch(batch)])
   np.testing.assert_allclose(np.asarray(logp)[mask], np.asarray(expected_logp)[mask], rtol=1e-5, atol=1e-5)
