@@ -10,10 +10,11 @@ timed; each figure is the median of several runs.
   update       one optimizer step of `PolicyUpdater` (forward + backward over prompt + completion,
                LM head over the completion, AdamW; beta = 0, so no reference forward) on N = B * G
                sequences of a small random policy.
-               Model FLOPs per step = 3 x forward matmul FLOPs (backward = 2 x forward): decoder
-               projections and MLP over every position, attention scores and values over L x L, the
-               LM head over the T completion positions. XLA's own count (which includes the head's
-               recomputation in the backward pass) is shown for reference.
+               Model FLOPs per step = 3 x forward matmul FLOPs (backward = 2 x forward) of the positions
+               the pass runs: each prompt once per group (Lp positions, attending over Lp keys), then every
+               row's T completion positions (attending over Lp + T keys); decoder projections and MLP at
+               each of them, the LM head at the completion positions. XLA's own count (which includes the
+               head's recomputation in the backward pass) is shown for reference.
                update_flops_fraction_of_matmul_peak = model FLOPs / step time / matmul peak (MFU).
   iteration    `GRPOTrainer.train_step` with the real sampler, a token reward and a KL reference (beta > 0):
                rollout (sampling + reward + host assembly) / reference / update seconds.
@@ -106,12 +107,14 @@ def _matmul_peak(size: int, dtype: str, runs: int) -> float:
 def _model_flops_per_step(work: _Workload) -> float:
   """Model FLOPs of one update (forward + backward = 3 x forward matmul FLOPs), see the module doc."""
   t = work.config.text
-  rows, length = work.prompts * work.group_size, work.prompt_tokens + work.completion_tokens
+  rows, prompt, completion = work.prompts * work.group_size, work.prompt_tokens, work.completion_tokens
   q_dim, kv_dim = t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim
   per_position = 2 * (t.hidden_size * (2 * q_dim + 2 * kv_dim) + 3 * t.hidden_size * t.intermediate_size)
-  attention = 2 * 2 * length * q_dim  # scores and weighted values against every key position
-  decoder = t.num_hidden_layers * rows * length * (per_position + attention)
-  head = rows * work.completion_tokens * 2 * t.hidden_size * t.vocab_size
+  attention = lambda keys: 2 * 2 * keys * q_dim  # scores and weighted values against every key position
+  prompts = work.prompts * prompt * (per_position + attention(prompt))
+  completions = rows * completion * (per_position + attention(prompt + completion))
+  decoder = t.num_hidden_layers * (prompts + completions)
+  head = rows * completion * 2 * t.hidden_size * t.vocab_size
   return 3.0 * (decoder + head)
 
 
