@@ -1,6 +1,6 @@
 """One GRPO step of ours against Hugging Face TRL's `GRPOTrainer`, side by side on the same work.
 
-    python -m mmrag_jax.benchmarks.versus_trl [--quick] [--steps N] [--core C]
+    python -m mmrag_jax.benchmarks.versus_trl [--quick | --large] [--steps N] [--core C]
 
 The same work on both sides: one tiny random Qwen2.5-VL saved once with transformers' `save_pretrained`
 (float32; text 4 x 256, vision 4 x 128, vocab 512 of our offline tokenizer, ~4.4M parameters) and
@@ -11,7 +11,8 @@ exactly 48 tokens each (no early stop: our sampler has no stop ids, TRL generate
 `min_new_tokens` = 48), temperature 1 over the full vocabulary with the vision placeholders suppressed,
 plain GRPO (beta = 0, eps 0.2, group-scaled advantages), token-mean loss (TRL `loss_type="dapo"`), AdamW
 lr 1e-5 at a constant rate, clipping 1.0, no gradient checkpointing, and the same reward (the fraction
-of vowels in the completion text). `--quick` is a smaller model and batch (seconds, for CI).
+of vowels in the completion text). `--quick` is a smaller model and batch (seconds, for CI); `--large`
+the same work on a model with every width doubled (text 4 x 512, vision 4 x 256; 16.8M parameters, 3.8x).
 
 One core, one thread: the process is pinned to one core (`--core`, default the last it may use)
 before XLA starts, so XLA's CPU client sizes its thread pool to it, and torch runs one intra-op and
@@ -81,9 +82,21 @@ class Workload:
   def prompts(self) -> int:
     return len(self.images)
 
+  @property
+  def parameters(self) -> int:
+    import jax  # not at import time: the process pins itself to one core before XLA starts
+    from flax import nnx
 
-def workload(quick: bool, steps: int | None = None, warmup: int | None = None) -> Workload:
-  """The issue's size (~4.4M parameters, 4 prompts x G = 8 x 48 tokens, 288 patches), or a quick one."""
+    from mmrag_jax.model.qwen25vl import abstract_model
+
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract_model(self.config))))
+
+
+def workload(quick: bool, steps: int | None = None, warmup: int | None = None, large: bool = False) -> Workload:
+  """The issue's size (~4.4M parameters, 4 prompts x G = 8 x 48 tokens, 288 patches), or a quick one, or
+  (large) the same work on a model with every width doubled (16.8M parameters, 3.8x)."""
+  if quick and large:
+    raise ValueError("--quick and --large are different sizes: pick one")
   if quick:
     text = TextConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, mrope_section=(2, 3, 3),
@@ -102,6 +115,10 @@ def workload(quick: bool, steps: int | None = None, warmup: int | None = None) -
     images = (((112, 112),), ((112, 112), (56, 56)), ((112, 112),), ((84, 112), (56, 112)))
     sizes = dict(prompt_tokens=112, group_size=8, new_tokens=48)
     default_steps, default_warmup = 5, 1
+    if large:  # widths doubled, depth, heads' count and vocabulary kept
+      text = dataclasses.replace(text, hidden_size=512, intermediate_size=1408, head_dim=128,
+                                 mrope_section=(16, 24, 24))
+      vision = dataclasses.replace(vision, hidden_size=256, intermediate_size=512, out_hidden_size=512)
   config = tiny().replace(text=text, vision=vision, dtype="float32", param_dtype="float32")
   return Workload(config=config, images=images, steps=default_steps if steps is None else steps,
                   warmup=default_warmup if warmup is None else warmup, **sizes)
@@ -308,7 +325,7 @@ def _table_rows(comparison: Comparison, figures: dict[str, object], threads: str
   work, t, v = comparison.work, comparison.work.config.text, comparison.work.config.vision
   rows = [
       ("model", f"float32, text {t.num_hidden_layers}x{t.hidden_size}, vision {v.depth}x{v.hidden_size}, "
-                f"vocab {t.vocab_size}"),
+                f"vocab {t.vocab_size}, {work.parameters / 1e6:.2f}M parameters"),
       ("work", f"{work.prompts} prompts x {comparison.our_prompt_ids.shape[1]} tokens (left-padded), "
                f"{sum(map(len, work.images))} images ({comparison.patches} patches), G={work.group_size}, "
                f"{work.new_tokens} new tokens"),
@@ -348,7 +365,11 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--steps", type=int, default=None, help="timed steps per side (default 5; quick 2)")
   parser.add_argument("--warmup", type=int, default=None, help="untimed steps after the first (default 1)")
   parser.add_argument("--core", type=int, default=None, help="the core to pin to (default: the last allowed)")
+  parser.add_argument("--large", action="store_true", help="the same work on a model with every width doubled "
+                      "(3.8x the parameters)")
   args = parser.parse_args(argv)
+  if args.quick and args.large:
+    raise SystemExit("--quick and --large are different sizes: pick one")
   missing = trl_peer.trl_missing()
   if missing:
     print(missing, file=sys.stderr)
@@ -360,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   import transformers
 
   transformers.utils.logging.disable_progress_bar()
-  work = workload(args.quick, args.steps, args.warmup)
+  work = workload(args.quick, args.steps, args.warmup, large=args.large)
   with tempfile.TemporaryDirectory() as directory:
     comparison = _compare(work, directory)
   figures = summary(comparison)
@@ -370,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   rows.append(("machine load", f"{load:.1f} (1-min average over {os.cpu_count()} cores)"))
   print_table(f"GRPO step, ours vs TRL {_trl_version()} ({work.steps} timed steps each, median (min-max))", rows)
   print_result({**figures, "load_average": round(load, 2), "core": core, "trl_version": _trl_version(),
-                "quick": args.quick})
+                "quick": args.quick, "large": args.large})
 
 
 def _trl_version() -> str:
