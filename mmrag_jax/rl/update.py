@@ -38,7 +38,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from mmrag_jax.model.qwen25vl import map_input_arrays
-from mmrag_jax.parallel import DEFAULT_RULES, LogicalRules, activation_mesh, logical_sharding, param_shardings
+from mmrag_jax.parallel import (DEFAULT_RULES, LogicalRules, activation_mesh, compiler_options, logical_sharding,
+                                param_shardings)
 from mmrag_jax.rl.batch import TrainBatch
 from mmrag_jax.rl.config import GRPOConfig
 from mmrag_jax.rl.losses import MetricSums, PolicyLossConfig, add_metric_sums, finalize_metrics, policy_loss
@@ -177,7 +178,9 @@ def jitted_model_steps(graphdef: nnx.GraphDef, loss_config: PolicyLossConfig, lo
 
   zeros = jax.jit(lambda params: jax.tree.map(jnp.zeros_like, split_trainable(params, freeze)[0]),
                   out_shardings=split_trainable(param_sh.tree(), freeze)[0])
-  return zeros, jax.jit(accumulate, donate_argnums=(1,)), jax.jit(logprobs)
+  options = compiler_options(mesh)
+  return (zeros, jax.jit(accumulate, donate_argnums=(1,), compiler_options=options),
+          jax.jit(logprobs, compiler_options=options))
 
 
 @functools.lru_cache(maxsize=8)
@@ -195,7 +198,7 @@ def jitted_apply(graphdef: nnx.GraphDef, opt_graphdef: nnx.GraphDef, param_sh: F
     return split_trainable(nnx.state(model), freeze)[0], nnx.state(optimizer), optax.tree.norm(grads)
 
   # The frozen part is read, never donated: its buffers stay valid (and shared with the KL reference).
-  return jax.jit(apply, donate_argnums=(0, 2),
+  return jax.jit(apply, donate_argnums=(0, 2), compiler_options=compiler_options(param_sh.mesh()),
                  out_shardings=(split_trainable(param_sh.tree(), freeze)[0], opt_sh.tree(), None))
 
 

@@ -127,3 +127,16 @@ def test_without_trl_it_names_the_install_command_and_exits_nonzero(monkeypatch,
   assert exit_info.value.code == 2
   err = capsys.readouterr().err
   assert "pip install -e '.[peer]'" in err and "Traceback" not in err
+
+
+def test_large_doubles_every_width_of_the_same_work():
+  base, large = versus_trl.workload(quick=False), versus_trl.workload(quick=False, large=True)
+  assert (large.images, large.prompt_tokens, large.group_size, large.new_tokens) == (
+      base.images, base.prompt_tokens, base.group_size, base.new_tokens)
+  for section in ("text", "vision"):
+    a, b = getattr(base.config, section), getattr(large.config, section)
+    assert b.hidden_size == 2 * a.hidden_size and b.intermediate_size == 2 * a.intermediate_size
+  assert large.config.text.num_hidden_layers == base.config.text.num_hidden_layers
+  assert 3.5 < large.parameters / base.parameters < 4
+  with pytest.raises(ValueError, match="pick one"):
+    versus_trl.workload(quick=True, large=True)
