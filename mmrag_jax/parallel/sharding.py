@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -19,8 +20,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from mmrag_jax.parallel.rules import DEFAULT_RULES, LogicalRules, logical_to_mesh_spec
 
 __all__ = [
-    "activation_mesh", "constrain", "create_sharded", "logical_sharding", "param_shardings", "shard_model",
-    "variable_logical_axes",
+    "activation_mesh", "batch_shards", "constrain", "create_sharded", "logical_sharding", "param_shardings",
+    "shard_model", "variable_logical_axes",
 ]
 
 _M = TypeVar("_M", bound=nnx.Module)
@@ -90,6 +91,16 @@ def create_sharded(constructor: Callable[[], _M], mesh: Mesh, rules: LogicalRule
 
 # The mesh a traced program lays its activations out on (`activation_mesh`), read by `constrain`.
 _ACTIVATION_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("activation_mesh", default=None)
+
+
+def batch_shards() -> int:
+  """How many ways the 'batch' logical axis (DEFAULT_RULES) splits rows on the `activation_mesh`; 1 outside one."""
+  mesh = _ACTIVATION_MESH.get()
+  if mesh is None:
+    return 1
+  spec = logical_to_mesh_spec(("batch",), mesh=mesh)[0]
+  axes = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+  return math.prod(mesh.shape[a] for a in axes)
 
 
 @contextlib.contextmanager

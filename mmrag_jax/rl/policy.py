@@ -8,7 +8,9 @@ over the N / G prompts [N / G, Lp] (images encoded once per prompt), then its `c
 N completions [N, T], each attending to its prompt's keys / values. The result is the full-row forward's
 (the same attention over [prompt, completion]) at a fraction of the cost when Lp is large against T:
 N (Lp + T) decoder positions become N / G Lp + N T, in the backward pass too. `share_prompts=False`
-runs every row whole (images written into all G rows, `Qwen25VL.embed` with `TrainBatch.image_slots`).
+runs every row whole (images written into all G rows, `Qwen25VL.embed` with `TrainBatch.image_slots`), as
+does a batch whose N / G prompts do not split evenly over the data-parallel chips (e.g. 4 prompts per
+micro-batch on 8 chips): the prompt pass would run replicated there, no cheaper per chip than whole rows.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import jax.numpy as jnp
 from mmrag_jax.model.logprobs import chunked_logprobs
 from mmrag_jax.model.qwen25vl import ModelInputs, Qwen25VL
 from mmrag_jax.model.text import causal_padding_mask
+from mmrag_jax.parallel import batch_shards
 from mmrag_jax.rl.batch import TrainBatch
 
 __all__ = ["LogprobFn", "QwenLogprobs"]
@@ -71,7 +74,10 @@ def _completion_logprobs(model: Qwen25VL, batch: TrainBatch, *, temperature: flo
   prompt_length = total_length - completion_length
   if prompt_length < 1:
     raise ValueError(f"the batch has no prompt: length {total_length}, completion length {completion_length}")
-  if share_prompts and batch.group_size > 1:
+  group = batch.group_size
+  # The prompt pass has N / G rows: where they do not split evenly over the data-parallel chips, it would run
+  # replicated on every chip, costing as many positions per chip as whole rows and more memory.
+  if share_prompts and group > 1 and (inputs.input_ids.shape[0] // group) % batch_shards() == 0:
     hidden = _shared_prompt_hidden(model, batch, prompt_length)
   else:
     # Position Lp - 1 + t predicts completion token t.

@@ -115,3 +115,18 @@ def test_mixed_precision_update_keeps_float32_master_weights_and_follows_the_flo
   np.testing.assert_allclose(logp16, logp32, atol=0.05)
   cosine = step16 @ step32 / (np.linalg.norm(step16) * np.linalg.norm(step32))
   assert cosine > 0.95
+
+
+def test_prompts_run_once_per_group_where_they_split_evenly_over_the_data_parallel_chips(make_tiny_policy,
+                                                                                        rl_cases):
+  batch, config = rl_cases.sharded_update_case()  # 4 prompts x G = 2
+  flops = {}
+  for shape in ((1, 4, 1), (1, 8, 1)):
+    for share in (True, False):
+      updater = PolicyUpdater(make_tiny_policy(), config, make_mesh(shape, jax.devices()[:shape[1]]),
+                              logprob_fn=QwenLogprobs(share_prompts=share))
+      flops[shape, share] = updater.update_flops(updater.place_batch(batch))
+  # 4 chips: one prompt each, then the completions; 4 x 6 + 8 x 5 positions instead of 8 x 11.
+  assert flops[(1, 4, 1), True] < 0.85 * flops[(1, 4, 1), False]
+  # 8 chips: 4 prompts would run replicated on every chip, so the rows run whole.
+  assert flops[(1, 8, 1), True] == flops[(1, 8, 1), False]
