@@ -122,9 +122,20 @@ def test_workdir_held_by_another_run_names_its_pid_and_host(results):
   assert os.listdir(results["workdir held by another run"][2] / "held") == [".lock"], "the refused run did no work"
 
 
+def _popen_with_sigint_handled(args, **kwargs):
+  """`subprocess.Popen` whose child starts with SIGINT not ignored. A test runner started in the background of a
+  non-interactive shell (`cmd &`) ignores SIGINT, an ignored signal stays ignored across exec, and a Python
+  that starts with SIGINT ignored installs no KeyboardInterrupt handler: Ctrl-C would then do nothing."""
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    return subprocess.Popen(args, **kwargs)
+  finally:
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_before_training_exits_130_without_a_traceback(tmp_path):
-  process = subprocess.Popen([sys.executable, "-m", "mmrag_jax.main", DEMO, f"--workdir={tmp_path}"], cwd=REPO,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  process = _popen_with_sigint_handled([sys.executable, "-m", "mmrag_jax.main", DEMO, f"--workdir={tmp_path}"],
+                                       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   seen = []
   for line in process.stderr:  # the demo's inputs are written once the workdir is locked
     seen.append(line)
