@@ -10,7 +10,9 @@ left-padded prompt followed by its completion, right-padded after the stop token
 
 Completion token j of a row has the M-RoPE position rope_delta + (real prompt tokens) + j on all three
 axes, the position the sampler's KV cache gave it. The prompt's images are encoded once per prompt and
-written into all G rows of its group (`image_slots`), as the sampler shares one prefill per group.
+written into all G rows of its group (`image_slots`), as the sampler shares one prefill per group; the
+log-prob pass (`rl.policy`) usually runs each prompt once instead, reading prompt b from row b * G and its
+image slots from group member 0's.
 """
 
 from __future__ import annotations
