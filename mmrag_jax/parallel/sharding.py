@@ -93,9 +93,10 @@ def create_sharded(constructor: Callable[[], _M], mesh: Mesh, rules: LogicalRule
 _ACTIVATION_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("activation_mesh", default=None)
 
 
-def batch_shards() -> int:
-  """How many ways the 'batch' logical axis (DEFAULT_RULES) splits rows on the `activation_mesh`; 1 outside one."""
-  mesh = _ACTIVATION_MESH.get()
+def batch_shards(mesh: Mesh | None = None) -> int:
+  """How many ways the 'batch' logical axis (DEFAULT_RULES) splits rows on `mesh`, by default the
+  `activation_mesh`; 1 outside one."""
+  mesh = _ACTIVATION_MESH.get() if mesh is None else mesh
   if mesh is None:
     return 1
   spec = logical_to_mesh_spec(("batch",), mesh=mesh)[0]

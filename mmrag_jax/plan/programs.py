@@ -26,11 +26,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from mmrag_jax.model import ModelInputs, Qwen25VLConfig, VisionIndex, abstract_model, preset
 from mmrag_jax.model.qwen25vl import map_input_arrays
 from mmrag_jax.model.vision_index import max_frame_patches
-from mmrag_jax.parallel import DEFAULT_RULES, decode_rules, logical_sharding, make_mesh, param_shardings
+from mmrag_jax.parallel import DEFAULT_RULES, batch_shards, decode_rules, logical_sharding, make_mesh, param_shardings
 from mmrag_jax.recipe.settings import batch_pixel_rows, sampling_method, settings
 from mmrag_jax.rl import update
 from mmrag_jax.rl.batch import TrainBatch
-from mmrag_jax.rl.policy import QwenLogprobs
+from mmrag_jax.rl.policy import QwenLogprobs, runs_prompts_once
 
 __all__ = [
     "PROGRAM_FAMILIES", "PlanSetup", "Program", "UpdateGeometry", "abstract_train_batch", "build_setup", "model_config",
@@ -67,7 +67,8 @@ class Program:
 
 @dataclasses.dataclass(frozen=True)
 class UpdateGeometry:
-  """Shapes of one GRPO micro-batch: rows N = prompts x G, prompt length Lp, completion length T, pixel rows P."""
+  """Shapes of one GRPO micro-batch: rows N = prompts x G, prompt length Lp, completion length T, pixel rows P;
+  `batch_shards`: the ways its rows split over the mesh (`parallel.batch_shards`)."""
 
   rows: int
   group_size: int
@@ -75,6 +76,7 @@ class UpdateGeometry:
   completion_length: int
   num_patches: int
   micro_batches: int
+  batch_shards: int = 1
 
   @property
   def bucket(self) -> str:
@@ -82,19 +84,21 @@ class UpdateGeometry:
 
   @property
   def tokens(self) -> int:
-    """Decoder positions one log-prob pass runs: each prompt once for its group (`rl.policy`), then every
-    row's completion."""
-    prompts = self.rows // self.group_size if self.group_size > 1 else self.rows
-    return prompts * self.prompt_length + self.rows * self.completion_length
+    """Decoder positions one log-prob pass runs: each prompt once for its group, then every row's completion,
+    where the prompts split evenly over the shards (`rl.policy.runs_prompts_once`); every row whole elsewhere."""
+    if runs_prompts_once(self.rows, self.group_size, self.batch_shards):
+      return self.rows // self.group_size * self.prompt_length + self.rows * self.completion_length
+    return self.rows * (self.prompt_length + self.completion_length)
 
   @classmethod
-  def of(cls, config: ml_collections.ConfigDict) -> "UpdateGeometry":
-    """The largest micro-batch the run builds: the largest length bucket, and the smallest patch bucket that
-    holds the most pixel rows its prompts can have (larger buckets serve prediction batches only)."""
+  def of(cls, config: ml_collections.ConfigDict, mesh: Mesh) -> "UpdateGeometry":
+    """The largest micro-batch the run builds on `mesh`: the largest length bucket, and the smallest patch
+    bucket that holds the most pixel rows its prompts can have (larger buckets serve prediction batches
+    only)."""
     return cls(rows=config.train.batch_size, group_size=config.rl.group_size,
                prompt_length=max(config.pipeline.length_buckets), completion_length=config.rl.max_new_tokens,
                num_patches=_patch_bucket(config, config.train.batch_size // config.rl.group_size),
-               micro_batches=config.train.micro_batches)
+               micro_batches=config.train.micro_batches, batch_shards=batch_shards(mesh))
 
 
 def _patch_bucket(config: ml_collections.ConfigDict, prompts: int) -> int:
@@ -209,7 +213,7 @@ def build_setup(config: ml_collections.ConfigDict, devices: Any, *, model: Qwen2
                              abstract_state)
   opt_graphdef, opt_abstract = nnx.split(optimizer)
   opt_shardings = param_shardings(opt_abstract, mesh, DEFAULT_RULES)
-  return PlanSetup(config=config, model=model, mesh=mesh, geometry=UpdateGeometry.of(config), graphdef=graphdef,
+  return PlanSetup(config=config, model=model, mesh=mesh, geometry=UpdateGeometry.of(config, mesh), graphdef=graphdef,
                    params=params, param_shardings=shardings, opt_graphdef=opt_graphdef,
                    opt_state=_with_shardings(opt_abstract, opt_shardings), opt_shardings=opt_shardings,
                    freeze=freeze, num_params=_count(params),

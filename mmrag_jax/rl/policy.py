@@ -27,7 +27,7 @@ from mmrag_jax.model.text import causal_padding_mask
 from mmrag_jax.parallel import batch_shards
 from mmrag_jax.rl.batch import TrainBatch
 
-__all__ = ["LogprobFn", "QwenLogprobs"]
+__all__ = ["LogprobFn", "QwenLogprobs", "runs_prompts_once"]
 
 # (policy, micro-batch) -> (log-probs [N, T], entropy [N, T]) of the completion tokens. Must be hashable
 # (it is a static argument of the jitted update): a module-level function or a frozen dataclass.
@@ -65,6 +65,14 @@ def _shared_prompt_hidden(model: Qwen25VL, batch: TrainBatch, prompt_length: int
   return jnp.concatenate([last, hidden[:, :-1]], axis=1)
 
 
+def runs_prompts_once(rows: int, group_size: int, shards: int) -> bool:
+  """Whether the log-prob pass runs each prompt once for its group on a micro-batch of `rows` rows whose
+  'batch' axis splits `shards` ways (`parallel.batch_shards`): only where the rows hold groups and their
+  rows / group_size prompts split evenly over the shards. Elsewhere the prompt pass would run replicated on
+  every chip, costing as many positions per chip as whole rows and more memory."""
+  return group_size > 1 and (rows // group_size) % shards == 0
+
+
 def _completion_logprobs(model: Qwen25VL, batch: TrainBatch, *, temperature: float = 1.0, chunk_size: int = 256,
                          share_prompts: bool = True) -> tuple[jax.Array, jax.Array]:
   """(log-probs, entropy), each [N, T] float32, of batch.completion_ids under `model` (a `LogprobFn`)."""
@@ -74,10 +82,7 @@ def _completion_logprobs(model: Qwen25VL, batch: TrainBatch, *, temperature: flo
   prompt_length = total_length - completion_length
   if prompt_length < 1:
     raise ValueError(f"the batch has no prompt: length {total_length}, completion length {completion_length}")
-  group = batch.group_size
-  # The prompt pass has N / G rows: where they do not split evenly over the data-parallel chips, it would run
-  # replicated on every chip, costing as many positions per chip as whole rows and more memory.
-  if share_prompts and group > 1 and (inputs.input_ids.shape[0] // group) % batch_shards() == 0:
+  if share_prompts and runs_prompts_once(inputs.input_ids.shape[0], batch.group_size, batch_shards()):
     hidden = _shared_prompt_hidden(model, batch, prompt_length)
   else:
     # Position Lp - 1 + t predicts completion token t.

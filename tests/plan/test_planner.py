@@ -135,40 +135,54 @@ def test_resident_state_is_params_adamw_moments_and_accumulators_sharded_over_th
   assert 2 * resident["params"] <= resident["optimizer"] <= 2 * resident["params"] + 1024  # mu, nu (+ counts)
 
 
-def _analytic_accumulate_flops(config, geometry) -> float:
-  """Matmul FLOPs of one micro-batch's forward + backward pass of the tiny text model (no images).
+def _analytic_accumulate_flops(config, geometry, shared: bool) -> tuple[float, int]:
+  """Matmul FLOPs of one micro-batch's forward + backward pass of the tiny text model (no images), and the
+  decoder positions it runs.
 
-  Each of the N / G prompts runs once (Lp positions), then each of the N rows its T completion positions.
-  Per position and layer, weight matmuls cost 2W forward and 4W backward (input and weight gradients); the two
-  attention matmuls (QK^T, PV) cost 4 S H Dh forward and twice that backward, over S = Lp keys for a prompt
-  position and Lp + T for a completion position. The head runs on the T completion positions of each row and
-  is recomputed in the backward pass (jax.checkpoint per chunk): 2 D V forward + 2 D V recompute + 4 D V
-  backward per position.
+  Shared: each of the N / G prompts runs once (Lp positions), then each of the N rows its T completion
+  positions; otherwise every row runs whole (Lp + T positions). Per position and layer, weight matmuls cost
+  2W forward and 4W backward (input and weight gradients); the two attention matmuls (QK^T, PV) cost
+  4 S H Dh forward and twice that backward, over S = Lp keys for a shared prompt position, Lp + T for a
+  completion position and for every position of a whole row. The head runs on the T completion positions of
+  each row and is recomputed in the backward pass (jax.checkpoint per chunk): 2 D V forward + 2 D V
+  recompute + 4 D V backward per position.
   """
   t = config.text
   q, kv = t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim
   weights = t.hidden_size * (q + 2 * kv) + q * t.hidden_size + 3 * t.hidden_size * t.intermediate_size
   prompt, completion = geometry.prompt_length, geometry.completion_length
-  prompt_positions = geometry.rows // geometry.group_size * prompt
   completion_positions = geometry.rows * completion
+  if shared:
+    prompt_positions = geometry.rows // geometry.group_size * prompt
+    key_positions = prompt * prompt_positions + (prompt + completion) * completion_positions
+  else:
+    prompt_positions = geometry.rows * prompt
+    key_positions = (prompt + completion) * (prompt_positions + completion_positions)
   layers = t.num_hidden_layers
   dense = 6 * weights * (prompt_positions + completion_positions) * layers
-  attention = 3 * 4 * q * (prompt * prompt_positions + (prompt + completion) * completion_positions) * layers
+  attention = 3 * 4 * q * key_positions * layers
   head = 8 * t.hidden_size * t.vocab_size * completion_positions
-  return float(dense + attention + head)
+  return float(dense + attention + head), prompt_positions + completion_positions
 
 
-def test_accumulate_flops_match_the_analytic_matmul_count(tpu):
+# 16 rows: G = 4 gives 4 prompts, one per chip (each runs once); G = 8 gives 2, which do not split over the
+# 4 chips, so every row runs whole.
+@pytest.mark.parametrize("group_size,shared", [(4, True), (8, False)])
+def test_accumulate_flops_match_the_analytic_matmul_count(tpu, group_size, shared):
   # Unrolled layers: XLA's cost analysis counts a scan's body once (see the next test).
-  setup = build_setup(_config(), tpu.devices, model=model_config(_config()).replace(unroll_layers=True))
+  config = _config(**{"rl.group_size": group_size})
+  setup = build_setup(config, tpu.devices, model=model_config(config).replace(unroll_layers=True))
   setup.geometry = dataclasses.replace(setup.geometry, num_patches=0)  # text only: no vision tower terms
   accumulate = update_programs(setup)[0]
   flops = accumulate.fn.lower(*accumulate.args).compile().cost_analysis()["flops"]
-  analytic = _analytic_accumulate_flops(setup.model, setup.geometry) / len(tpu.devices)  # rows split 4 ways
+  analytic, positions = _analytic_accumulate_flops(setup.model, setup.geometry, shared)
+  analytic /= len(tpu.devices)  # rows split 4 ways
   # XLA also counts elementwise work (norms, rotary, SwiGLU, softmax, the loss): measured below 10% here,
   # where the matmuls are ~6 x 37k weight FLOPs per token per layer against a few thousand elementwise ones.
   print(f'accumulate FLOPs per device: XLA {flops:.4g}, analytic {analytic:.4g}, ratio {flops / analytic:.4f}')
   assert analytic <= flops <= 1.10 * analytic, (flops, analytic)
+  # The plan's model FLOPs count the positions the program runs.
+  assert setup.geometry.tokens == positions
 
 
 def test_per_device_flops_are_the_whole_programs_split_evenly(plan):
