@@ -7,6 +7,11 @@ through our `load_pretrained`) and see the same batch: one prompt of a few hundr
 one image. Compilation and the first torch call are warm-up and not timed; each side reports the
 median of several timed runs, the two sides alternating so that both see the same machine load.
 torch uses as many threads as the cores XLA's CPU client uses.
+
+  prefill_fraction_of_matmul_peak  the prefill's matmul FLOPs (`measure.prefill_flops`: text decoder,
+      attention scores, LM head at every position, vision tower and merger) over its median time, against
+      a square float32 matmul timed in the same run (`measure.matmul_peak`).
+
 Prints a table, then `RESULT {json}` as the last line.
 """
 
@@ -28,6 +33,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from mmrag_jax.benchmarks.measure import matmul_peak, prefill_flops  # noqa: E402
 from mmrag_jax.benchmarks.report import print_result, print_table  # noqa: E402
 from mmrag_jax.model import (  # noqa: E402
     Qwen25VLConfig,
@@ -49,6 +55,7 @@ class _Workload:
   text_tokens: int  # split half before, half after the image
   image_grid: tuple[int, int, int]  # (t, h, w) in patches
   runs: int
+  matmul_size: int  # of the square matmul that measures the machine's peak
 
 
 def _workload(quick: bool) -> _Workload:
@@ -61,12 +68,12 @@ def _workload(quick: bool) -> _Workload:
                       num_attention_heads=4, num_key_value_heads=2, head_dim=64, mrope_section=(8, 12, 12))
     vision = VisionConfig(depth=2, hidden_size=256, intermediate_size=512, num_heads=4, out_hidden_size=256,
                           fullatt_block_indexes=(1,))
-    return _Workload(tiny().replace(text=text, vision=vision), 96, (1, 8, 8), runs=5)
+    return _Workload(tiny().replace(text=text, vision=vision), 96, (1, 8, 8), runs=5, matmul_size=512)
   text = TextConfig(vocab_size=8192, hidden_size=1024, intermediate_size=2816, num_hidden_layers=4,
                     num_attention_heads=16, num_key_value_heads=4, head_dim=64, mrope_section=(8, 12, 12))
   vision = VisionConfig(depth=4, hidden_size=512, intermediate_size=1024, num_heads=8, out_hidden_size=1024,
                         fullatt_block_indexes=(1, 3))
-  return _Workload(tiny().replace(text=text, vision=vision), 384, (1, 16, 16), runs=7)
+  return _Workload(tiny().replace(text=text, vision=vision), 384, (1, 16, 16), runs=7, matmul_size=1024)
 
 
 def _prompt_batch(work: _Workload, seed: int = 0) -> dict[str, np.ndarray]:
@@ -135,9 +142,11 @@ def main() -> None:
   run_torch_one_thread()
   jax_s, torch_s, torch1_s, prep_s = _interleaved_medians(
       [run_jax, run_torch, run_torch_one_thread, run_host_prep], work.runs)
+  peak = matmul_peak(work.matmul_size, "float32", work.runs)
   load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
   tokens = int(batch["input_ids"].shape[1])
+  flops = prefill_flops(work.config, tokens, work.image_grid)
   t, c = work.config.text, work.config.vision
   rows = [
       ("model", f"text {t.num_hidden_layers}x{t.hidden_size} (heads {t.num_attention_heads}/"
@@ -152,6 +161,10 @@ def main() -> None:
       ("torch prefill, 1 thread (ms)", f"{torch1_s * 1e3:.1f}"),
       ("speedup vs transformers", f"{torch_s / jax_s:.2f}x  (vs its faster setting: "
                                   f"{min(torch_s, torch1_s) / jax_s:.2f}x)"),
+      ("matmul peak (GFLOP/s)", f"{peak / 1e9:.1f}  ({work.matmul_size}^3, float32)"),
+      ("prefill FLOP/s", f"{flops / 1e9:.2f} GFLOP: ours {flops / jax_s / 1e9:.1f} GFLOP/s "
+                         f"({flops / jax_s / peak:.2f} of peak), torch {flops / torch_s / 1e9:.1f} "
+                         f"({flops / torch_s / peak:.2f})"),
       ("max |logit diff|", f"{max_diff:.2e}"),
   ]
   print_table(f"Prefill forward benchmark ({work.runs} timed runs each)", rows)
@@ -160,6 +173,10 @@ def main() -> None:
       "jax_ms": round(jax_s * 1e3, 2),
       "torch_ms": round(torch_s * 1e3, 2),
       "speedup_vs_transformers_fastest_setting": round(min(torch_s, torch1_s) / jax_s, 3),
+      "prefill_fraction_of_matmul_peak": round(flops / jax_s / peak, 4),
+      "torch_fraction_of_matmul_peak": round(flops / torch_s / peak, 4),
+      "matmul_peak_gflops": round(peak / 1e9, 2),
+      "prefill_gflops": round(flops / 1e9, 3),
       "torch_1thread_ms": round(torch1_s * 1e3, 2),
       "jax_host_prep_ms": round(prep_s * 1e3, 2),
       "load_average": round(load, 2),

@@ -34,14 +34,13 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mmrag_jax.benchmarks.report import print_result, print_table  # noqa: E402
+from mmrag_jax.benchmarks.measure import matmul_peak, median_seconds
+from mmrag_jax.benchmarks.report import print_result, print_table
 from mmrag_jax.data.batching import PipelineBatch
 from mmrag_jax.model import Qwen25VL, Qwen25VLConfig, TextConfig, VisionConfig, tiny
 from mmrag_jax.model.synthetic_batch import random_processor_batch
@@ -84,24 +83,6 @@ def _workload(quick: bool, dtype: str, on_accelerator: bool) -> _Workload:
                         fullatt_block_indexes=(0,))
   config = tiny().replace(text=text, vision=vision, dtype=dtype, param_dtype="float32")
   return _Workload(config=config, **sizes)
-
-
-def _median_seconds(fn: Callable[[], object], runs: int) -> float:
-  times = []
-  for _ in range(runs):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
-def _matmul_peak(size: int, dtype: str, runs: int) -> float:
-  """FLOP/s of a jitted [size, size] @ [size, size] matmul in `dtype` (float32 accumulation)."""
-  keys = jax.random.split(jax.random.key(0))
-  a, b = (jax.random.normal(k, (size, size), jnp.float32).astype(dtype) for k in keys)
-  matmul = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
-  jax.block_until_ready(matmul(a, b))
-  return 2.0 * size**3 / _median_seconds(lambda: jax.block_until_ready(matmul(a, b)), max(runs, 5))
 
 
 def _model_flops_per_step(work: _Workload) -> float:
@@ -155,7 +136,7 @@ def _measure_update(work: _Workload, grpo: GRPOConfig, mesh) -> dict[str, float]
   start = time.perf_counter()
   step()
   compile_s = time.perf_counter() - start
-  return {"compile_s": compile_s, "step_s": _median_seconds(step, work.runs), "xla_flops": updater.update_flops(batch)}
+  return {"compile_s": compile_s, "step_s": median_seconds(step, work.runs), "xla_flops": updater.update_flops(batch)}
 
 
 def _vision_workload(work: _Workload, on_accelerator: bool) -> tuple[_Workload, tuple[int, int, int]]:
@@ -199,7 +180,7 @@ def _measure_frozen_vision(work: _Workload, grpo: GRPOConfig, mesh, modes: tuple
 
     step()  # compilation
     sizes = lambda tree: [leaf.size for leaf in jax.tree.leaves(tree)]
-    out[mode] = {"step_s": _median_seconds(step, work.runs), "xla_flops": updater.update_flops(batch),
+    out[mode] = {"step_s": median_seconds(step, work.runs), "xla_flops": updater.update_flops(batch),
                  "opt_state_bytes": float(sum(leaf.nbytes for leaf in jax.tree.leaves(updater.opt_state))),
                  "trainable_params": float(sum(sizes(split_trainable(updater.params, mode)[0]))),
                  "params": float(sum(sizes(updater.params)))}
@@ -278,7 +259,7 @@ def main() -> None:
   grpo = GRPOConfig(group_size=work.group_size, max_new_tokens=work.completion_tokens, learning_rate=1e-5,
                     beta=0.04)
 
-  peak = _matmul_peak(work.matmul_size, dtype, work.runs)
+  peak = matmul_peak(work.matmul_size, dtype, work.runs)
   update = _measure_update(work, dataclasses.replace(grpo, beta=0.0), mesh)  # no reference pass in the step
   iteration = _measure_iteration(work, grpo, mesh)
   frozen = None
