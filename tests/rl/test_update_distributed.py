@@ -82,16 +82,26 @@ def two_process_results(tmp_path_factory):
   return results, checkpoint_dir
 
 
-def test_two_processes_agree_with_the_single_process_update(two_process_results, sharded_update_reference):
+def test_two_processes_agree_with_the_single_process_update(two_process_results, sharded_update_reference, rl_cases):
   results, _ = two_process_results
   single, single_params = sharded_update_reference
-  expected_squares = [float((np.asarray(x, np.float64) ** 2).sum()) for x in jax.tree.leaves(single_params)]
+  leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(single_params)]
+  expected_squares = np.array([(x ** 2).sum() for x in leaves])
+  # The two runs sum across devices in different orders, and Adam divides each gradient by its own running
+  # scale, so an element whose gradient is mostly cancellation (the key biases under RoPE) moves by a
+  # slightly different fraction of its step. Allow every element 0.1% of the most the mu = 2 steps can move
+  # it (mu x learning rate); by Cauchy-Schwarz a leaf's sum of squares then moves by at most
+  # sqrt(n) x that x 2 x its norm (plus float32 rounding of the values themselves).
+  _, config = rl_cases.sharded_update_case()
+  element_tol = 1e-3 * config.num_iterations * config.learning_rate
+  squares_tol = np.array([np.sqrt(x.size) * element_tol * 2 * np.sqrt(s) for x, s in zip(leaves, expected_squares)])
   for result in results:
     assert result["devices"] == [2, 8, 4]
     for name in ("loss", "kl", "entropy", "grad_norm", "clip_fraction"):
       assert result["first"][name] == pytest.approx(single.first[name], rel=1e-4, abs=1e-6), name
       assert result["last"][name] == pytest.approx(single.last[name], rel=1e-4, abs=1e-6), name
-    np.testing.assert_allclose(result["squares"], expected_squares, rtol=1e-4)
+    excess = np.abs(np.array(result["squares"]) - expected_squares) - (squares_tol + 1e-6 * expected_squares)
+    assert (excess <= 0).all(), {i: float(e) for i, e in enumerate(excess) if e > 0}
 
 
 def test_a_two_process_checkpoint_restores_into_one_process(two_process_results, make_tiny_policy, rl_cases):
