@@ -11,7 +11,7 @@ the model's `constrain` calls pin activations to their layouts.
 """
 
 from mmrag_jax.parallel.distributed import maybe_initialize_distributed, shutdown_distributed
-from mmrag_jax.parallel.mesh import compiler_options, make_mesh, resolve_mesh_shape
+from mmrag_jax.parallel.mesh import compiler_options, make_mesh, platform_jit, resolve_mesh_shape
 from mmrag_jax.parallel.rules import DEFAULT_RULES, LogicalRules, decode_rules, kv_cache_rules, logical_to_mesh_spec
 from mmrag_jax.parallel.sharding import (activation_mesh, batch_shards, constrain, logical_sharding,
                                         param_shardings)
@@ -19,5 +19,5 @@ from mmrag_jax.parallel.sharding import (activation_mesh, batch_shards, constrai
 __all__ = [
     "DEFAULT_RULES", "LogicalRules", "activation_mesh", "batch_shards", "compiler_options", "constrain",
     "decode_rules", "kv_cache_rules", "logical_sharding", "logical_to_mesh_spec", "make_mesh",
-    "maybe_initialize_distributed", "param_shardings", "resolve_mesh_shape", "shutdown_distributed",
+    "maybe_initialize_distributed", "param_shardings", "platform_jit", "resolve_mesh_shape", "shutdown_distributed",
 ]

@@ -20,6 +20,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from mmrag_jax.parallel import platform_jit
+
 __all__ = ["ADVANTAGE_SCALINGS", "Advantages", "group_advantages", "group_size_error"]
 
 ADVANTAGE_SCALINGS = ("group", "batch", "none")
@@ -54,7 +56,7 @@ def group_size_error(group_size: int) -> str | None:
   return None if group_size >= 2 else f"must be >= 2: advantages compare a prompt's samples, got {group_size}"
 
 
-@functools.partial(jax.jit, static_argnames=("group_size", "scaling"))
+@functools.partial(platform_jit, static_argnames=("group_size", "scaling"))
 def group_advantages(rewards: jax.Array, valid: jax.Array | None = None, *, group_size: int,
                      scaling: str = "group", eps: float = 1e-4) -> Advantages:
   """GRPO advantages of rewards [N] (N = num_prompts * group_size, group-major); see the module doc.

@@ -39,7 +39,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from mmrag_jax.model.qwen25vl import map_input_arrays
 from mmrag_jax.parallel import (DEFAULT_RULES, LogicalRules, activation_mesh, compiler_options, logical_sharding,
-                                param_shardings)
+                                param_shardings, platform_jit)
 from mmrag_jax.rl.batch import TrainBatch
 from mmrag_jax.rl.config import GRPOConfig
 from mmrag_jax.rl.losses import MetricSums, PolicyLossConfig, add_metric_sums, finalize_metrics, policy_loss
@@ -176,9 +176,9 @@ def jitted_model_steps(graphdef: nnx.GraphDef, loss_config: PolicyLossConfig, lo
     with activation_mesh(mesh):
       return logprob_fn(nnx.merge(graphdef, params), batch)[0]
 
-  zeros = jax.jit(lambda params: jax.tree.map(jnp.zeros_like, split_trainable(params, freeze)[0]),
-                  out_shardings=split_trainable(param_sh.tree(), freeze)[0])
   options = compiler_options(mesh)
+  zeros = jax.jit(lambda params: jax.tree.map(jnp.zeros_like, split_trainable(params, freeze)[0]),
+                  out_shardings=split_trainable(param_sh.tree(), freeze)[0], compiler_options=options)
   return (zeros, jax.jit(accumulate, donate_argnums=(1,), compiler_options=options),
           jax.jit(logprobs, compiler_options=options))
 
@@ -210,15 +210,15 @@ def _jitted_steps(graphdef: nnx.GraphDef, opt_graphdef: nnx.GraphDef, loss_confi
                 apply=jitted_apply(graphdef, opt_graphdef, param_sh, opt_sh, freeze), logprobs=logprobs)
 
 
-@jax.jit
+@platform_jit
 def _all_finite(tree: Any) -> jax.Array:
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 # Metric bookkeeping as one dispatch each instead of one per scalar op.
-_add_metric_sums = jax.jit(add_metric_sums)
-_finalize_metrics = jax.jit(finalize_metrics)
+_add_metric_sums = platform_jit(add_metric_sums)
+_finalize_metrics = platform_jit(finalize_metrics)
 
 
 @dataclasses.dataclass
@@ -383,4 +383,5 @@ def _jitted_optimizer_init(graphdef: nnx.GraphDef, tx: optax.GradientTransformat
   def optimizer_state(params: nnx.State) -> nnx.State:
     return nnx.state(nnx.Optimizer(nnx.merge(graphdef, params), tx, wrt=wrt))
 
-  return jax.jit(optimizer_state, out_shardings=shardings.tree())
+  return jax.jit(optimizer_state, out_shardings=shardings.tree(),
+                 compiler_options=compiler_options(shardings.mesh()))

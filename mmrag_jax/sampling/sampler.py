@@ -57,7 +57,8 @@ from jax.sharding import Mesh
 
 from mmrag_jax.model.kv_cache import KVCache
 from mmrag_jax.model.qwen25vl import ModelInputs, Qwen25VL
-from mmrag_jax.parallel import DEFAULT_RULES, LogicalRules, decode_rules, logical_sharding, param_shardings
+from mmrag_jax.parallel import (DEFAULT_RULES, LogicalRules, compiler_options, decode_rules, logical_sharding,
+                                param_shardings, platform_jit)
 from mmrag_jax.sampling.decode import DecodeSettings, DecodeState, decode_loop
 from mmrag_jax.sampling.inputs import place_inputs, to_host
 from mmrag_jax.sampling.keys import row_keys
@@ -145,17 +146,18 @@ class SampleOutput:
     return texts
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "cache_size", "group_size", "mesh", "weight_rules", "prompts"))
+@functools.partial(platform_jit, static_argnames=("graphdef", "cache_size", "group_size", "mesh", "weight_rules",
+                                                  "prompts"))
 def jitted_prefill(graphdef: nnx.GraphDef, state: nnx.State, inputs: ModelInputs, *, cache_size: int, group_size: int,
                    mesh: Mesh | None, weight_rules: LogicalRules = DEFAULT_RULES,
                    prompts: int | None = None) -> tuple[jax.Array, KVCache]:
   return prefill_group(nnx.merge(graphdef, state), inputs, cache_size, group_size, mesh, weight_rules, prompts)
 
 
-_row_keys = jax.jit(row_keys, static_argnames=("group_size",))
+_row_keys = platform_jit(row_keys, static_argnames=("group_size",))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
+@functools.partial(platform_jit, static_argnames=("graphdef",))
 def _pack(graphdef: nnx.GraphDef, state: nnx.State) -> PackedDecoder:
   return pack_decoder(nnx.merge(graphdef, state))
 
@@ -167,12 +169,15 @@ def _compute_copy(state: nnx.State, dtype: jnp.dtype) -> nnx.State:
 def decode_weights_fn(state: nnx.State, dtype: jnp.dtype, mesh: Mesh | None) -> Any:
   """The jitted copy `state` -> decode weights: floating arrays cast to `dtype`, and with a mesh laid out by
   `decode_rules` (one reshard per parameter version instead of an all-gather of every weight per token step)."""
-  shardings = None if mesh is None else param_shardings(state, mesh, decode_rules())
-  return jax.jit(functools.partial(_compute_copy, dtype=dtype), out_shardings=shardings)
+  copy = functools.partial(_compute_copy, dtype=dtype)
+  if mesh is None:
+    return platform_jit(copy)
+  return jax.jit(copy, out_shardings=param_shardings(state, mesh, decode_rules()),
+                 compiler_options=compiler_options(mesh))
 
 
 # The cache is donated and returned inside the final state: the loop then runs in its buffers.
-@functools.partial(jax.jit, static_argnames=("graphdef", "method", "settings", "mesh", "weight_rules"),
+@functools.partial(platform_jit, static_argnames=("graphdef", "method", "settings", "mesh", "weight_rules"),
                    donate_argnames=("cache",))
 def jitted_decode(graphdef: nnx.GraphDef, state: nnx.State, logits: jax.Array, cache: KVCache, keys: jax.Array,
                   stop_ids: jax.Array, packed: PackedDecoder | None, *, method: SamplingMethod,

@@ -28,7 +28,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from mmrag_jax.model.qwen25vl import ModelInputs, Qwen25VL
-from mmrag_jax.parallel import activation_mesh
+from mmrag_jax.parallel import activation_mesh, platform_jit
 from mmrag_jax.sampling.inputs import place_inputs, to_host
 from mmrag_jax.sampling.prompt_batch import PromptBatch, gather_prompts
 
@@ -46,7 +46,7 @@ def _yes_probability(model: Qwen25VL, inputs: ModelInputs, yes_token_id: int, no
   return jax.nn.sigmoid(pair_logits[:, 0] - pair_logits[:, 1])
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "yes_token_id", "no_token_id", "mesh"))
+@functools.partial(platform_jit, static_argnames=("graphdef", "yes_token_id", "no_token_id", "mesh"))
 def jitted_yes_probability(graphdef: nnx.GraphDef, state: nnx.State, inputs: ModelInputs, *, yes_token_id: int,
                            no_token_id: int, mesh: Mesh | None = None) -> jax.Array:
   with activation_mesh(mesh):

@@ -42,3 +42,34 @@ def test_mesh_over_a_subset_of_devices():
   mesh = make_mesh((1, -1, 2), devices=devices)
   assert dict(mesh.shape) == {"data": 1, "fsdp": 2, "tensor": 2}
   assert set(mesh.devices.flat) == set(devices)
+
+
+def _options(lowered) -> dict:
+  # jax keeps a jit's compiler options on the lowering it hands to the compiler (no public accessor).
+  return dict(lowered._lowering._compiler_options_kvs)
+
+
+def test_platform_jit_compiles_cpu_programs_with_the_cpu_options_and_others_with_xla_defaults():
+  import functools
+
+  import jax.numpy as jnp
+  import numpy as np
+
+  from mmrag_jax.parallel import compiler_options, platform_jit
+  from mmrag_jax.plan.topology import libtpu_available, load_slice
+
+  @functools.partial(platform_jit, static_argnames=("mesh", "scale"))
+  def scaled(x, *, mesh=None, scale=2.0):
+    return x * scale
+
+  x = jnp.arange(4.0)
+  cpu_mesh = make_mesh((1, -1, 1))
+  assert compiler_options(cpu_mesh) and _options(scaled.lower(x)) == compiler_options(cpu_mesh)
+  assert _options(scaled.lower(x, mesh=cpu_mesh)) == compiler_options(cpu_mesh)
+  np.testing.assert_array_equal(scaled(x, scale=3.0), [0.0, 3.0, 6.0, 9.0])
+  assert scaled._cache_size() == 1
+  if libtpu_available():  # the planner's case: a TPU mesh on a CPU host gets XLA's defaults
+    tpu_mesh = make_mesh((1, -1, 1), load_slice("v5litepod-4").devices)
+    abstract = jax.ShapeDtypeStruct((4,), jnp.float32)
+    assert _options(scaled.lower(abstract, mesh=tpu_mesh)) == {}
+    assert compiler_options(tpu_mesh) is None

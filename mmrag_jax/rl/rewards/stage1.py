@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import jax
 
+from mmrag_jax.parallel import platform_jit
 from mmrag_jax.rl.rewards import kernels
 from mmrag_jax.rl.rewards.batch import Stage1Batch, pack_stage1
 from mmrag_jax.rl.rewards.config import Stage1RewardConfig
@@ -22,7 +23,7 @@ from mmrag_jax.rl.rewards.result import RewardResult, malformed_counts
 __all__ = ["stage1_kernel", "stage1_rewards"]
 
 
-@functools.partial(jax.jit, static_argnames="gate_on_format")
+@functools.partial(platform_jit, static_argnames="gate_on_format")
 def stage1_kernel(batch: Stage1Batch, weights: dict[str, jax.Array], gate_on_format: bool
                   ) -> dict[str, jax.Array]:
   format_ok = jax.vmap(kernels.format_reward)(batch.malformed)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from mmrag_jax.parallel import platform_jit
 from mmrag_jax.rl.rewards import kernels
 from mmrag_jax.rl.rewards.answers import Stage2Reference
 from mmrag_jax.rl.rewards.batch import Stage2Batch, pack_stage2
@@ -49,7 +50,7 @@ def _row_answer_scores(row: Stage2Batch, em_fraction: jax.Array, round_mmqa_f1: 
   return jnp.where(row.is_mmqa, mmqa, webqa), list_em
 
 
-@functools.partial(jax.jit, static_argnames=("gate_on_format", "round_mmqa_f1"))
+@functools.partial(platform_jit, static_argnames=("gate_on_format", "round_mmqa_f1"))
 def _stage2_kernel(batch: Stage2Batch, weights: dict[str, jax.Array], gate_on_format: bool,
                    round_mmqa_f1: bool) -> dict[str, jax.Array]:
   format_ok = jax.vmap(kernels.format_reward)(batch.malformed)
