@@ -119,8 +119,8 @@ class _TextAttention(nnx.Module):
       cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), start)
       cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), start)
       k, v, cache = cache_k[layer_index], cache_v[layer_index], (cache_k, cache_v)
-    # jax's reference attention groups query heads as (kv_head, group), i.e. repeat-interleave
-    # semantics, and runs the softmax in float32.
+    # `attention` groups query heads as (kv_head, group), i.e. repeat-interleave semantics, and runs the
+    # softmax in float32.
     out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, self.head_dim**-0.5,
                     query_chunk=self.query_chunk)
     return self._out(out), cache
