@@ -14,7 +14,7 @@ from flax import nnx
 
 __all__ = [
     "DEFAULT_KERNEL_INIT", "RMSNorm", "apply_rotary", "attention", "attention_with_new_slot", "linear",
-    "logical_partitioning", "rotate_half", "stacked_modules",
+    "logical_partitioning", "rotate_half", "shared_prefix_attention", "stacked_modules",
 ]
 
 # Hugging Face initialises Qwen2.5-VL linears with N(0, initializer_range=0.02) and zero biases.
@@ -163,20 +163,77 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: 
   memory grows with T x chunk instead of T^2 (a 4,608-token stage-2 row holds 28 x 4608^2 float32 scores,
   2.4 GB, per layer otherwise). Every query row is computed exactly as unchunked.
   """
+  return _in_query_chunks(lambda q_chunk, mask_chunk: _grouped_attention(q_chunk, k, v, mask_chunk, scale),
+                          q, mask, query_chunk)
+
+
+def _in_query_chunks(attend: Callable[[jax.Array, jax.Array], jax.Array], q: jax.Array, mask: jax.Array,
+                     query_chunk: int | None) -> jax.Array:
+  """attend(q, mask) -> [B, T, H, Dh] over q [B, T, H, Dh] and mask [B, T, ...], whole or in equal chunks of
+  at most `query_chunk` queries (see `attention`), each chunk rematerialized in the backward pass."""
   steps = q.shape[1]
   if query_chunk is None or query_chunk <= 0 or steps <= query_chunk:
-    return _grouped_attention(q, k, v, mask, scale)
+    return attend(q, mask)
   num_chunks = -(-steps // query_chunk)
   chunk = -(-steps // num_chunks)
   pad = num_chunks * chunk - steps
   q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
-  mask = jnp.pad(mask, ((0, 0), (0, pad), (0, 0)))  # padded query rows attend to nothing and are dropped
+  # Padded query rows attend to nothing among the mask's keys and are dropped.
+  mask = jnp.pad(mask, ((0, 0), (0, pad)) + ((0, 0),) * (mask.ndim - 2))
   split = lambda x: jnp.moveaxis(x.reshape(x.shape[0], num_chunks, chunk, *x.shape[2:]), 1, 0)
-
-  @jax.checkpoint
-  def one_chunk(q_chunk: jax.Array, mask_chunk: jax.Array) -> jax.Array:
-    return _grouped_attention(q_chunk, k, v, mask_chunk, scale)
-
+  one_chunk = jax.checkpoint(attend)
   out = jax.lax.map(lambda qm: one_chunk(*qm), (split(q), split(mask)))  # [n, B, chunk, H, Dh]
   out = jnp.moveaxis(out, 0, 1).reshape(q.shape[0], num_chunks * chunk, *q.shape[2:])
   return out[:, :steps]
+
+
+def shared_prefix_attention(q: jax.Array, prefix_k: jax.Array, prefix_v: jax.Array, prefix_mask: jax.Array,
+                            k: jax.Array, v: jax.Array, mask: jax.Array, scale: float, *,
+                            query_chunk: int | None = None) -> jax.Array:
+  """Attention of N rows that continue B shared prefixes (row r continues prefix r // (N / B)) over
+  [their prefix's keys, their own keys], without copying a prefix's keys / values per row.
+
+  q: [N, T, H, Dh]; prefix_k, prefix_v: [B, Lp, KVH, Dh]; prefix_mask: [B, Lp] bool, the real prefix keys;
+  k, v: [N, T, KVH, Dh] the rows' own keys / values; mask: [N, T, T] bool over them -> [N, T, H, Dh].
+
+  The math of `attention` over each row's concatenated keys (float32 logits, one softmax over both parts,
+  probabilities in the values' dtype): the G = N / B rows of a prefix meet its keys as one [G T, Dh] x
+  [Dh, Lp] matmul per kv head, their own keys row by row, and the two parts share one max and one
+  normalizer. `query_chunk` splits the T query positions as in `attention`.
+  """
+  return _in_query_chunks(
+      lambda q_chunk, mask_chunk: _shared_prefix_attention(q_chunk, prefix_k, prefix_v, prefix_mask, k, v,
+                                                           mask_chunk, scale),
+      q, mask, query_chunk)
+
+
+def _shared_prefix_attention(q: jax.Array, prefix_k: jax.Array, prefix_v: jax.Array, prefix_mask: jax.Array,
+                             k: jax.Array, v: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
+  """`shared_prefix_attention` on C query positions per row: q [N, C, H, Dh], mask [N, C, T]."""
+  rows, steps, heads, head_dim = q.shape
+  prefixes, kv_heads = prefix_k.shape[0], prefix_k.shape[2]
+  group = rows // prefixes
+  f32, masked = jnp.float32, -0.7 * jnp.finfo(jnp.float32).max
+
+  def by_prefix(x: jax.Array) -> jax.Array:  # [N, KVH, C, ...] -> [B, KVH, G C, ...]
+    x = jnp.moveaxis(x.reshape(prefixes, group, *x.shape[1:]), 1, 2)
+    return x.reshape(prefixes, kv_heads, group * steps, *x.shape[4:])
+
+  def by_row(x: jax.Array) -> jax.Array:  # [B, KVH, G C, ...] -> [N, KVH, C, ...]
+    x = jnp.moveaxis(x.reshape(prefixes, kv_heads, group, steps, *x.shape[3:]), 2, 1)
+    return x.reshape(rows, kv_heads, steps, *x.shape[4:])
+
+  grouped = jnp.moveaxis(q.reshape(rows, steps, kv_heads, heads // kv_heads, head_dim), 2, 1)  # [N, KVH, C, g, Dh]
+  scale = jnp.asarray(scale, f32)
+  shared = jnp.einsum("bktgd,bskd->bktgs", by_prefix(grouped), prefix_k, preferred_element_type=f32) * scale
+  shared = jnp.where(prefix_mask[:, None, None, None, :], shared, masked)  # [B, KVH, G C, g, Lp]
+  own = jnp.einsum("nktgd,nskd->nktgs", grouped, k, preferred_element_type=f32) * scale
+  own = jnp.where(mask[:, None, :, None, :], own, masked)  # [N, KVH, C, g, T]
+  top = jax.lax.stop_gradient(jnp.maximum(jnp.max(shared, axis=-1), by_prefix(jnp.max(own, axis=-1))))
+  shared, own = jnp.exp(shared - top[..., None]), jnp.exp(own - by_row(top)[..., None])
+  total = jnp.sum(shared, axis=-1) + by_prefix(jnp.sum(own, axis=-1))  # [B, KVH, G C, g]
+  shared = (shared / total[..., None]).astype(prefix_v.dtype)
+  own = (own / by_row(total)[..., None]).astype(v.dtype)
+  out = by_row(jnp.einsum("bktgs,bskd->bktgd", shared, prefix_v, preferred_element_type=f32))
+  out = out + jnp.einsum("nktgs,nskd->nktgd", own, v, preferred_element_type=f32)  # [N, KVH, C, g, Dh]
+  return jnp.moveaxis(out, 1, 2).reshape(rows, steps, heads, head_dim).astype(q.dtype)

@@ -12,9 +12,9 @@ The decoder runs in these modes with one code path per layer:
   * plain: keys/values are the sequence's own, mask [B, L, L];
   * cached: new keys/values are written into per-layer buffers [layers, B, S, KVH, Dh] at slot
     `write_index` and queries attend over the whole buffer, mask [B, T, S]; `step` is its one-token form;
-  * shared prefix: `prefix` runs the plain pass on B prefixes and returns their keys/values, and
-    `continuation` runs G rows per prefix that attend to it (the G completions of a GRPO group: the prompt
-    runs once per group, in the forward and the backward pass).
+  * shared prefix: `shared_prefix` runs B prefixes and the G rows continuing each of them (the G
+    completions of a GRPO group) as one sequence per prefix, each row attending to its prefix's keys and
+    its own: the prompt runs once per group, in the forward and the backward pass.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from flax import nnx
 
 from mmrag_jax.model.config import Qwen25VLConfig
 from mmrag_jax.model.layers import (DEFAULT_KERNEL_INIT, RMSNorm, apply_rotary, attention, attention_with_new_slot,
-                                    linear, logical_partitioning, stacked_modules)
+                                    linear, logical_partitioning, shared_prefix_attention, stacked_modules)
 from mmrag_jax.parallel import constrain
 
 __all__ = ["KVBuffers", "TextModel", "causal_padding_mask", "mrope_cos_sin", "rotary_inv_freq"]
@@ -125,28 +125,25 @@ class _TextAttention(nnx.Module):
                     query_chunk=self.query_chunk)
     return self._out(out), cache
 
-  def prefix(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> tuple[jax.Array, KVBuffers]:
-    """Plain attention that also returns its keys / values (rotary applied), each [B, T, KVH, Dh]."""
-    q, k, v = self._qkv(x, cos, sin)
-    out = attention(q, k, v, mask, self.head_dim**-0.5, query_chunk=self.query_chunk)
-    return self._out(out), (k, v)
+  def shared_prefix(self, x: jax.Array, cos: jax.Array, sin: jax.Array, prefix_mask: jax.Array, mask: jax.Array,
+                    prefix_valid: jax.Array, prefix_length: int) -> jax.Array:
+    """Prefixes and the rows that continue them in one pass.
 
-  def continuation(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, prefix_k: jax.Array,
-                   prefix_v: jax.Array, prefix_mask: jax.Array, group_size: int) -> jax.Array:
-    """Rows that continue a shared prefix: each attends to its prefix's keys / values, then its own.
-
-    x: [N, T, D]; mask: [N, T, T] over the row's own keys; prefix_k, prefix_v: [N / group_size, Lp, KVH, Dh]
-    (prefix b serves rows b * group_size ... (b + 1) * group_size - 1); prefix_mask: [N / group_size, Lp]
-    bool, the real prefix keys. The same math as `attention` over the concatenated row [prefix, own].
+    x: [B, Lp + G T, D], per prefix its Lp tokens, then the T tokens of each of its G rows; cos, sin alike;
+    prefix_mask: [B, Lp, Lp] the prefixes' own (causal) mask; mask: [N = B G, T, T] over each row's own keys;
+    prefix_valid: [B, Lp] bool, the real prefix keys. The prefix tokens attend among themselves, each row's
+    tokens to its prefix and then its own (`shared_prefix_attention`): the math of `__call__` on every
+    concatenated row [prefix, own], with the prefix's projections computed once for its G rows.
     """
+    prefixes, rows, steps = x.shape[0], mask.shape[0], mask.shape[-1]
     q, k, v = self._qkv(x, cos, sin)
-    rows = lambda a: jnp.repeat(a, group_size, axis=0)
-    keys = jnp.concatenate([rows(prefix_k).astype(k.dtype), k], axis=1)
-    values = jnp.concatenate([rows(prefix_v).astype(v.dtype), v], axis=1)
-    prefix_mask = jnp.broadcast_to(rows(prefix_mask)[:, None, :], (*mask.shape[:2], prefix_mask.shape[-1]))
-    out = attention(q, keys, values, jnp.concatenate([prefix_mask, mask], axis=2), self.head_dim**-0.5,
-                    query_chunk=self.query_chunk)
-    return self._out(out)
+    per_row = lambda a: a[:, prefix_length:].reshape(rows, steps, *a.shape[2:])
+    prefix_k, prefix_v = k[:, :prefix_length], v[:, :prefix_length]
+    scale = self.head_dim**-0.5
+    out_prefix = attention(q[:, :prefix_length], prefix_k, prefix_v, prefix_mask, scale, query_chunk=self.query_chunk)
+    out_rows = shared_prefix_attention(per_row(q), prefix_k, prefix_v, prefix_valid, per_row(k), per_row(v), mask,
+                                       scale, query_chunk=self.query_chunk)
+    return self._out(jnp.concatenate([out_prefix, out_rows.reshape(prefixes, -1, *out_rows.shape[2:])], axis=1))
 
   def step(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, k_cache: jax.Array,
            v_cache: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
@@ -220,19 +217,12 @@ class _DecoderLayer(nnx.Module):
     x = x + attn_out
     return x + self.mlp(self.post_attention_layernorm(x)), cache
 
-  def prefix(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> tuple[jax.Array, KVBuffers]:
-    """The plain block that also returns its (k, v); see `_TextAttention.prefix`."""
+  def shared_prefix(self, x: jax.Array, cos: jax.Array, sin: jax.Array, prefix_mask: jax.Array, mask: jax.Array,
+                    prefix_valid: jax.Array, prefix_length: int) -> jax.Array:
+    """The block on prefixes and their rows, x [B, Lp + G T, D]; see `_TextAttention.shared_prefix`."""
     x = constrain(x, ("batch", "length", None))
-    attn_out, kv = self.self_attn.prefix(self.input_layernorm(x), cos, sin, mask)
-    x = x + attn_out
-    return x + self.mlp(self.post_attention_layernorm(x)), kv
-
-  def continuation(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, prefix_k: jax.Array,
-                   prefix_v: jax.Array, prefix_mask: jax.Array, group_size: int) -> jax.Array:
-    """The block on rows continuing a shared prefix; see `_TextAttention.continuation`."""
-    x = constrain(x, ("batch", "length", None))
-    x = x + self.self_attn.continuation(self.input_layernorm(x), cos, sin, mask, prefix_k, prefix_v, prefix_mask,
-                                        group_size)
+    x = x + self.self_attn.shared_prefix(self.input_layernorm(x), cos, sin, prefix_mask, mask, prefix_valid,
+                                         prefix_length)
     return x + self.mlp(self.post_attention_layernorm(x))
 
   def step(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, k_cache: jax.Array,
@@ -311,42 +301,37 @@ class TextModel(nnx.Module):
     body = jax.checkpoint(body, prevent_cse=False) if self.config.remat else body
     return jax.lax.scan(body, carry, xs, unroll=True if self.config.unroll_layers else 1)
 
-  def prefix(self, embeds: jax.Array, positions: jax.Array, mask: jax.Array) -> tuple[jax.Array, KVBuffers]:
-    """The plain pass that also returns every layer's keys / values, for rows that continue it.
+  def shared_prefix(self, prefix_embeds: jax.Array, prefix_positions: jax.Array, prefix_mask: jax.Array,
+                    embeds: jax.Array, positions: jax.Array, mask: jax.Array, prefix_valid: jax.Array
+                    ) -> tuple[jax.Array, jax.Array]:
+    """Prefixes and the rows that continue them (e.g. a GRPO group's prompt and its G completions), in one
+    pass over the layers.
 
-    embeds: [B, L, D]; positions: [3, B, L]; mask: [B, L, L]. Returns the normed hidden states [B, L, D]
-    and (k, v), each [layers, B, L, KVH, Dh] (rotary applied), as `continuation` takes them.
+    prefix_embeds: [B, Lp, D]; prefix_positions: [3, B, Lp]; prefix_mask: [B, Lp, Lp]; embeds: [N, T, D] of
+    N = B G rows, row r continuing prefix r // G; positions: [3, N, T]; mask: [N, T, T] over the rows' own
+    tokens; prefix_valid: [B, Lp] bool, the real prefix tokens. Returns the normed hidden states of the
+    prefixes [B, Lp, D] and of the rows [N, T, D]: those of `__call__` on the prefixes and on the
+    concatenated rows [prefix, own], while each prefix runs once for its G rows (its gradient sums over
+    them). Each layer takes a prefix's tokens and its rows' tokens as one [Lp + G T] sequence, so every
+    projection and MLP matmul covers both.
     """
+    prefixes, prefix_length = prefix_embeds.shape[:2]
+    rows, steps = embeds.shape[:2]
+    together = lambda p, r: jnp.concatenate([p, r.reshape(prefixes, (rows // prefixes) * steps, *r.shape[2:])],
+                                            axis=1)
+    prefix_cos, prefix_sin = self.rotary(prefix_positions)
     cos, sin = self.rotary(positions)
+    cos, sin = together(prefix_cos, cos), together(prefix_sin, sin)
+    dtype = self.config.compute_dtype
     graphdef, stacked = nnx.split(self.layers)
 
-    def one_layer(x: jax.Array, layer: nnx.State) -> tuple[jax.Array, KVBuffers]:
-      return nnx.merge(graphdef, layer).prefix(x, cos, sin, mask)
+    def one_layer(x: jax.Array, layer: nnx.State) -> tuple[jax.Array, None]:
+      return nnx.merge(graphdef, layer).shared_prefix(x, cos, sin, prefix_mask, mask, prefix_valid,
+                                                      prefix_length), None
 
-    x, kv = self._scan(one_layer, embeds.astype(self.config.compute_dtype), stacked)
-    return self.norm(x), kv
-
-  def continuation(self, embeds: jax.Array, positions: jax.Array, mask: jax.Array, prefix_kv: KVBuffers,
-                   prefix_mask: jax.Array, group_size: int) -> jax.Array:
-    """Rows that continue shared prefixes (e.g. the G completions of a prompt in one GRPO group).
-
-    embeds: [N, T, D]; positions: [3, N, T]; mask: [N, T, T] over the rows' own tokens; prefix_kv: `prefix`'s
-    (k, v) [layers, N / group_size, Lp, KVH, Dh] of the prefixes, row r continuing prefix r // group_size;
-    prefix_mask: [N / group_size, Lp] bool, the real prefix tokens. Each layer attends over [prefix, own
-    tokens], so the hidden states [N, T, D] (normed) are those of `__call__` on the concatenated rows, while
-    the prefix runs once per group instead of once per row (its gradient sums over the group's rows).
-    """
-    cos, sin = self.rotary(positions)
-    graphdef, stacked = nnx.split(self.layers)
-    prefix_k, prefix_v = prefix_kv
-
-    def one_layer(x: jax.Array, layer: tuple[nnx.State, jax.Array, jax.Array]) -> tuple[jax.Array, None]:
-      state, k_layer, v_layer = layer
-      return nnx.merge(graphdef, state).continuation(x, cos, sin, mask, k_layer, v_layer, prefix_mask,
-                                                     group_size), None
-
-    x, _ = self._scan(one_layer, embeds.astype(self.config.compute_dtype), (stacked, prefix_k, prefix_v))
-    return self.norm(x)
+    x, _ = self._scan(one_layer, together(prefix_embeds.astype(dtype), embeds.astype(dtype)), stacked)
+    x = self.norm(x)
+    return x[:, :prefix_length], x[:, prefix_length:].reshape(rows, steps, x.shape[-1])
 
   def step(self, embeds: jax.Array, positions: jax.Array, mask: jax.Array, cache: KVBuffers,
            write_index: jax.Array) -> tuple[jax.Array, KVBuffers]:

@@ -3,9 +3,10 @@
 The LM head runs only over the T completion positions (hidden state of position Lp - 1 + t predicts
 completion token t), through `model.logprobs.chunked_logprobs`, so the [N, L, V] logits never exist.
 
-The G rows of a group repeat one prompt, so the prompt runs once per group: the decoder's `prefix` pass
-over the N / G prompts [N / G, Lp] (images encoded once per prompt), then its `continuation` over the
-N completions [N, T], each attending to its prompt's keys / values. The result is the full-row forward's
+The G rows of a group repeat one prompt, so the prompt runs once per group: the decoder's `shared_prefix`
+pass takes the N / G prompts [N / G, Lp] (images encoded once per prompt) and the N completions [N, T]
+together, each prompt's tokens and its G completions' as one sequence, each completion attending to its
+prompt's keys / values and its own. The result is the full-row forward's
 (the same attention over [prompt, completion]) at a fraction of the cost when Lp is large against T:
 N (Lp + T) decoder positions become N / G Lp + N T, in the backward pass too. `share_prompts=False`
 runs every row whole (images written into all G rows, `Qwen25VL.embed` with `TrainBatch.image_slots`), as
@@ -53,13 +54,11 @@ def _shared_prompt_hidden(model: Qwen25VL, batch: TrainBatch, prompt_length: int
   """Hidden states [N, T, D] at positions Lp - 1 ... Lp + T - 2, each prompt run once for its G rows."""
   inputs, group = batch.inputs, batch.group_size
   prompts = _prompt_inputs(batch, prompt_length)
-  text = model.language_model
-  prompt_hidden, prompt_kv = text.prefix(model.embed(prompts), prompts.positions,
-                                         causal_padding_mask(prompts.attention_mask))
   completion_mask = inputs.attention_mask[:, prompt_length:]
-  hidden = text.continuation(text.embed_tokens(inputs.input_ids[:, prompt_length:]),
-                             inputs.positions[:, :, prompt_length:], causal_padding_mask(completion_mask),
-                             prompt_kv, prompts.attention_mask != 0, group)
+  prompt_hidden, hidden = model.language_model.shared_prefix(
+      model.embed(prompts), prompts.positions, causal_padding_mask(prompts.attention_mask),
+      model.language_model.embed_tokens(inputs.input_ids[:, prompt_length:]), inputs.positions[:, :, prompt_length:],
+      causal_padding_mask(completion_mask), prompts.attention_mask != 0)
   # The prompt's last position predicts completion token 0; completion position t predicts token t + 1.
   last = jnp.repeat(prompt_hidden[:, -1:], group, axis=0)
   return jnp.concatenate([last, hidden[:, :-1]], axis=1)

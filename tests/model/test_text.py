@@ -12,7 +12,7 @@ import transformers
 from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as hf_qwen
 
 from mmrag_jax.model import load_pretrained, prepare_inputs
-from mmrag_jax.model.layers import attention
+from mmrag_jax.model.layers import attention, shared_prefix_attention
 from mmrag_jax.model.text import causal_padding_mask, mrope_cos_sin, rotary_inv_freq
 from tests.model.conftest import save_hf_checkpoint
 from tests.model.rotary_bounds import (exact_inv_freq, exponents, ours_table_bound, torch_inv_freq_bound,
@@ -122,6 +122,38 @@ def test_query_chunked_attention_is_the_unchunked_attention(steps, chunk):
   loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))
   for got, want in zip(jax.grad(loss(chunked), argnums=(0, 1, 2))(q, k, v),
                        jax.grad(loss(plain), argnums=(0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(got, want, rtol=0, atol=4 * bound * max(1.0, float(jnp.abs(want).max())))
+
+
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_shared_prefix_attention_is_attention_over_each_rows_concatenated_keys(chunk):
+  """3 rows per prefix, 2 prefixes with padded keys, rows left-padded: the two-part softmax against
+  `attention` over [prefix keys repeated per row, own keys]. Both sum the same S = Lp + T terms in float32,
+  in a different order: outputs agree to S ulps of max |v|, gradients to a few times that."""
+  rng = np.random.default_rng(1)
+  prefixes, group, prefix_length, steps, heads, kv_heads, dim = 2, 3, 7, 5, 6, 2, 8
+  rows = prefixes * group
+  normal = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  q, k, v = normal(rows, steps, heads, dim), normal(rows, steps, kv_heads, dim), normal(rows, steps, kv_heads, dim)
+  prefix_k, prefix_v = normal(prefixes, prefix_length, kv_heads, dim), normal(prefixes, prefix_length, kv_heads, dim)
+  prefix_mask = jnp.asarray(np.arange(prefix_length)[None, :] >= np.array([[0], [3]]))
+  own_mask = causal_padding_mask(jnp.asarray(np.arange(steps)[None, :] >= rng.integers(0, 3, (rows, 1)), jnp.int32))
+  per_row = lambda a: jnp.repeat(a, group, axis=0)
+
+  def concatenated(q, prefix_k, prefix_v, k, v):
+    mask = jnp.concatenate([jnp.broadcast_to(per_row(prefix_mask)[:, None], (rows, steps, prefix_length)),
+                            own_mask], axis=2)
+    return attention(q, jnp.concatenate([per_row(prefix_k), k], 1), jnp.concatenate([per_row(prefix_v), v], 1),
+                     mask, dim**-0.5)
+
+  shared = lambda q, prefix_k, prefix_v, k, v: shared_prefix_attention(
+      q, prefix_k, prefix_v, prefix_mask, k, v, own_mask, dim**-0.5, query_chunk=chunk)
+  args = (q, prefix_k, prefix_v, k, v)
+  bound = (prefix_length + steps) * 2.0**-23 * float(max(jnp.abs(v).max(), jnp.abs(prefix_v).max()))
+  np.testing.assert_allclose(shared(*args), concatenated(*args), rtol=0, atol=bound)
+  loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))
+  for got, want in zip(jax.grad(loss(shared), argnums=tuple(range(5)))(*args),
+                       jax.grad(loss(concatenated), argnums=tuple(range(5)))(*args)):
     np.testing.assert_allclose(got, want, rtol=0, atol=4 * bound * max(1.0, float(jnp.abs(want).max())))
 
 
