@@ -244,6 +244,10 @@ class PolicyUpdater:
     self.config, self.mesh, self.rules = config, mesh, rules
     self.loss_config = config.loss_config()
     self.schedule = config.learning_rate_schedule() if tx is None else None
+    # The learning-rate metric as one jitted program for every step: evaluated eagerly, optax's schedule
+    # dispatches (and on its first call compiles) one small program per jnp op.
+    self._learning_rate = None if self.schedule is None else platform_jit(
+        lambda step, schedule=self.schedule: jnp.asarray(schedule(step), jnp.float32))
     tx = tx or config.optimizer()
     self.freeze = config.freeze_vision_tower
     self.graphdef, params = nnx.split(model)
@@ -338,7 +342,7 @@ class PolicyUpdater:
     self.params = nnx.merge_state(trainable, frozen)
     metrics = {**_finalize_metrics(metric_sums), "grad_norm": grad_norm}
     if self.schedule is not None:
-      metrics["learning_rate"] = jnp.asarray(self.schedule(self._host_step), jnp.float32)
+      metrics["learning_rate"] = self._learning_rate(np.int32(self._host_step))
     self._host_step += 1
     return metrics, current
 
