@@ -3,8 +3,8 @@
 Every parameter of the model names its dims with logical axes ('embed', 'mlp', 'vis_qkv', ...); one
 table of rules maps each name to mesh axes, in the `(logical, mesh_axes)` pair format that
 `flax.core.spmd.logical_axis_rules` also accepts. The default table is FSDP over 'fsdp' for the model
-width, Megatron-style tensor parallelism over 'tensor' for heads / MLP / vocabulary, and batch over
-('data', 'fsdp').
+width, Megatron-style tensor parallelism over 'tensor' for heads / MLP / vocabulary, text rows over
+('data', 'fsdp') and the vision tower's pixel rows over every mesh axis.
 
 For a [V, D] embedding on a (data=2, fsdp=2, tensor=2) mesh:
 
@@ -37,10 +37,13 @@ DEFAULT_RULES: LogicalRules = (
     ("q_heads", "tensor"),
     ("kv_heads", "tensor"),
     ("norm", None),
-    # vision tower activations: pixel rows, merged image tokens and attention blocks are data-parallel
-    ("vis_rows", ("data", "fsdp")),
-    ("vis_tokens", ("data", "fsdp")),
-    ("vis_blocks", ("data", "fsdp")),
+    # vision tower activations: pixel rows, merged image tokens and attention blocks are data-parallel over
+    # every chip, 'tensor' included: the tower's weights are small (0.67B of the 7B's 8.3B parameters), so
+    # gathering them over 'tensor' costs less than holding every pixel row's activations on each tensor shard
+    # (the 7B stage-2 gradient step on a v6e-8 with mesh (1, 4, 2): 13.0 instead of 14.5 GiB of temporaries)
+    ("vis_rows", ("data", "fsdp", "tensor")),
+    ("vis_tokens", ("data", "fsdp", "tensor")),
+    ("vis_blocks", ("data", "fsdp", "tensor")),
     # vision tower
     ("vis_patch", None),
     ("vis_embed", "fsdp"),

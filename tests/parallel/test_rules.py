@@ -26,6 +26,9 @@ def mesh():
     (("vis_patch", "vis_embed"), P(None, "fsdp")),
     (("vis_embed", "vis_qkv"), P("fsdp", "tensor")),
     (("vis_merge", "vis_mlp"), P("fsdp", "tensor")),
+    # Pixel rows split over every axis, so the attention heads beside them stay whole.
+    (("vis_rows", "vis_heads", None), P(("data", "fsdp", "tensor"), None, None)),
+    (("vis_tokens", "embed"), P(("data", "fsdp", "tensor"), None)),
     ((None, "embed"), P(None, "fsdp")),
 ])
 def test_default_rules(names, expected):
