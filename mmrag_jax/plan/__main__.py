@@ -125,7 +125,7 @@ def main(argv: list[str]) -> int:
         f"{plan['summary']['chips']} chips, mesh {tuple(plan['config']['mesh_shape'])}, "
         f"{plan['num_params'] / 1e9:.3f}B parameters, resident state {plan['resident_gib']:.2f} GiB per device")
   print(table(plan["programs"]))
-  for line in plan["verdict"]:
+  for line in plan["verdict"] + plan["advice"]:
     print(line)
   if plan["summary"]["flops_lower_bound_programs"]:
     print(f"FLOPs of {', '.join(plan['summary']['flops_lower_bound_programs'])} are lower bounds (so MFU and "

@@ -1,6 +1,6 @@
 """The plan of one configured run on one TPU slice: compile every program, size it against the chip.
 
-    plan = make_plan(config, "v5p-8")        # dict: programs, resident state, summary, verdict
+    plan = make_plan(config, "v5p-8")        # dict: programs, resident state, summary, verdict, advice
 """
 
 from __future__ import annotations
@@ -211,5 +211,8 @@ def make_plan(config: ml_collections.ConfigDict, slice_name: str, *, hbm_bytes: 
       "programs": records,
       "families": list(families),
       "verdict": report.verdict(records),
+      "advice": report.prompt_sharing_advice(g.rows, g.group_size, g.batch_shards, len(tpu.devices),
+                                             setup.model.text.num_attention_heads,
+                                             setup.model.text.num_key_value_heads) if "update" in families else [],
       "summary": report.summary(records, tpu, model_flops),
   }

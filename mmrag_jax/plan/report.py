@@ -12,8 +12,9 @@ from typing import Any
 
 from mmrag_jax.plan.analysis import CompiledProgram
 from mmrag_jax.plan.topology import GIB, Slice
+from mmrag_jax.rl.policy import runs_prompts_once
 
-__all__ = ["program_record", "summary", "table", "verdict"]
+__all__ = ["program_record", "prompt_sharing_advice", "summary", "table", "verdict"]
 
 _KNOBS = ("model.remat=True", "a smaller train.batch_size with more train.micro_batches",
           "another mesh.shape", "a bigger slice")
@@ -65,6 +66,24 @@ def verdict(records: list[dict[str, Any]]) -> list[str]:
                    f"{r['hbm_bytes'] / GIB:.2f} GiB per device, {(r['peak_bytes'] - r['hbm_bytes']) / GIB:.2f} GiB "
                    f"over{rejected}; try {', '.join(_KNOBS)}")
   return lines
+
+
+def prompt_sharing_advice(rows: int, group_size: int, batch_shards: int, devices: int, num_heads: int,
+                          num_kv_heads: int) -> list[str]:
+  """Where the update runs whole rows because a micro-batch's rows / G prompts do not split over its
+  `batch_shards` (so every chip runs prompt + completion of its rows: `rl.policy.runs_prompts_once`), one line
+  naming the mesh shapes (1, F, T) over `devices` whose F batch shards split the prompts, with T dividing the
+  query and kv heads (tensor parallelism then splits each prompt's attention and MLP work); else no lines."""
+  if group_size < 2 or runs_prompts_once(rows, group_size, batch_shards):
+    return []
+  prompts = rows // group_size
+  shapes = [(1, devices // t, t) for t in range(1, devices + 1)
+            if devices % t == 0 and prompts % (devices // t) == 0 and num_heads % t == 0 and num_kv_heads % t == 0]
+  ways = [f"--config.mesh.shape='({d},{f},{t})'" for d, f, t in shapes]
+  ways.append(f"a multiple of {batch_shards} x G = {batch_shards * group_size} rows per micro-batch (train.batch_size)")
+  return [f"the update runs whole rows: its {prompts} prompt{'s' * (prompts != 1)} per micro-batch {'do' if prompts != 1 else 'does'} not split over "
+          f"{batch_shards} batch shards, so each chip runs prompt and completion of its rows; each prompt would run "
+          f"once for its group with {' or '.join(ways)}"]
 
 
 def summary(records: list[dict[str, Any]], tpu: Slice, model_flops: float) -> dict[str, Any]:

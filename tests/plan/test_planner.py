@@ -317,6 +317,22 @@ def test_a_program_the_compiler_refuses_for_hbm_does_not_fit_with_the_bytes_it_a
   assert "compiler refused" in verdict([record])[0]
 
 
+def test_the_advice_names_the_mesh_shapes_that_run_each_prompt_once():
+  from mmrag_jax.plan.report import prompt_sharing_advice
+
+  # 4 prompts of G = 8 on 8 devices: (1, 4, 2) and (1, 2, 4) split them; (1, 1, 8) would split 28 heads 8 ways.
+  (line,) = prompt_sharing_advice(32, 8, 8, 8, num_heads=28, num_kv_heads=4)
+  assert "its 4 prompts per micro-batch do not split over 8 batch shards" in line
+  assert "--config.mesh.shape='(1,4,2)' or --config.mesh.shape='(1,2,4)' or a multiple of 8 x G = 64 rows" in line
+  assert "(1,1,8)" not in line and "(1,8,1)" not in line
+  # 2 kv heads: tensor parallelism over 4 would not split them; 1 prompt splits over no batch shards > 1.
+  assert "(1,2,4)" not in prompt_sharing_advice(32, 8, 8, 8, num_heads=16, num_kv_heads=2)[0]
+  assert "mesh.shape" not in prompt_sharing_advice(8, 8, 8, 8, num_heads=28, num_kv_heads=4)[0]
+  # Prompts that split, or no groups: nothing to advise.
+  assert prompt_sharing_advice(32, 8, 4, 4, num_heads=28, num_kv_heads=4) == []
+  assert prompt_sharing_advice(32, 1, 8, 8, num_heads=28, num_kv_heads=4) == []
+
+
 def test_the_decode_loop_is_timed_per_token_step(plan):
   decode = next(r for r in plan["programs"] if r["name"] == "decode")
   # XLA's cost analysis counts the while-loop body once: the loop's time is one step x max_new_tokens.
