@@ -1,12 +1,14 @@
 """Check a run against a TPU slice before you start it: compile its programs ahead of time, see if they fit.
 
   python -m mmrag_jax.plan --config=configs/stage2.py:7b --topology=v5p-8 [--config.FIELD=VALUE ...]
-      [--output=plan.json] [--hbm_gib=GIB] [--flops_balance=auto|true|false] [--programs=update,sampler,predict,scorer]
+      [--output=plan.json] [--hbm_gib=GIB] [--flops_balance=auto|true|false] [--layer_probes=true|false]
+      [--programs=update,sampler,predict,scorer]
 
 --hbm_gib plans against that much HBM per device instead of the chip's; --flops_balance (default auto = true)
 also compiles each program for one device to measure how evenly the slice splits its FLOPs (models over 1B
-parameters on a copy cut to 2 decoder layers and 2 vision blocks, every kind of layer once); --programs
-picks program families (default: all).
+parameters on a copy cut to 2 decoder layers and 2 vision blocks, every kind of layer once); --layer_probes=false
+skips the small unrolled programs that count the FLOPs of every scanned layer (a quicker fit check: memory and
+compile times only, no roofline or MFU); --programs picks program families (default: all).
 
 Logs each compilation to stderr as it finishes (the 7B programs take minutes each), then prints a
 per-program table, one line per program that does not fit, and as the last line `RESULT {json}`.
@@ -33,7 +35,7 @@ def _parse(argv: list[str]) -> dict[str, Any]:
   from mmrag_jax.sweep.grid import parse_assignment, parse_value
 
   opts: dict[str, Any] = {"overrides": [], "output": None, "hbm_gib": None, "flops_balance": "auto",
-                          "config": None, "topology": None, "programs": None}
+                          "layer_probes": "true", "config": None, "topology": None, "programs": None}
   for arg in argv:
     if not arg.startswith("--") or "=" not in arg:
       raise ValueError(f"unexpected argument {arg!r}: expected --NAME=VALUE")
@@ -41,11 +43,11 @@ def _parse(argv: list[str]) -> dict[str, Any]:
     if name.startswith("config."):
       field, text = parse_assignment(arg[len("--config."):], "config")
       opts["overrides"].append((field, parse_value(text)))
-    elif name in ("config", "topology", "output", "hbm_gib", "flops_balance", "programs"):
+    elif name in ("config", "topology", "output", "hbm_gib", "flops_balance", "layer_probes", "programs"):
       opts[name] = value
     else:
       raise ValueError(f"unknown flag --{name} (flags: --config, --config.FIELD, --topology, --output, "
-                       "--hbm_gib, --flops_balance, --programs)")
+                       "--hbm_gib, --flops_balance, --layer_probes, --programs)")
   if not opts["config"]:
     raise ValueError("--config is required, e.g. --config=configs/stage2.py:7b")
   if not opts["topology"]:
@@ -92,6 +94,9 @@ def main(argv: list[str]) -> int:
     config = _load_config(opts["config"], opts["overrides"])
     hbm = None if opts["hbm_gib"] is None else float(opts["hbm_gib"]) * 1024 ** 3
     balance = {"auto": None, "true": True, "false": False}[str(opts["flops_balance"]).lower()]
+    probes = {"true": True, "false": False}.get(str(opts["layer_probes"]).lower())
+    if probes is None:
+      raise ValueError(f"--layer_probes={opts['layer_probes']!r}: expected true or false")
   except (ValueError, KeyError, RunError) as error:  # TopologyError and ConfigError are ValueErrors
     return _fail(error)
   if not libtpu_available():
@@ -118,7 +123,8 @@ def main(argv: list[str]) -> int:
                        "--config.mesh.shape='(1,-1,1)' (FSDP over the slice)") from None
     validate_batch_division(config, data * fsdp)
     families = None if opts["programs"] is None else [f.strip() for f in opts["programs"].split(",") if f.strip()]
-    plan = make_plan(config, opts["topology"], hbm_bytes=hbm, flops_balance=balance, families=families)
+    plan = make_plan(config, opts["topology"], hbm_bytes=hbm, flops_balance=balance, families=families,
+                     layer_probes=probes)
   except (TopologyError, RunError, ValueError) as error:
     return _fail(error)
   print(f"{plan['summary']['slice']} ({plan['summary']['topology']}): {plan['summary']['devices']} devices on "
@@ -127,6 +133,9 @@ def main(argv: list[str]) -> int:
   print(table(plan["programs"]))
   for line in plan["verdict"] + plan["advice"]:
     print(line)
+  if not probes:
+    print("--layer_probes=false: the FLOPs, bytes and collectives of programs with scanned layers are not counted "
+          "(no roofline times, predicted update or MFU)")
   if plan["summary"]["flops_lower_bound_programs"]:
     print(f"FLOPs of {', '.join(plan['summary']['flops_lower_bound_programs'])} are lower bounds (so MFU and "
           "roofline times are optimistic): XLA counts one step of each windowed-einsum loop in them, and no "

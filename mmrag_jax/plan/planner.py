@@ -160,14 +160,25 @@ def _flops_imbalance(config: ml_collections.ConfigDict, tpu: Slice, families: Se
           if c.error is None and whole[name].error is None and whole[name].flops > 0 and name not in undercounted}
 
 
+def _without_costs(program: analysis.CompiledProgram) -> analysis.CompiledProgram:
+  """`program` with its FLOPs, bytes accessed and collective bytes unknown (NaN): what XLA counts of a scanned
+  program is one layer of each scan, no figure to predict from."""
+  nan = float("nan")
+  return dataclasses.replace(program, flops=nan, bytes_accessed=nan,
+                             collectives={k: nan for k in program.collectives})
+
+
 def make_plan(config: ml_collections.ConfigDict, slice_name: str, *, hbm_bytes: float | None = None,
-              flops_balance: bool | None = None, families: Sequence[str] | None = None) -> dict[str, Any]:
+              flops_balance: bool | None = None, families: Sequence[str] | None = None,
+              layer_probes: bool = True) -> dict[str, Any]:
   """Compiles the run's programs for slice `slice_name` and returns the plan (see `report.py`).
 
   Memory figures and compile times are those of the run's programs; their cost figures count every decoder
   layer and vision block (`layer_corrected`, from small unrolled probes: `_uncounted_layers`). hbm_bytes: HBM per device to plan against
   (default: the chip table's). flops_balance: also measure each program's FLOPs imbalance (default: yes;
   `_flops_imbalance`). families: the program families to compile (default: all of `programs.PROGRAM_FAMILIES`).
+  layer_probes=False skips the probes (for the 7B, most of the planner's time): memory figures and compile
+  times only, the cost figures of programs with scanned layers (so roofline times, MFU) unknown.
   """
   families = tuple(programs.PROGRAM_FAMILIES) if families is None else tuple(families)
   tpu = load_slice(slice_name)
@@ -177,7 +188,9 @@ def make_plan(config: ml_collections.ConfigDict, slice_name: str, *, hbm_bytes: 
   built = _build(setup, families)
   compiled_programs = [_compiled(p, "program:") for p in built]
   missing = {kind: n for kind, n in _uncounted_layers(setup.model).items() if n > 0}
-  if missing:
+  if missing and not layer_probes:
+    compiled_programs = [_without_costs(c) if p.layer_scan else c for p, c in zip(built, compiled_programs)]
+  elif missing:
     # Only programs that scan layers of that kind need its probe (the decode loop runs no vision block).
     needs = lambda kind: (lambda p: p.layer_scan and (kind == "text" or p.runs_vision))
     probe = lambda kind, text, blocks: _compile_all(config, tpu.devices, families,

@@ -112,8 +112,8 @@ def summary(records: list[dict[str, Any]], tpu: Slice, model_flops: float) -> di
       "max_flops_imbalance": max(imbalances) if imbalances else None,
       # Programs whose FLOPs (so MFU, roofline times and the model-FLOPs share) are lower bounds: XLA counts one
       # step of each windowed-einsum loop, and no layer probes counted them instead.
-      "flops_lower_bound_programs": sorted({r["name"] for r in records
-                                            if r["windowed_einsum_loops"] and not r["flops_from_probes"]}),
+      "flops_lower_bound_programs": sorted({r["name"] for r in records if r["windowed_einsum_loops"]
+                                            and not r["flops_from_probes"] and r["flops"] == r["flops"]}),
       "predicted_rollout_s": predicted("sampler"),
       **_decode_vs_roofline(records, tpu),
       "topology": tpu.topology, "slice": tpu.name, "devices": len(tpu.devices), "chips": tpu.num_chips,

@@ -303,6 +303,20 @@ def test_a_program_over_the_chips_hbm_is_named_and_exits_non_zero(tmp_path, caps
   assert json.loads(output.read_text())["summary"] == result
 
 
+def test_without_layer_probes_the_plan_has_the_same_memory_figures_and_no_cost_prediction(plan, capsys):
+  code = main(["--config=configs/stage2.py:demo", f"--topology={TOPOLOGY}", *SMALL_ARGS, "--flops_balance=false",
+               "--layer_probes=false", "--programs=update"])
+  out = capsys.readouterr().out
+  assert code == 0 and "--layer_probes=false" in out
+  result = json.loads(out.strip().splitlines()[-1].removeprefix("RESULT "))
+  assert result["fits"] is True
+  assert result["predicted_update_s"] is None and result["predicted_update_mfu"] is None
+  full = {r["name"]: r for r in plan["programs"]}
+  assert result["min_headroom_fraction"] == min(full[n]["headroom_fraction"] for n in ("accumulate", "apply"))
+  assert main(["--config=configs/stage2.py:demo", f"--topology={TOPOLOGY}", "--layer_probes=maybe"]) == 2
+  assert "--layer_probes='maybe': expected true or false" in capsys.readouterr().err
+
+
 def test_a_program_the_compiler_refuses_for_hbm_does_not_fit_with_the_bytes_it_asked_for(tpu):
   from mmrag_jax.plan.analysis import out_of_hbm
   from mmrag_jax.plan.report import program_record, verdict
