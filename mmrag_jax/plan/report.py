@@ -81,9 +81,9 @@ def prompt_sharing_advice(rows: int, group_size: int, batch_shards: int, devices
             if devices % t == 0 and prompts % (devices // t) == 0 and num_heads % t == 0 and num_kv_heads % t == 0]
   ways = [f"--config.mesh.shape='({d},{f},{t})'" for d, f, t in shapes]
   ways.append(f"a multiple of {batch_shards} x G = {batch_shards * group_size} rows per micro-batch (train.batch_size)")
-  return [f"the update runs whole rows: its {prompts} prompt{'s' * (prompts != 1)} per micro-batch {'do' if prompts != 1 else 'does'} not split over "
-          f"{batch_shards} batch shards, so each chip runs prompt and completion of its rows; each prompt would run "
-          f"once for its group with {' or '.join(ways)}"]
+  counted = f"{prompts} prompts per micro-batch do" if prompts != 1 else "1 prompt per micro-batch does"
+  return [f"the update runs whole rows: its {counted} not split over {batch_shards} batch shards, so each chip runs "
+          f"prompt and completion of its rows; each prompt would run once for its group with {' or '.join(ways)}"]
 
 
 def summary(records: list[dict[str, Any]], tpu: Slice, model_flops: float) -> dict[str, Any]:
