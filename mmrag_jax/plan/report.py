@@ -78,7 +78,8 @@ def prompt_sharing_advice(rows: int, group_size: int, batch_shards: int, devices
     return []
   prompts = rows // group_size
   shapes = [(1, devices // t, t) for t in range(1, devices + 1)
-            if devices % t == 0 and prompts % (devices // t) == 0 and num_heads % t == 0 and num_kv_heads % t == 0]
+            if devices % t == 0 and runs_prompts_once(rows, group_size, devices // t)
+            and num_heads % t == 0 and num_kv_heads % t == 0]
   ways = [f"--config.mesh.shape='({d},{f},{t})'" for d, f, t in shapes]
   ways.append(f"a multiple of {batch_shards} x G = {batch_shards * group_size} rows per micro-batch (train.batch_size)")
   counted = f"{prompts} prompts per micro-batch do" if prompts != 1 else "1 prompt per micro-batch does"
